@@ -1,0 +1,246 @@
+"""Typed configs, read from TOML data (never Python).
+
+A config file has up to five tables: ``[model]``, ``[data]``, ``[train]`` (the
+endpoint recipe, paper Table 3), ``[m2m]`` (Algorithm 1, Table 1) and ``[m2o]``
+(Algorithm 2, Table 2). Each path table holds a list of ``[[m2m.phases]]``.
+Unknown keys and wrong types are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet5"
+    num_classes: int = 10
+    in_channels: int = 1
+    image_size: int = 32
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = ""
+    validation_fraction: float = 0.0
+    eval_batch_size: int = 1024
+    limit_train: int = 0
+    limit_test: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Endpoint training (paper Table 3): SGD with momentum."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # "constant" | "onecycle" | "cosine"
+    warmup_epochs: int = 0
+
+
+@dataclass
+class Phase:
+    """One row of paper Table 1/2: T iterations moving the layers named by ``layers``.
+
+    ``rounds`` is Train_r's fixed r; with ``until_loss`` set, Train_r instead
+    trains until the batch loss is below it, at least ``min_rounds`` and at
+    most ``max_rounds`` steps. ``keep_previous`` adds the previous phase's layers
+    (the paper's tables are cumulative: "Phase 2 + layer1.*").
+    """
+
+    iterations: int = 100
+    layers: list[str] = field(default_factory=lambda: ["*"])
+    keep_previous: bool = False
+    step_a: float = 0.0
+    step_f: float = 1e-3
+    rounds: int = 5
+    until_loss: float = 0.0
+    min_rounds: int = 1
+    max_rounds: int = 100
+
+
+@dataclass
+class PathConfig:
+    """Settings shared by M2M and M2O."""
+
+    phases: list[Phase] = field(default_factory=lambda: [Phase()])
+    batch_size: int = 64
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    step_rule: str = "sum"  # "sum" (paper) | "max" (authors' public code)
+    correct: str = "all"  # M2M: VarianceCorrection on "all" parameters or "moved" only
+    eval_every: int = 100
+    save_every: int = 100
+    checkpoint_every: int = 100
+    loss_threshold: float = 0.1
+    target_variance_ratio: float = 0.0  # M2O: stop when the mean ratio reaches it (0: never)
+    select_on: str = "test"  # M2O: split that picks the best point: "test" | "validation"
+    select_by: str = "loss"  # M2O: "loss" (lowest) | "accuracy" (highest)
+    seed: int = 0
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(p.iterations for p in self.phases)
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    m2m: PathConfig | None = None
+    m2o: PathConfig | None = None
+
+
+_CHOICES = {
+    ("PathConfig", "step_rule"): ("sum", "max"),
+    ("PathConfig", "correct"): ("all", "moved"),
+    ("PathConfig", "select_on"): ("test", "validation"),
+    ("PathConfig", "select_by"): ("loss", "accuracy"),
+    ("TrainConfig", "schedule"): ("constant", "onecycle", "cosine"),
+}
+_POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
+             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size"}
+_NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
+                 "target_variance_ratio", "validation_fraction", "limit_train", "limit_test", "warmup_epochs"}
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(value, args[0], where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(repr(where + k) for k in unknown)}"
+                          f" (valid: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{where}{key}"
+        v = _convert(value, hints[key], full)
+        choices = _CHOICES.get((cls.__name__, key))
+        if choices and v not in choices:
+            raise ConfigError(f"{full} must be one of {', '.join(choices)}, got {v!r}")
+        if key in _POSITIVE and v <= 0:
+            raise ConfigError(f"{full} must be positive, got {v!r}")
+        if key in _NON_NEGATIVE and (v < 0 or v != v):
+            raise ConfigError(f"{full} must not be negative, got {v!r}")
+        kwargs[key] = v
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> Config:
+    for kind in ("m2m", "m2o"):
+        pc = getattr(cfg, kind)
+        if pc is None:
+            continue
+        if not pc.phases:
+            raise ConfigError(f"{kind}.phases must hold at least one phase")
+        for i, ph in enumerate(pc.phases):
+            if ph.step_a == 0 and ph.step_f == 0:
+                raise ConfigError(f"{kind}.phases[{i}]: step_a and step_f are both zero, the path would not move")
+            if ph.until_loss > 0 and ph.min_rounds > ph.max_rounds:
+                raise ConfigError(f"{kind}.phases[{i}]: min_rounds ({ph.min_rounds}) exceeds max_rounds ({ph.max_rounds})")
+            if i == 0 and ph.keep_previous:
+                raise ConfigError(f"{kind}.phases[0]: keep_previous needs a previous phase")
+    if not 0 <= cfg.data.validation_fraction < 1:
+        raise ConfigError(f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    return _check(from_dict(Config, data))
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped inside the package."""
+    files = resources.files("llpf") / "configs"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(name_or_path: str | Path) -> Config:
+    """Read a config from a TOML file path or the name of a shipped config."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+    else:
+        res = resources.files("llpf") / "configs" / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise ConfigError(f"no config named {str(name_or_path)!r}; shipped: {', '.join(shipped_configs())}")
+        text = res.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name_or_path}: invalid TOML: {e}") from None
+    return config_from_dict(data)
+
+
+def to_dict(cfg) -> dict:
+    """A config as plain data, with None tables dropped (TOML has no null)."""
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items() if v is not None}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+    return clean(dataclasses.asdict(cfg))
+
+
+def dumps(cfg) -> str:
+    return tomli_w.dumps(to_dict(cfg))

@@ -1,0 +1,220 @@
+"""Training: the flat parameter vector, Train_r (Algorithm 1 line 7), evaluation, endpoints.
+
+``FlatParams`` lays every trainable parameter of a model end to end in one
+tensor and makes the model's parameters (and their gradients) views into it.
+The geometry then works on the whole model in a handful of kernels, and an SGD
+step with per-layer learning rates is one fused update.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import Phase, TrainConfig
+from .errors import ModelMismatchError, NonFiniteError
+from .geometry import Layout, Segments
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+MetricFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def accuracy(output: Tensor, target: Tensor) -> Tensor:
+    """Fraction of rows whose arg-max equals the target (the default metric)."""
+    return (output.argmax(-1) == target).float().mean()
+
+
+DEFAULT_METRICS: dict[str, MetricFn] = {"accuracy": accuracy}
+
+
+def layout_of(model: nn.Module) -> Layout:
+    """The Layout of a model's trainable parameters, in ``named_parameters`` order."""
+    named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
+    return Layout(tuple(n for n, _ in named), tuple(s for _, s in named))
+
+
+def check_same_architecture(a: nn.Module, b: nn.Module, what=("start", "destination")) -> None:
+    """Raise ModelMismatchError unless both models have the same parameter names and shapes."""
+    la, lb = layout_of(a), layout_of(b)
+    if la.names != lb.names:
+        only_a = sorted(set(la.names) - set(lb.names))[:3]
+        only_b = sorted(set(lb.names) - set(la.names))[:3]
+        raise ModelMismatchError(
+            f"{what[0]} and {what[1]} models have different architectures "
+            f"(only in {what[0]}: {only_a or '-'}; only in {what[1]}: {only_b or '-'})")
+    for n, sa, sb in zip(la.names, la.shapes, lb.shapes):
+        if sa != sb:
+            raise ModelMismatchError(f"{what[0]} and {what[1]} differ in the shape of {n}: {list(sa)} vs {list(sb)}")
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise NonFiniteError(f"{what} model has non-finite values in {n}")
+
+
+class FlatParams:
+    """A model's trainable parameters as views into one flat vector (and likewise their grads)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.layout = layout_of(model)
+        params = [p for _, p in model.named_parameters() if p.requires_grad]
+        device = params[0].device
+        dtype = params[0].dtype
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params]).to(device, dtype)
+        self.grad = torch.zeros_like(self.flat)
+        for p, v, g in zip(params, self.layout.split(self.flat), self.layout.split(self.grad)):
+            p.data = v
+            p.grad = g
+        self.seg = Segments(self.layout, device, dtype)
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+
+def cycle(data: Iterable) -> Iterator:
+    """An endless iterator over ``data``: a stream continues, a re-iterable restarts."""
+    if iter(data) is data:
+        yield from data
+        return
+    while True:
+        empty = True
+        for item in data:
+            empty = False
+            yield item
+        if empty:
+            raise ValueError("the training data yields no batches")
+
+
+class TrainR:
+    """Train_r: r steps of plain SGD on the flat vector, drawing from one continuing stream.
+
+    All trainable parameters are trained (not only the moved ones). ``lr`` may
+    be a per-layer tensor (AngleConformal in M2O). Momentum and weight decay are
+    available but the paper uses neither.
+    """
+
+    def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
+                 momentum: float = 0.0, weight_decay: float = 0.0, device=None):
+        self.fp, self.batches, self.loss_fn = fp, batches, loss_fn
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.buf = torch.zeros_like(fp.flat) if momentum else None
+        self.device = device if device is not None else fp.flat.device
+
+    def step(self, lr_elem: Tensor | float) -> Tensor:
+        fp = self.fp
+        x, y = next(self.batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        fp.zero_grad()
+        loss = self.loss_fn(fp.model(x), y)
+        loss.backward()
+        with torch.no_grad():
+            g = fp.grad
+            if self.weight_decay:
+                g = g.add(fp.flat, alpha=self.weight_decay)
+            if self.buf is not None:
+                self.buf.mul_(self.momentum).add_(g)
+                g = self.buf
+            if isinstance(lr_elem, Tensor):
+                fp.flat.addcmul_(g, lr_elem, value=-1.0)
+            else:
+                fp.flat.add_(g, alpha=-lr_elem)
+        return loss.detach()
+
+    def __call__(self, phase: Phase, lr_per_layer: Tensor | None = None) -> tuple[Tensor, int]:
+        """Run Train_r under ``phase``'s rule; return the last batch loss and rounds taken.
+
+        Fixed r never waits on the device. With ``until_loss`` set, training
+        stops once the loss of the step just taken is below it (after at least
+        ``min_rounds``) or after ``max_rounds`` steps.
+        """
+        self.fp.model.train()
+        lr_elem = self.lr if lr_per_layer is None else self.fp.seg.expand(lr_per_layer)
+        if phase.until_loss <= 0:
+            for _ in range(phase.rounds):
+                loss = self.step(lr_elem)
+            return loss, phase.rounds
+        for r in range(1, phase.max_rounds + 1):
+            loss = self.step(lr_elem)
+            if r >= phase.min_rounds:
+                value = float(loss)
+                if value < phase.until_loss or not math.isfinite(value):
+                    return loss, r
+        return loss, phase.max_rounds
+
+    def state_dict(self) -> dict:
+        return {"momentum_buffer": self.buf}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("momentum_buffer") is not None:
+            self.buf.copy_(state["momentum_buffer"])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable, loss_fn: LossFn = F.cross_entropy,
+             metrics: Mapping[str, MetricFn] = DEFAULT_METRICS, device=None) -> dict[str, float]:
+    """Mean loss and metrics over all batches, weighted by batch size (eval mode)."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    total, sums = 0, None
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        vals = torch.stack([loss_fn(out, y)] + [m(out, y) for m in metrics.values()]) * len(y)
+        sums = vals if sums is None else sums + vals
+        total += len(y)
+    model.train(was_training)
+    if sums is None:
+        return {}
+    values = (sums / total).tolist()
+    return dict(zip(["loss", *metrics], values))
+
+
+# ---------------------------------------------------------------- endpoints (paper Table 3)
+
+
+def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int, device=None,
+                   loss_fn: LossFn = F.cross_entropy, progress: bool = False) -> list[float]:
+    """Train a model from scratch with SGD + momentum (paper Table 3). Returns per-epoch mean losses."""
+    from tqdm.auto import tqdm
+
+    from .data import BatchStream
+
+    device = device or next(model.parameters()).device
+    stream = BatchStream(train_split, recipe.batch_size, seed=seed)
+    steps_per_epoch = max(1, len(train_split) // stream.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    if recipe.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total)
+    elif recipe.schedule == "cosine":
+        warm = recipe.warmup_epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    else:
+        sched = None
+    model.train()
+    losses = []
+    bar = tqdm(range(recipe.epochs), desc=f"train seed {seed}", disable=not progress, leave=False)
+    for _ in bar:
+        acc = torch.zeros((), device=device)
+        for _ in range(steps_per_epoch):
+            x, y = next(stream)
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            acc += loss.detach()
+        losses.append(float(acc) / steps_per_epoch)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteError(f"endpoint training diverged (loss {losses[-1]}) at epoch {len(losses)}")
+    return losses
