@@ -102,7 +102,10 @@ def _as_config(cfg) -> PathConfig:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state (Python, NumPy, torch CPU and CUDA), as data ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -110,7 +113,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -159,6 +163,7 @@ class PathEngine:
         self.schedule = resolve(self.cfg.phases, names, exclude)
         self.masks = [self.fp.layout.mask(rp.moved, self.device) for rp in self.schedule]
         self.all_layers = torch.ones(len(names), dtype=torch.bool, device=self.device)
+        self.ever_moved = torch.stack(self.masks).any(0)
 
         self.start_flat = self.fp.flat.clone()
         self.v0 = seg.variance(self.start_flat)  # the variance sphere S_var of P0, taken once
@@ -205,7 +210,7 @@ class PathEngine:
 
     def mean_variance_ratio(self) -> Tensor:
         """Mean of Var(P_l)/v_l over the layers M2O moves (all layers for M2M)."""
-        mask = self.masks[-1] if self.kind == "m2o" else self.all_layers
+        mask = self.ever_moved if self.kind == "m2o" else self.all_layers
         return self._moved_ratio()[mask].mean()
 
     def _eval_row(self) -> dict:
@@ -222,33 +227,31 @@ class PathEngine:
             row.update({f"dist/{n}": x for n, x in zip(names, d)})
         else:
             r = self._moved_ratio().tolist()
-            row.update({f"var_ratio/{n}": x for n, x in zip(names, r)})
+            row.update({f"var_ratio/{n}": x for n, x, m in zip(names, r, self.ever_moved.tolist()) if m})
         return row
 
-    def _flush(self) -> bool:
-        """Bring the buffered batch losses to the host; False (and a failure) if one is not finite."""
+    def _flush(self) -> list[dict]:
+        """Bring the buffered batch losses to the host as rows; stop at the first non-finite one."""
         if not self.pending:
-            return True
+            return []
         losses = torch.stack([p[2] for p in self.pending]).tolist()
-        rows, ok = [], True
+        rows = []
         for (it, ph, _, rounds), loss in zip(self.pending, losses):
             if not math.isfinite(loss):
                 self.failure = f"batch loss became {loss} at iteration {it}"
-                ok = False
                 break
             rows.append({"iteration": it, "phase": ph + 1, "batch_loss": loss, "rounds": rounds})
             self.track["max_batch_loss"] = max(self.track["max_batch_loss"], loss)
         self.pending = []
-        self._emit(rows)
-        return ok
+        return rows
 
     def _emit(self, rows: list[dict]) -> None:
         if rows:
             self.path.rows.extend(rows)
             self.observer.on_rows(rows)
 
-    def _evaluate_now(self, row: dict | None = None) -> None:
-        """Evaluate at the current point, attach the results to ``row`` (or a new row)."""
+    def _evaluate_now(self, row: dict) -> dict:
+        """Evaluate at the current point and add the results to ``row``."""
         ev = self._eval_row()
         if "train_loss" in ev:
             self.track["max_train_loss"] = max(self.track["max_train_loss"], ev["train_loss"])
@@ -258,9 +261,6 @@ class PathEngine:
             self.track["start_metrics"] = dict(ev)
         if self.kind == "m2o":
             self._consider_best(ev)
-        if row is None:
-            row = {"iteration": self.iteration, "phase": 0 if self.iteration == 0 else
-                   phase_at(self.schedule, self.iteration).index + 1}
         row.update(ev)
         return row
 
@@ -338,13 +338,11 @@ class PathEngine:
             reached = bool(target) and float(self.mean_variance_ratio()) <= target
             last = i == end or reached
             if last or i % cfg.eval_every == 0 or i % cfg.save_every == 0 or i % cfg.checkpoint_every == 0:
-                if not self._flush():
-                    break
-                row = None
-                if last or i % cfg.eval_every == 0:
-                    row = self._evaluate_now()
-                    self._emit([row])
-                    bar.set_postfix(train_loss=f"{row.get('train_loss', float('nan')):.4f}")
+                rows = self._flush()
+                if self.failure is None and (last or i % cfg.eval_every == 0):
+                    self._evaluate_now(rows[-1])
+                    bar.set_postfix(loss=f"{rows[-1].get('train_loss', rows[-1]['batch_loss']):.4f}")
+                self._emit(rows)
                 if self.failure:
                     break
                 if i % cfg.save_every == 0 or last:

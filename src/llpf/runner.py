@@ -1,0 +1,155 @@
+"""From a config and weight files to a finished run directory (what the CLI commands do).
+
+Config -> (model, data) -> path engine -> run directory -> figures. A run
+directory copies its input weights, so ``resume`` needs nothing outside it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import config as C
+from .data import Bundle, load_data
+from .errors import ConfigError, DataError, ModelMismatchError
+from .models import build_model
+from .paths import PathEngine, pick_device
+from .store import RunDir, load_weights, save_weights
+from .train import evaluate, train_endpoint
+
+
+def load_model(cfg: C.Config, path: str | Path, what: str = "model") -> nn.Module:
+    """Build ``cfg.model`` and load weights into it, naming any mismatch."""
+    model = build_model(cfg.model)
+    state = load_weights(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ModelMismatchError(
+            f"{what} {path} does not fit model {cfg.model.name!r} "
+            f"(missing: {missing[:3] or '-'}; unexpected: {unexpected[:3] or '-'})")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise ModelMismatchError(f"{what} {path}: {k} has shape {list(v.shape)}, "
+                                     f"model {cfg.model.name!r} expects {list(own[k].shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def check_data_fits(data: Bundle, cfg: C.Config) -> None:
+    for name, split in (("train", data.train), ("test", data.test)):
+        lo, hi = int(split.y.min()), int(split.y.max())
+        if lo < 0 or hi >= cfg.model.num_classes:
+            raise DataError(f"{name} labels span {lo}..{hi} but the model has {cfg.model.num_classes} outputs")
+
+
+def prepare_data(cfg: C.Config, device) -> Bundle:
+    data = load_data(cfg.data, device)
+    check_data_fits(data, cfg)
+    return data
+
+
+def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,
+          data: Bundle | None = None) -> dict:
+    """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics."""
+    out = Path(out)
+    if out.exists():
+        raise C.ConfigError(f"{out} already exists; choose another --out")
+    device = pick_device(device)
+    data = data or prepare_data(cfg, device)
+    torch.manual_seed(seed)
+    model = build_model(cfg.model).to(device)
+    train_endpoint(model, data.train, cfg.train, seed, device, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
+    bs = cfg.data.eval_batch_size
+    return {"train": evaluate(model, data.train.batches(bs)), "test": evaluate(model, data.test.batches(bs))}
+
+
+def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
+    pc = getattr(cfg, kind)
+    if pc is None:
+        raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
+    return pc
+
+
+def _engine(rd: RunDir, kind: str, cfg: C.Config, device, data: Bundle | None) -> PathEngine:
+    pc = _path_config(cfg, kind)
+    data = data or prepare_data(cfg, device)
+    start = load_model(cfg, rd.path / "start.safetensors", "start")
+    dest = load_model(cfg, rd.path / "dest.safetensors", "destination") if kind == "m2m" else None
+    sets = {"train": data.train, "test": data.test}
+    if data.validation is not None:
+        sets["validation"] = data.validation
+    return PathEngine(kind, start, pc, data.train, dest=dest, eval_sets=sets, device=device, observer=rd,
+                      keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
+
+
+def _finish(rd: RunDir, eng: PathEngine, progress: bool) -> dict:
+    path = eng.run(progress=progress)
+    if not path.summary:
+        return {}
+    if path.summary["status"] == "complete":
+        rd.on_point(eng.iteration, eng.state_of_model())
+        shutil.copyfile(rd.point_path(eng.iteration), rd.path / "final.safetensors")
+        rd.set_status("complete")
+    else:
+        rd.set_status("failed", reason=path.summary.get("reason"))
+    (rd.path / "checkpoint.pt").unlink(missing_ok=True)
+    from .plots import path_figure
+    path_figure(rd.path)
+    return path.summary
+
+
+def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
+             device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
+    """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary."""
+    pc = _path_config(cfg, kind)
+    device = pick_device(device)
+    # Validate every input before the run directory is touched.
+    load_model(cfg, start, "start")
+    if kind == "m2m":
+        if dest is None:
+            raise ConfigError("m2m needs --dest")
+        load_model(cfg, dest, "destination")
+    rd = RunDir(out)
+    resolved = C.Config(cfg.name, cfg.description, cfg.model, cfg.data, cfg.train,
+                        pc if kind == "m2m" else None, pc if kind == "m2o" else None)
+    inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
+    rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
+    save_weights(rd.path / "start.safetensors", load_weights(start))
+    if dest is not None:
+        save_weights(rd.path / "dest.safetensors", load_weights(dest))
+    eng = _engine(rd, kind, cfg, device, data)
+    return _finish(rd, eng, progress)
+
+
+def resume(run: str | Path, device=None, progress: bool = False) -> dict:
+    """Continue a run from its last checkpoint; the result equals an uninterrupted run."""
+    rd = RunDir(run)
+    if not rd.exists:
+        raise C.ConfigError(f"{run} holds no llpf run")
+    info = rd.info()
+    if info.get("status") == "complete":
+        raise C.ConfigError(f"{run} is already complete")
+    kind = info["kind"]
+    cfg = C.load_config(rd.path / "config.toml")
+    device = pick_device(device or info.get("device"))
+    eng = _engine(rd, kind, cfg, device, None)
+    state = rd.load_checkpoint()
+    last = 0
+    if state is not None:
+        eng.load_state_dict(state)
+        last = eng.iteration
+    rd.truncate_metrics(last)
+    for it, p in rd.points():
+        if it > last:
+            p.unlink()
+    (rd.path / "summary.json").unlink(missing_ok=True)
+    if state is None:
+        (rd.path / "metrics.csv").unlink(missing_ok=True)
+    rd.set_status("running")
+    return _finish(rd, eng, progress)

@@ -1,0 +1,256 @@
+"""The run directory: the unit of work on disk.
+
+::
+
+    RUN/config.toml          the fully resolved config (plus the run's inputs)
+    RUN/run.json             kind, status, inputs, library versions, device
+    RUN/metrics.csv          one row per iteration; evaluation columns every k iterations
+    RUN/points/NNNNNNN.safetensors   saved path points (model state) every k iterations
+    RUN/final.safetensors    the last point
+    RUN/best.safetensors     M2O: the best-generalising point
+    RUN/checkpoint.pt        everything needed to resume (weights_only-loadable)
+    RUN/summary.json         status and the path's verdicts
+    RUN/figures/*.png
+
+Every file except metrics.csv is written to a temporary name, flushed, fsynced
+and renamed, so a kill leaves either the old or the new file. metrics.csv is
+appended whole lines at a time and fsynced; readers ignore a torn last line.
+The store knows nothing about training.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from .errors import CheckpointError, RunDirError
+from .paths import Observer
+
+BASE_COLUMNS = ["iteration", "phase", "batch_loss", "rounds"]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load model weights from safetensors, or a torch file with ``weights_only=True`` (never unpickle code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file is empty: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot read weights from {path} (corrupt, truncated or not a weights file: {msg[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - unpickling refused code or another format error
+        raise CheckpointError(f"refused to load {path}: not a plain weights file ({type(e).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def environment() -> dict[str, Any]:
+    import numpy
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "platform": platform.platform()}
+    try:
+        from . import __version__
+        env["llpf"] = __version__
+    except ImportError:  # pragma: no cover
+        pass
+    return env
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float | None]]:
+    """metrics.csv as dicts of floats (None for empty cells); a torn last line is ignored."""
+    text = Path(path).read_text()
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return []
+    header, body = rows[0], rows[1:]
+    if body and not text.endswith("\n"):
+        body = body[:-1]
+    out = []
+    for r in body:
+        if len(r) != len(header):
+            continue
+        out.append({h: (float(v) if v != "" else None) for h, v in zip(header, r)})
+    return out
+
+
+class RunDir(Observer):
+    """A run directory, and the observer that fills it while the engine runs."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.columns: list[str] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    def info(self) -> dict:
+        try:
+            return json.loads((self.path / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def create(self, kind: str, config_toml: str, inputs: dict[str, Any], device: str, force: bool = False) -> None:
+        """Make a new run directory; refuse one that already holds a run (unless ``force`` and not complete)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"output path {self.path} exists and is not a directory")
+        if self.exists:
+            status = self.info().get("status", "unknown")
+            if not force or status == "complete":
+                hint = "" if status == "complete" else " (use --resume to continue it, or --force to start over)"
+                raise RunDirError(f"{self.path} already holds a {status} run{hint}")
+        elif self.path.is_dir() and any(self.path.iterdir()):
+            raise RunDirError(f"output directory {self.path} is not empty and holds no llpf run")
+        try:
+            (self.path / "points").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create {self.path}: {e.strerror or e}") from None
+        if not os.access(self.path, os.W_OK):
+            raise RunDirError(f"output directory {self.path} is not writable")
+        for stale in ("metrics.csv", "summary.json", "checkpoint.pt", "final.safetensors", "best.safetensors"):
+            (self.path / stale).unlink(missing_ok=True)
+        for p in (self.path / "points").glob("*.safetensors"):
+            p.unlink()
+        atomic_write(self.path / "config.toml", config_toml.encode())
+        self.write_info({"kind": kind, "status": "running", "inputs": inputs, "device": device,
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()})
+
+    def write_info(self, info: dict) -> None:
+        atomic_write(self.path / "run.json", (json.dumps(info, indent=2) + "\n").encode())
+
+    def set_status(self, status: str, **extra) -> None:
+        info = self.info()
+        info.update(status=status, **extra)
+        self.write_info(info)
+
+    # ------------------------------------------------------------ observer
+
+    def on_rows(self, rows: list[dict]) -> None:
+        f = self.path / "metrics.csv"
+        if self.columns is None:
+            if f.is_file() and f.stat().st_size > 0:
+                self.columns = next(csv.reader(io.StringIO(f.read_text().split("\n", 1)[0])))
+            else:
+                extra = [k for k in rows[0] if k not in BASE_COLUMNS]
+                self.columns = BASE_COLUMNS + extra
+                self._append(",".join(self.columns) + "\n")
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, self.columns, extrasaction="ignore", lineterminator="\n")
+        for r in rows:
+            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+        self._append(buf.getvalue())
+
+    def _append(self, text: str) -> None:
+        try:
+            with open(self.path / "metrics.csv", "a") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            raise RunDirError(f"cannot write {self.path / 'metrics.csv'}: {e.strerror or e}") from None
+
+    def truncate_metrics(self, last_iteration: int) -> None:
+        """Drop rows after ``last_iteration`` (and a torn line), before a resume appends again."""
+        f = self.path / "metrics.csv"
+        if not f.is_file():
+            return
+        lines = f.read_text().split("\n")
+        header, body = lines[0], [ln for ln in lines[1:] if ln]
+        keep = [header]
+        ncol = len(next(csv.reader([header])))
+        for ln in body:
+            cells = next(csv.reader([ln]))
+            if len(cells) != ncol or int(float(cells[0])) > last_iteration:
+                break
+            keep.append(ln)
+        atomic_write(f, ("\n".join(keep) + "\n").encode())
+
+    def point_path(self, iteration: int) -> Path:
+        return self.path / "points" / f"{iteration:07d}.safetensors"
+
+    def on_point(self, iteration: int, state: dict[str, torch.Tensor]) -> None:
+        save_weights(self.point_path(iteration), state, {"iteration": str(iteration)})
+
+    def on_best(self, iteration: int, state: dict[str, torch.Tensor]) -> None:
+        save_weights(self.path / "best.safetensors", state, {"iteration": str(iteration)})
+
+    def on_checkpoint(self, iteration: int, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.path / "checkpoint.pt", buf.getvalue())
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        f = self.path / "checkpoint.pt"
+        if not f.is_file():
+            return None
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {f} is unreadable ({type(e).__name__}); start over with --force") from None
+
+    def on_summary(self, summary: dict) -> None:
+        atomic_write(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+    # ------------------------------------------------------------ reading
+
+    def summary(self) -> dict:
+        return json.loads((self.path / "summary.json").read_text())
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path / "metrics.csv")
+
+    def points(self) -> list[tuple[int, Path]]:
+        """``(iteration, file)`` of every saved point, in order."""
+        out = []
+        for p in sorted((self.path / "points").glob("*.safetensors")):
+            try:
+                out.append((int(p.stem), p))
+            except ValueError:
+                continue
+        return out
