@@ -1,4 +1,4 @@
-"""Dataset loaders on small files written in the real on-disk formats (no network)."""
+"""Dataset loaders on small files written in the real on-disk formats (no network), and augmentation."""
 from __future__ import annotations
 
 import gzip
@@ -15,9 +15,10 @@ from PIL import Image
 from llpf.config import DataConfig
 from llpf.data import load_data, vision
 from llpf.data import image_folder
+from llpf.data.augment import augment, crop_flip, default_augmentation, random_crop, random_flip
 from llpf.data.idx import IDX_FILES, read_idx
 from llpf.data.imagenet import imagenet_loaders
-from llpf.errors import DataError
+from llpf.errors import ConfigError, DataError
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
@@ -319,3 +320,39 @@ def test_imagenet_loaders_give_standard_batches(tmp_path):
     black = (0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(x[0, :, 112, 112], black)
 
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_augment_names():
+    assert augment(None) is None and augment("none") is None and augment("crop-flip") is crop_flip
+    assert default_augmentation("cifar10") == "crop-flip" and default_augmentation("mnist") == "none"
+    with pytest.raises(ConfigError, match="crop-flip"):
+        augment("mixup")
+
+
+def test_random_crop_is_a_shifted_window_of_the_reflect_padded_image():
+    x = torch.randn(64, 3, 8, 8)
+    out = random_crop(x, 2, "reflect", torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2,) * 4, mode="reflect")
+    shifts = []
+    for i in range(64):
+        hits = [(a, b) for a in range(5) for b in range(5) if torch.equal(out[i], padded[i, :, a:a + 8, b:b + 8])]
+        assert hits, f"sample {i} is not a crop"
+        shifts.append(hits[0])
+    assert len(set(shifts)) > 10  # offsets differ between samples
+
+
+def test_random_flip_mirrors_about_half_the_samples():
+    x = torch.randn(200, 3, 4, 4)
+    out = random_flip(x, torch.Generator().manual_seed(0))
+    flipped = torch.tensor([torch.equal(o, xi.flip(2)) for o, xi in zip(out, x)])
+    same = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+    assert bool((flipped ^ same).all()) and 60 < int(flipped.sum()) < 140
+
+
+def test_crop_flip_is_reproducible_with_a_generator():
+    x = torch.randn(16, 3, 32, 32)
+    a = crop_flip(x, generator=torch.Generator().manual_seed(3))
+    b = crop_flip(x, generator=torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
