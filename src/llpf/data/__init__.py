@@ -110,7 +110,7 @@ def cut_validation(bundle: Bundle, fraction: float, seed: int = 0) -> Bundle:
 
 def load_data(cfg: DataConfig, device=None) -> Bundle:
     """Load the dataset ``cfg.name`` as tensors on ``device``."""
-    from . import digits  # noqa: F401  (registers the built-in loaders)
+    from . import digits, vision  # noqa: F401  (registers the built-in loaders)
 
     try:
         loader = DATASETS[cfg.name]

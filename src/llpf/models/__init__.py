@@ -7,10 +7,15 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from .cct import cct7_3x1
 from .lenet5 import LeNet5
+from .resnet18 import resnet18_cifar, resnet18_imagenet
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "lenet5": lambda c: LeNet5(c.num_classes, c.in_channels, c.image_size),
+    "resnet18": lambda c: resnet18_cifar(c.num_classes, c.in_channels),
+    "resnet18-imagenet": lambda c: resnet18_imagenet(c.num_classes, c.in_channels),
+    "cct7-3x1": lambda c: cct7_3x1(c.num_classes, c.in_channels, c.image_size),
 }
 
 

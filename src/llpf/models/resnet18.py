@@ -1,0 +1,100 @@
+"""ResNet18 (He et al. 2016) as torchvision builds it, in its CIFAR and ImageNet forms.
+
+The paper's layer names "follow the PyTorch implementation" (Appendix A.4,
+Table 1: ``conv1.weight``, ``bn1.*``, ``layer1.*`` ... ``fc.*``), so both
+variants are torchvision's ``resnet18`` itself. The CIFAR form swaps the 7x7
+stride-2 stem for a 3x3 stride-1 convolution and drops the max-pool, the usual
+adaptation to 32x32 inputs; the replaced modules keep their names, so every
+parameter name is the same as in torchvision. 11.17M parameters with 10
+classes (11.22M with 100); the ImageNet form has 11.69M.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from ..errors import CheckpointError, ModelMismatchError
+
+
+def _stem(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, 64, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision initialises convs
+    return conv
+
+
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> torchvision.models.ResNet:
+    """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, for 32x32 images."""
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = _stem(in_channels, 3, 1)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> torchvision.models.ResNet:
+    """torchvision's ImageNet ResNet18 as is (no weights; see ``load_torchvision_resnet18_weights``)."""
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = _stem(in_channels, 7, 2)
+    return model
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # every reader failure means the same thing to the user
+        raise CheckpointError(f"{path} is not a readable weights file ({_one_line(e)})") from None
+    for key in ("state_dict", "model"):  # training scripts often wrap the weights one level down
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors")
+    return state
+
+
+def load_torchvision_resnet18_weights(model: nn.Module, path: str | Path | None = None) -> nn.Module:
+    """Load ImageNet ResNet18 weights into ``model`` (strictly) and return it.
+
+    ``path`` None asks torchvision for ``ResNet18_Weights.IMAGENET1K_V1`` (the
+    69.758% top-1 model the paper's M2O starts from): it comes from torch's
+    hub cache, or the network when the cache lacks it. Otherwise ``path`` is a
+    local ``.safetensors`` file or a ``torch.save`` file read with
+    ``weights_only=True`` (torchvision's own ``resnet18-f37072fd.pth`` works).
+    """
+    if path is None:
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        try:
+            state = weights.get_state_dict(progress=False)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash is a RuntimeError
+            raise CheckpointError(
+                f"could not get torchvision's ResNet18 {weights.name} weights ({_one_line(e)}); "
+                f"offline, fetch {weights.url} elsewhere and pass the file") from None
+        where = f"torchvision {weights.name}"
+    else:
+        state = _read_state_dict(Path(path))
+        where = str(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelMismatchError(f"{where} does not fit the model (missing: {missing[:3] or '-'}; "
+                                 f"unexpected: {unexpected[:3] or '-'})")
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelMismatchError(f"{where}: {name} has shape {list(tensor.shape)}, "
+                                     f"the model wants {list(expected[name].shape)}")
+    model.load_state_dict(state)
+    return model
