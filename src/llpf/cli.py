@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _print_summary(kind: str, s: dict, out=sys.stdout) -> None:
+def _print_summary(kind: str, s: dict, out=None) -> None:
+    out = out or sys.stdout
     if kind == "m2m":
         worst = max(s["final_distance"], key=lambda k: s["final_distance"][k] / max(s["initial_distance"][k], 1e-12))
         print(f"M2M path: {'VALID' if s['valid'] else 'NOT valid'} ({s['status']}, {s['iterations']} iterations)\n"

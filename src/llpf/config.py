@@ -135,7 +135,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, f"{where}.")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
