@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dest", required=True, help="destination model weights")
         p.add_argument("--out", required=True, help="run directory to create")
         p.add_argument("--force", action="store_true", help="replace an unfinished run in --out")
-        p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the unfinished run in --out (start it when there is none)")
         _device_arg(p)
         _quiet_arg(p)
 
@@ -113,7 +114,9 @@ def cmd_path(args) -> int:
     from .config import load_config
     from .runner import resume, run_path
 
-    if args.resume:
+    from .store import RunDir
+
+    if args.resume and RunDir(args.out).exists:
         s = resume(args.out, device=args.device, progress=not args.quiet)
     else:
         cfg = load_config(args.config)

@@ -199,6 +199,7 @@ class PathEngine:
         self.best_flat: Tensor | None = None
         self.best_buffers: dict[str, Tensor] | None = None
         self.failure: str | None = None
+        self.stop_requested = False  # set from a signal handler: checkpoint and return at the next iteration
         self.last_lr: Tensor | None = None
 
     # ------------------------------------------------------------ recording
@@ -323,7 +324,7 @@ class PathEngine:
         bar = tqdm(total=self.total, initial=self.iteration, desc=self.kind.upper(), disable=not progress,
                    dynamic_ncols=True, leave=False)
         target = cfg.target_variance_ratio if self.kind == "m2o" else 0.0
-        while self.iteration < end and self.failure is None:
+        while self.iteration < end and self.failure is None and not self.stop_requested:
             i = self.iteration + 1
             rp = phase_at(self.schedule, i)
             moved = self.masks[rp.index]
@@ -355,6 +356,11 @@ class PathEngine:
                     break
                 if i % cfg.checkpoint_every == 0 and not last:
                     self.observer.on_checkpoint(i, self.state_dict())
+            if self.stop_requested and not last:
+                self._emit(self._flush())
+                if self.failure is None:
+                    self.observer.on_checkpoint(i, self.state_dict())
+                break
         bar.close()
         done = self.failure is not None or self.iteration >= self.total or self.track["stopped_early"]
         if done:

@@ -6,6 +6,9 @@ directory copies its input weights, so ``resume`` needs nothing outside it.
 from __future__ import annotations
 
 import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,7 +16,7 @@ from torch import nn
 
 from . import config as C
 from .data import Bundle, load_data
-from .errors import ConfigError, DataError, ModelMismatchError
+from .errors import ConfigError, DataError, ModelMismatchError, RunDirError
 from .models import build_model
 from .paths import PathEngine, pick_device
 from .store import RunDir, load_weights, save_weights
@@ -88,9 +91,28 @@ def _engine(rd: RunDir, kind: str, cfg: C.Config, device, data: Bundle | None) -
                       keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
 
 
+@contextmanager
+def _stop_on_signals(eng: PathEngine):
+    """SIGINT and SIGTERM ask the engine to checkpoint and return, so ``resume`` continues the run."""
+    def handler(signum, frame):
+        eng.stop_requested = True
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _finish(rd: RunDir, eng: PathEngine, progress: bool) -> dict:
-    path = eng.run(progress=progress)
+    with _stop_on_signals(eng):
+        path = eng.run(progress=progress)
     if not path.summary:
+        rd.set_status("interrupted", iteration=eng.iteration)
         return {}
     if path.summary["status"] == "complete":
         rd.on_point(eng.iteration, eng.state_of_model())
@@ -131,10 +153,12 @@ def resume(run: str | Path, device=None, progress: bool = False) -> dict:
     """Continue a run from its last checkpoint; the result equals an uninterrupted run."""
     rd = RunDir(run)
     if not rd.exists:
-        raise C.ConfigError(f"{run} holds no llpf run")
+        raise RunDirError(f"{run} holds no llpf run")
     info = rd.info()
     if info.get("status") == "complete":
-        raise C.ConfigError(f"{run} is already complete")
+        raise RunDirError(f"{run} is already complete")
+    if info.get("status") == "failed":
+        raise RunDirError(f"{run} failed ({info.get('reason')}); start it over with --force")
     kind = info["kind"]
     cfg = C.load_config(rd.path / "config.toml")
     device = pick_device(device or info.get("device"))
@@ -144,6 +168,7 @@ def resume(run: str | Path, device=None, progress: bool = False) -> dict:
     if state is not None:
         eng.load_state_dict(state)
         last = eng.iteration
+    rd.remove_partial_writes()
     rd.truncate_metrics(last)
     for it, p in rd.points():
         if it > last:

@@ -165,7 +165,7 @@ class RunDir(Observer):
         atomic_write(self.path / "run.json", (json.dumps(info, indent=2) + "\n").encode())
 
     def set_status(self, status: str, **extra) -> None:
-        info = self.info()
+        info = {k: v for k, v in self.info().items() if k not in ("iteration", "reason")}
         info.update(status=status, **extra)
         self.write_info(info)
 
@@ -194,6 +194,12 @@ class RunDir(Observer):
                 os.fsync(fh.fileno())
         except OSError as e:
             raise RunDirError(f"cannot write {self.path / 'metrics.csv'}: {e.strerror or e}") from None
+
+    def remove_partial_writes(self) -> None:
+        """Delete the temporary files of writes that a kill interrupted."""
+        for folder in (self.path, self.path / "points"):
+            for p in folder.glob(".*.tmp-*"):
+                p.unlink(missing_ok=True)
 
     def truncate_metrics(self, last_iteration: int) -> None:
         """Drop rows after ``last_iteration`` (and a torn line), before a resume appends again."""
