@@ -79,16 +79,17 @@ def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
     return pc
 
 
-def _engine(rd: RunDir, kind: str, cfg: C.Config, device, data: Bundle | None) -> PathEngine:
+def _engine(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, data: Bundle | None,
+            observer: RunDir) -> PathEngine:
     pc = _path_config(cfg, kind)
     data = data or prepare_data(cfg, device)
-    start = load_model(cfg, rd.path / "start.safetensors", "start")
-    dest = load_model(cfg, rd.path / "dest.safetensors", "destination") if kind == "m2m" else None
+    start_model = load_model(cfg, start, "start")
+    dest_model = load_model(cfg, dest, "destination") if kind == "m2m" else None
     sets = {"train": data.train, "test": data.test}
     if data.validation is not None:
         sets["validation"] = data.validation
-    return PathEngine(kind, start, pc, data.train, dest=dest, eval_sets=sets, device=device, observer=rd,
-                      keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
+    return PathEngine(kind, start_model, pc, data.train, dest=dest_model, eval_sets=sets, device=device,
+                      observer=observer, keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
 
 
 @contextmanager
@@ -131,13 +132,13 @@ def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | Non
     """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary."""
     pc = _path_config(cfg, kind)
     device = pick_device(device)
-    # Validate every input before the run directory is touched.
-    load_model(cfg, start, "start")
-    if kind == "m2m":
-        if dest is None:
-            raise ConfigError("m2m needs --dest")
-        load_model(cfg, dest, "destination")
+    if kind == "m2m" and dest is None:
+        raise ConfigError("m2m needs --dest")
     rd = RunDir(out)
+    rd.check_writable_for_new_run(force)
+    # Building the engine validates every input (weights, shapes, patterns, data) before the
+    # run directory is touched.
+    eng = _engine(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
     resolved = C.Config(cfg.name, cfg.description, cfg.model, cfg.data, cfg.train,
                         pc if kind == "m2m" else None, pc if kind == "m2o" else None)
     inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
@@ -145,7 +146,6 @@ def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | Non
     save_weights(rd.path / "start.safetensors", load_weights(start))
     if dest is not None:
         save_weights(rd.path / "dest.safetensors", load_weights(dest))
-    eng = _engine(rd, kind, cfg, device, data)
     return _finish(rd, eng, progress)
 
 
@@ -162,7 +162,8 @@ def resume(run: str | Path, device=None, progress: bool = False) -> dict:
     kind = info["kind"]
     cfg = C.load_config(rd.path / "config.toml")
     device = pick_device(device or info.get("device"))
-    eng = _engine(rd, kind, cfg, device, None)
+    dest = rd.path / "dest.safetensors" if kind == "m2m" else None
+    eng = _engine(kind, cfg, rd.path / "start.safetensors", dest, device, None, rd)
     state = rd.load_checkpoint()
     last = 0
     if state is not None:

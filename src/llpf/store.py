@@ -136,8 +136,8 @@ class RunDir(Observer):
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def create(self, kind: str, config_toml: str, inputs: dict[str, Any], device: str, force: bool = False) -> None:
-        """Make a new run directory; refuse one that already holds a run (unless ``force`` and not complete)."""
+    def check_writable_for_new_run(self, force: bool = False) -> None:
+        """Refuse a path that holds a run (unless ``force`` and not complete), a non-run folder or a file."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"output path {self.path} exists and is not a directory")
         if self.exists:
@@ -147,6 +147,13 @@ class RunDir(Observer):
                 raise RunDirError(f"{self.path} already holds a {status} run{hint}")
         elif self.path.is_dir() and any(self.path.iterdir()):
             raise RunDirError(f"output directory {self.path} is not empty and holds no llpf run")
+        parent = next((p for p in [self.path, *self.path.parents] if p.exists()), None)
+        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise RunDirError(f"cannot create {self.path}: {parent} is not a writable directory")
+
+    def create(self, kind: str, config_toml: str, inputs: dict[str, Any], device: str, force: bool = False) -> None:
+        """Make a new run directory; refuse one that already holds a run (unless ``force`` and not complete)."""
+        self.check_writable_for_new_run(force)
         try:
             (self.path / "points").mkdir(parents=True, exist_ok=True)
         except OSError as e:
