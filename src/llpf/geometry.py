@@ -77,16 +77,23 @@ def flatten(tensors: Sequence[Tensor]) -> Tensor:
 class Segments:
     """A Layout bound to a device: the per-element layer index and layer sizes.
 
-    Built once per run; every reduction below takes one.
+    Built once per run; every reduction below takes one. On a GPU a per-layer
+    sum is one ``index_add_`` over the whole vector (one kernel whatever the
+    number of layers); on a CPU, where ``index_add_`` is a slow scalar loop,
+    it is one vectorised sum per layer view.
     """
 
     def __init__(self, layout: Layout, device=None, dtype=torch.float32):
         self.layout = layout
+        self.numels = list(layout.numels)
         self.ids = layout.segment_ids(device)
-        self.n = torch.tensor(layout.numels, device=device, dtype=dtype)
+        self.n = torch.tensor(self.numels, device=device, dtype=dtype)
+        self.per_view = self.ids.device.type == "cpu"
 
     def sum(self, x: Tensor) -> Tensor:
         """Per-layer sums of ``x`` (``[..., D]`` -> ``[..., L]``)."""
+        if self.per_view:
+            return torch.stack([p.sum(-1) for p in x.split(self.numels, -1)], -1)
         out = x.new_zeros(*x.shape[:-1], len(self.layout))
         return out.index_add_(x.dim() - 1, self.ids, x)
 
@@ -94,16 +101,43 @@ class Segments:
         """Broadcast a per-layer value to every element of its layer."""
         return per_layer.index_select(per_layer.dim() - 1, self.ids)
 
+    def scale_shift_(self, x: Tensor, scale: Tensor, shift: Tensor) -> None:
+        """In place, per layer: ``x_l <- scale_l * x_l + shift_l``."""
+        if self.per_view:
+            for i, p in enumerate(x.split(self.numels, -1)):
+                p.mul_(scale[..., i:i + 1]).add_(shift[..., i:i + 1])
+        else:
+            x.mul_(self.expand(scale)).add_(self.expand(shift))
+
+    def add_scaled_(self, x: Tensor, y: Tensor, a: Tensor) -> None:
+        """In place, per layer: ``x_l <- x_l + a_l * y_l``."""
+        if self.per_view:
+            for i, (p, q) in enumerate(zip(x.split(self.numels, -1), y.split(self.numels, -1))):
+                p.addcmul_(q, a[..., i:i + 1])
+        else:
+            x.addcmul_(y, self.expand(a))
+
     def mean(self, x: Tensor) -> Tensor:
         return self.sum(x) / self.n
 
+    def var_mean(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Population variance (Var(W) of Algorithm 1 line 21) and mean of every layer."""
+        if self.per_view:
+            views = x.split(self.numels, -1)
+            means = [p.mean(-1, keepdim=True) for p in views]
+            dev = torch.stack([torch.linalg.vector_norm(p - m, dim=-1) for p, m in zip(views, means)], -1)
+            return dev * dev / self.n, torch.cat(means, -1)
+        mean = self.mean(x)
+        centred = x - self.expand(mean)
+        return self.sum(centred * centred) / self.n, mean
+
     def variance(self, x: Tensor) -> Tensor:
-        """Population variance of every layer, Var(W) of Algorithm 1 line 21."""
-        centred = x - self.expand(self.mean(x))
-        return self.sum(centred * centred) / self.n
+        return self.var_mean(x)[0]
 
     def norm(self, x: Tensor) -> Tensor:
         """Per-layer L2 norm."""
+        if self.per_view:
+            return torch.stack([torch.linalg.vector_norm(p, dim=-1) for p in x.split(self.numels, -1)], -1)
         return self.sum(x * x).sqrt()
 
 
@@ -136,7 +170,7 @@ def move_(
     frac = torch.where(dist > 0, torch.minimum(step, dist) / dist.clamp_min(torch.finfo(dist.dtype).tiny), 0.0)
     if moved is not None:
         frac = frac * moved
-    flat.add_(seg.expand(frac) * delta)
+    seg.add_scaled_(flat, delta, frac)
     return dist
 
 
@@ -152,14 +186,12 @@ def variance_correction_(
     correction off for layers whose variance is tiny). Returns the per-layer
     scale applied (1 where skipped).
     """
-    mean = seg.mean(flat)
-    var = seg.sum((flat - seg.expand(mean)) ** 2) / seg.n
+    var, mean = seg.var_mean(flat)
     ok = (seg.n >= 2) & (var > 0) & torch.isfinite(var) & torch.isfinite(target) & (target >= 0)
     if corrected is not None:
         ok = ok & corrected
     scale = torch.where(ok, (target / torch.where(ok, var, 1.0)).sqrt(), 1.0)
-    m = seg.expand(mean)
-    flat.sub_(m).mul_(seg.expand(scale)).add_(m)
+    seg.scale_shift_(flat, scale, (1 - scale) * mean)  # W' = mean + scale * (W - mean)
     return scale
 
 
