@@ -90,3 +90,12 @@ def test_a_folder_without_runs_is_refused(tmp_path):
 
     with pytest.raises(LLPFError):
         collect_points([tmp_path])
+
+
+def test_a_truncated_point_file_is_named(tmp_path):
+    from llpf.errors import CheckpointError
+
+    ps, _ = random_walk_points(tmp_path, paths=1, points=3)
+    ps.files[1].write_bytes(ps.files[1].read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=ps.files[1].name):
+        streamed_pca(ps)

@@ -49,6 +49,26 @@ def test_cli_commands_write_their_outputs(runs, tmp_path, capsys):
     assert "llpf: error:" in capsys.readouterr().err
 
 
+def test_m2m_with_segments_and_the_demo_straight_line(runs, tmp_path, capsys):
+    from llpf.config import load_config
+    from llpf.demo import straight_line_summary
+    from llpf.runner import prepare_data
+
+    cfg, a, b = str(runs["config"]), str(runs["a"]), str(runs["b"])
+    out = tmp_path / "m2m"
+    assert main(["m2m", cfg, "--start", a, "--dest", b, "--out", str(out), "--segments",
+                 "--segment-points", "1", "--quiet"]) in (0, 1)
+    s = json.loads((out / "summary.json").read_text())
+    assert "segment_max_train_loss" in s and (out / "segments.json").is_file()
+    assert "straight segments between saved points peak at" in capsys.readouterr().out
+    c = load_config(cfg)
+    extra = straight_line_summary(c, runs["a"], runs["b"], out, prepare_data(c, "cpu"), "cpu")
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["straight_line_max_train_loss"] == extra["straight_line_max_train_loss"] > 0
+    assert s2["segment_max_train_loss"] == s["segment_max_train_loss"]
+    assert (out / "straight_line.json").is_file() and (out / "figures" / "straight_line.png").is_file()
+
+
 def chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

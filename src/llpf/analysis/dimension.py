@@ -14,8 +14,10 @@ The gradients themselves are computed in ``dtype`` (float32 by default, as the
 model is trained), so every entry carries a relative error of about eps(dtype);
 the rank is therefore counted at the tolerance ``max(N, n_l) * eps(dtype) *
 s_max`` (the rule of ``numpy.linalg.matrix_rank`` with the precision of the
-computation), and also reported at the float64 and float32 versions of that
-rule and at fixed relative tolerances, beside two tolerance-free effective
+computation), and also at ``sqrt(N + n_l + 1) / 2 * eps(dtype) * s_max`` (the
+rule for independent rounding errors, less conservative for wide layers), at
+the float64 and float32 versions of numpy's rule and at fixed relative
+tolerances, beside two tolerance-free effective
 dimensions: the participation ratio ``(sum s^2)^2 / sum s^4`` and the entropy
 effective rank ``exp(H(s / sum s))`` (Roy and Vetterli, 2007). The moves
 share their mean (the full-batch descent direction), which dominates the raw
@@ -50,6 +52,7 @@ EPS64 = torch.finfo(torch.float64).eps
 EPS32 = torch.finfo(torch.float32).eps
 RELATIVE_TOLERANCES = (1e-6, 1e-4, 1e-3, 1e-2)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PLOT_FLOOR = 1e-18
 
 
 @dataclass
@@ -154,9 +157,18 @@ def entropy_rank(s: Tensor) -> float:
 
 
 def tolerances(shape: tuple[int, int], s_max: float, dtype: str) -> dict[str, dict[str, Any]]:
-    """The tolerances a rank is counted at, by name: relative value and absolute value."""
+    """The tolerances a rank is counted at, by name: relative value (to s_max) and absolute value.
+
+    ``compute``: ``max(N, n) * eps(dtype)``, numpy's matrix_rank rule at the
+    precision of the gradients (conservative for wide matrices: it grows with
+    n); ``compute-sqrt``: ``sqrt(N + n + 1) / 2 * eps(dtype)``, the rule for
+    independent rounding errors (Numerical Recipes, cited by numpy);
+    ``float64 rule`` and ``float32 rule``: numpy's rule at each precision;
+    ``relative X``: a fixed fraction X of s_max.
+    """
     m = max(shape)
-    rel = {"compute": m * (EPS64 if dtype == "float64" else EPS32),
+    eps = EPS64 if dtype == "float64" else EPS32
+    rel = {"compute": m * eps, "compute-sqrt": 0.5 * math.sqrt(sum(shape) + 1) * eps,
            "float64 rule": m * EPS64, "float32 rule": m * EPS32}
     rel.update({f"relative {t:g}": t for t in RELATIVE_TOLERANCES})
     return {k: {"relative": v, "absolute": v * s_max} for k, v in rel.items()}
@@ -225,10 +237,12 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
     deficits = {}
     for name, rec in layers.items():
         if name.endswith("bias") and rec["full_rank"] == rec["numel"]:
-            expected = len(rec.get("dead_units", [])) + (1 if rec.get("softmax_constraint") else 0)
-            deficit = rec["numel"] - rec["rank"]["compute"]
-            deficits[name] = {"rank_deficit": deficit, "dead_units": len(rec.get("dead_units", [])),
-                              "softmax": bool(rec.get("softmax_constraint")), "explained": deficit == expected}
+            dead = len(rec.get("dead_units", []))
+            softmax = bool(rec.get("softmax_constraint"))
+            measured = {t: rec["numel"] - r for t, r in rec["rank"].items()}
+            deficits[name] = {"structural_deficit": dead + softmax, "dead_units": dead, "softmax": softmax,
+                              "rank_deficit": measured,
+                              "explained_at": [t for t, d in measured.items() if d == dead + softmax]}
     tol_names = list(next(iter(layers.values()))["rank"]) if layers else []
     verdict = {t: {"full": [n for n, r in layers.items() if r["full_dimensionality"][t]],
                    "not_full": [n for n, r in layers.items() if not r["full_dimensionality"][t]],
@@ -237,7 +251,8 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
     return {
         "settings": asdict(settings),
         "precision": (f"displacements summed in float64 from {settings.dtype} gradients; rank tolerance "
-                      f"'compute' = max(N, n) * eps({settings.dtype}) * s_max"),
+                      f"'compute' = max(N, n) * eps({settings.dtype}) * s_max, 'compute-sqrt' = "
+                      f"sqrt(N + n + 1) / 2 * eps({settings.dtype}) * s_max"),
         "start_train": start,
         "move_last_batch_loss": {"mean": sum(losses) / len(losses), "max": max(losses)},
         "dead_units": units.names(),
@@ -269,15 +284,16 @@ def dimension_figure(result: dict, out: str | Path) -> Path:
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, rec) in zip(axes.flat, layers.items()):
-        rel = torch.tensor(rec["relative_singular_values"])
-        floor = torch.finfo(torch.float64).tiny
+        rel = torch.tensor(rec["relative_singular_values"], dtype=torch.float64)
+        floor = PLOT_FLOOR  # exact zeros are drawn here, below float64 rounding
         idx = torch.arange(1, len(rel) + 1)
         b = rec["structural_bound"]
         ax.semilogy(idx[:b], rel[:b].clamp_min(floor), ".", ms=3, color="tab:blue")
         if b < len(rel):
             ax.semilogy(idx[b:], rel[b:].clamp_min(floor), "x", ms=5, color="tab:red", label="structural zero")
-        for key, style in (("compute", "--"), ("relative 1e-06", ":")):
+        for key, style in (("compute", "--"), ("compute-sqrt", ":")):
             ax.axhline(rec["tolerances"][key]["relative"], color="gray", ls=style, lw=0.8)
+        ax.set_ylim(PLOT_FLOOR / 3, 3)
         r = rec["rank"]["compute"]
         ax.set_title(f"{name}\nrank {r}/{rec['full_rank']}  PR {rec['participation_ratio']:.1f}", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -285,7 +301,7 @@ def dimension_figure(result: dict, out: str | Path) -> Path:
             ax.legend(fontsize=6, loc="lower left")
     s = result["settings"]
     fig.suptitle(f"singular values / s_max of {s['moves']} one-iteration moves ({s['rounds']} x batch "
-                 f"{s['batch_size']}, {s['dtype']}); dashed: rank tolerance, dotted: 1e-6", fontsize=9)
+                 f"{s['batch_size']}, {s['dtype']}); tolerances: dashed max(N,n)*eps, dotted sqrt(N+n+1)/2*eps", fontsize=9)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelMismatchError, RunDirError
@@ -90,9 +90,9 @@ def _chunks(ps: PointSet, chunk: int) -> Iterator[tuple[int, dict[str, Tensor]]]
                         if t.numel() != ps.shapes[n]:
                             raise ModelMismatchError(f"{f}: {n} has {t.numel()} elements, expected {ps.shapes[n]}")
                         rows[n].append(t.double())
-            except (OSError, ValueError, RuntimeError) as e:
-                if isinstance(e, ModelMismatchError):
-                    raise
+            except ModelMismatchError:
+                raise
+            except (OSError, ValueError, RuntimeError, SafetensorError) as e:
                 raise CheckpointError(f"cannot read point {f}: {str(e).splitlines()[0][:200]}") from None
         yield start, {n: torch.stack(v) for n, v in rows.items()}
 

@@ -41,8 +41,7 @@ def esc(x: Any) -> str:
     return html.escape(str(x))
 
 
-VERDICTS = {"valid", "loss_ok", "floor_reached", "continuous_below_threshold", "segments_below_threshold",
-            "explained"}
+VERDICTS = {"valid", "loss_ok", "floor_reached", "continuous_below_threshold", "segments_below_threshold"}
 
 
 def fmt(v: Any, verdict: bool = False) -> str:
@@ -145,8 +144,9 @@ def dimension_section(d: Path) -> str:
     parts.append(f"<p>Dead units ({len(r['dead_units'])}): {esc(', '.join(r['dead_units']) or 'none')}.</p>")
     if r.get("bias_rank_deficits"):
         parts.append("<h3>Bias rank deficits and their causes</h3>" + table(
-            [[n, v["rank_deficit"], v["dead_units"], v["softmax"], v["explained"]] for n, v in r["bias_rank_deficits"].items()],
-            ["bias", "rank deficit", "dead units", "softmax constraint", "explained"]))
+            [[n, v["structural_deficit"], v["dead_units"], v["softmax"]] + [v["rank_deficit"][t] for t in tols]
+             for n, v in r["bias_rank_deficits"].items()],
+            ["bias", "structural deficit", "dead units", "softmax constraint", *[f"deficit @ {t}" for t in tols]]))
     parts.append("<h3>Full dimensionality (rank = min(N, n)) by tolerance</h3>" + table(
         [[t, ", ".join(v["full"]) or "-", ", ".join(v["not_full"]) or "-"] for t, v in r["verdict"].items()],
         ["tolerance", "full", "not full"]))
