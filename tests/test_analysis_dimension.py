@@ -72,18 +72,24 @@ def test_last_bias_has_c_minus_1_directions_under_softmax():
     assert r["layers"]["fc2.weight"]["structural_bound"] == 12
 
 
-def test_float64_gradients_put_the_structural_zero_at_float64_rounding():
-    r = analyse_dimension(dead_mlp(), toy_split(), MoveSettings(moves=8, rounds=2, batch_size=16, lr=0.05,
-                                                               dtype="float64"))
-    b = r["layers"]["fc2.bias"]
-    assert b["structural_zero_relative"][0] < 1e-13
-    assert b["rank"]["float64 rule"] == 2
+def test_the_softmax_zero_sits_at_the_rounding_level_of_the_gradients():
+    data, s = toy_split(), dict(moves=8, rounds=2, batch_size=16, lr=0.05)
+    b64 = analyse_dimension(dead_mlp(), data, MoveSettings(**s, dtype="float64"))["layers"]["fc2.bias"]
+    b32 = analyse_dimension(dead_mlp(), data, MoveSettings(**s, dtype="float32"))["layers"]["fc2.bias"]
+    assert b64["structural_zero_relative"][0] < 1e-13 and b64["rank"]["float64 rule"] == 2
+    # float32 gradients: the constraint holds only to float32 rounding, so float64's rule sees a third direction
+    assert 1e-13 < b32["structural_zero_relative"][0] < 1e-5
+    assert b32["rank"]["float64 rule"] == 3 and b32["rank"]["compute"] == 2
 
 
 def test_displacement_is_the_float64_sum_of_sgd_updates():
-    """With one round, move i is exactly -lr * grad at the start on the first batch of stream seed i."""
+    """With one round, move i is exactly -lr * grad at the start on the first batch of stream seed i.
+
+    float32 gradients, summed in float64: the move keeps every digit of the update, which a difference
+    of float32 weights would not.
+    """
     model, data = dead_mlp(), toy_split()
-    s = MoveSettings(moves=3, rounds=1, batch_size=16, lr=0.05, seed=7)
+    s = MoveSettings(moves=3, rounds=1, batch_size=16, lr=0.05, seed=7, dtype="float32")
     mats, _ = low_loss_moves(model, data, s)
     for i in range(3):
         x, y = next(BatchStream(data, 16, seed=7 + i))
@@ -92,7 +98,8 @@ def test_displacement_is_the_float64_sum_of_sgd_updates():
         expect = -0.05 * model.fc2.weight.grad.double().reshape(-1)
         torch.testing.assert_close(mats["fc2.weight"][i], expect, rtol=1e-12, atol=1e-15)
     # two rounds: the second step starts where the first left off (a real Train_r, not two gradients at P)
-    two, _ = low_loss_moves(model, data, MoveSettings(moves=1, rounds=2, batch_size=16, lr=0.05, seed=7))
+    two, _ = low_loss_moves(model, data, MoveSettings(moves=1, rounds=2, batch_size=16, lr=0.05, seed=7,
+                                                      dtype="float32"))
     stream = BatchStream(data, 16, seed=7)
     m = dead_mlp()
     total = torch.zeros(m.fc2.weight.numel(), dtype=torch.float64)

@@ -86,8 +86,8 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--rounds", type=int, default=10, help="SGD steps per move (default 10)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size of the moves (default 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision of forward/backward (displacements always sum in float64)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                   help="precision of forward/backward (default float64; displacements always sum in float64)")
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
     p.add_argument("--seed", type=int, default=0, help="move i draws batches with seed SEED+i")
     p.add_argument("--out", required=True, help="folder for dimension.json and spectrum.png")
