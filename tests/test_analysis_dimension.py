@@ -163,3 +163,16 @@ def test_settings_are_checked():
         MoveSettings(dtype="float16")
     with pytest.raises(ConfigError, match="GiB"):
         low_loss_moves(dead_mlp(), toy_split(), MoveSettings(moves=10, max_bytes=100))
+
+
+def test_rarely_active_units_are_counted_per_sample():
+    torch.manual_seed(0)
+    m = MLP(d_in=2, hidden=3, classes=2)
+    with torch.no_grad():
+        m.fc1.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+        m.fc1.bias.copy_(torch.tensor([0.0, -1.0, -0.5]))
+    x = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]] * 25)  # unit 2 active on 25 of 100
+    units = find_dead_units(m, [(x, None)])
+    assert units.names() == ["fc1 unit 1"]
+    assert units.active["fc1"].tolist() == [50, 0, 25]
+    assert units.rarely_active(0.3) == {"fc1 unit 2": 25} and units.rarely_active(0.2) == {}

@@ -272,6 +272,9 @@ def cmd_dim(args) -> int:
     files = write_dimension(result, args.out)
     print(format_dimension(result))
     print(f"dead units: {', '.join(result['dead_units']) or 'none'}")
+    if result["rarely_active_units"]:
+        print(f"units active on <= 1% of the samples: "
+              f"{', '.join(f'{k} ({v})' for k, v in result['rarely_active_units'].items())}")
     print(f"rank tolerance: {result['precision']}")
     print(f"wrote {files['json']}, {files['figure']}")
     return 0

@@ -259,6 +259,7 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
         "start_train": start,
         "move_last_batch_loss": {"mean": sum(losses) / len(losses), "max": max(losses)},
         "dead_units": units.names(),
+        "rarely_active_units": units.rarely_active(0.01),  # alive on <= 1% of the training samples
         "dead_inputs": {k: len(v) for k, v in units.dead_inputs.items()},
         "unattributed_activations": units.unattributed,
         "output_module": units.output_module,

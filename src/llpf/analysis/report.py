@@ -142,6 +142,10 @@ def dimension_section(d: Path) -> str:
     parts.append(table(rows, ["layer", "n", "min(N,n)", "structural bound", *[f"rank @ {t}" for t in tols],
                               "participation ratio", "PR centred", "entropy rank", "structure"]))
     parts.append(f"<p>Dead units ({len(r['dead_units'])}): {esc(', '.join(r['dead_units']) or 'none')}.</p>")
+    rare = r.get("rarely_active_units") or {}
+    if rare:
+        parts.append(f"<p>Units active on at most 1% of the training samples ({len(rare)}; they add directions with "
+                     f"tiny singular values): {esc(', '.join(f'{k} ({v})' for k, v in rare.items()))}.</p>")
     if r.get("bias_rank_deficits"):
         parts.append("<h3>Bias rank deficits and their causes</h3>" + table(
             [[n, v["structural_deficit"], v["dead_units"], v["softmax"]] + [v["rank_deficit"][t] for t in tols]

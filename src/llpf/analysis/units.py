@@ -43,10 +43,21 @@ class Units:
     output_module: str | None = None  # the module whose output is the model's output
     unattributed: int = 0  # ReLU calls whose input came from no recorded module
     samples: int = 0
+    active: dict[str, Tensor] = field(default_factory=dict)  # producing module -> per unit, samples it is active on
 
     def names(self) -> list[str]:
         """``fc1 unit 17``-style names of every dead unit, in model order."""
         return [unit_name(self.chains[m], k) for m in self.dead for k in self.dead[m]]
+
+    def rarely_active(self, fraction: float = 0.01) -> dict[str, int]:
+        """Units alive but active on at most ``fraction`` of the samples: name -> number of samples.
+
+        Their gradients are rare and small, so they add directions with tiny
+        singular values (near-structural zeros) rather than exact ones.
+        """
+        limit = fraction * self.samples
+        return {unit_name(self.chains[m], k): int(c) for m, counts in self.active.items()
+                for k, c in enumerate(counts.tolist()) if 0 < c <= limit}
 
 
 def unit_name(chain: list[str], k: int) -> str:
@@ -108,9 +119,13 @@ def find_dead_units(model: nn.Module, batches: Iterable, device=None, train_mode
             return
         chain = prev[1]
         root = model.get_submodule(chain[-1])
-        m = _per_unit_max(output, _unit_dim(root))
+        dim = _unit_dim(root) % output.dim()
+        m = _per_unit_max(output, dim)
         key = chain[0]
         act_max[key] = m if key not in act_max else torch.maximum(act_max[key], m)
+        per_sample = (output.detach().movedim(dim, -1).reshape(output.shape[0], -1, output.shape[dim]) > 0).any(1)
+        n = per_sample.sum(0)
+        units.active[key] = n if key not in units.active else units.active[key] + n
         units.chains[key] = chain
 
     for module in model.modules():
