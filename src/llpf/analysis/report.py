@@ -28,7 +28,7 @@ CSS = """
 body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
 h1{font-size:1.5em}h2{font-size:1.25em;border-bottom:1px solid #ccc;margin-top:2em}h3{font-size:1.05em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}td.t{text-align:left;min-width:18em}
 img{max-width:100%;border:1px solid #eee}pre{background:#f8f8f8;padding:.5em;font-size:.8em;overflow:auto}
 .ok{color:#070}.bad{color:#b00}details{margin:.5em 0}
 """
@@ -64,8 +64,11 @@ def img(path: Path, alt: str) -> str:
 def table(rows: list[list[Any]], header: list[str]) -> str:
     """An HTML table; a boolean is coloured as a verdict when its row or column is named as one."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(c, r[0] in VERDICTS or h in VERDICTS)}</td>"
-                                    for c, h in zip(r, header)) + "</tr>" for r in rows)
+    def cell(c, r, h):
+        cls = ' class="t"' if isinstance(c, str) and len(c) > 24 else ""
+        return f"<td{cls}>{fmt(c, r[0] in VERDICTS or h in VERDICTS)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c, r, h) for c, h in zip(r, header)) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
