@@ -1,0 +1,306 @@
+"""Loss on straight lines: between any two models, and along the segments of a saved path.
+
+A straight line between two minima usually crosses a loss barrier (paper §2;
+the design notes measure 1.46 on digits where the M2M path stays below 0.05).
+The saved points of a path are low-loss points, but a chain of points is a
+path only if the pieces between them are low-loss too: ``path_segments``
+evaluates the training loss on a grid along every straight segment between
+consecutive saved points, and the largest value certifies the whole polygonal
+path (at the grid's resolution), not only its points.
+
+Models with BatchNorm get their running statistics recomputed at every
+interpolated point (one pass over training batches in train mode with
+``momentum=None``, i.e. the exact average, without gradients): interpolated
+weights with interpolated statistics are not a model anyone trained, and
+their loss says more about the stale statistics than about the weights.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Bundle, Split
+from ..errors import ModelMismatchError, RunDirError
+from ..store import RunDir, atomic_write, load_weights
+from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate
+
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> dict[str, Tensor]:
+    """``(1 - t) a + t b`` for floating tensors; integer buffers (``num_batches_tracked``) from ``a``."""
+    if set(a) != set(b):
+        raise ModelMismatchError(f"the two models hold different tensors: {sorted(set(a) ^ set(b))[:3]}")
+    out = {}
+    for k, va in a.items():
+        vb = b[k].to(va.dtype)
+        if vb.shape != va.shape:
+            raise ModelMismatchError(f"{k} has shape {list(va.shape)} in one model and {list(vb.shape)} in the other")
+        if not va.is_floating_point() or t == 0:
+            out[k] = va.clone()
+        elif t == 1:
+            out[k] = vb.clone()
+        else:
+            out[k] = torch.lerp(va, vb, t)
+    return out
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, BN_TYPES) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, batches: Iterable, device=None) -> None:
+    """Replace BatchNorm running statistics by their exact average over ``batches`` (train mode, no grad)."""
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
+    if not bns:
+        return
+    device = device or next(model.parameters()).device
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for x, _ in batches:
+            model(x.to(device))
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
+
+
+def _as_splits(data) -> dict[str, Split]:
+    if isinstance(data, Bundle):
+        out = {"train": data.train, "test": data.test}
+        if data.validation is not None:
+            out["validation"] = data.validation
+        return out
+    if isinstance(data, Split):
+        return {"": data}
+    return dict(data)
+
+
+def _bn_split(splits: Mapping[str, Split], bn_data: Split | None) -> Split:
+    if bn_data is not None:
+        return bn_data
+    return splits.get("train", splits.get("", next(iter(splits.values()))))
+
+
+def evaluate_state(model: nn.Module, state: Mapping[str, Tensor], splits: Mapping[str, Split], loss_fn: LossFn,
+                   metrics: Mapping[str, MetricFn], batch_size: int, recompute_bn: bool, bn_data: Split) -> dict:
+    """Load ``state`` into ``model`` (recomputing BatchNorm statistics if asked) and evaluate every split."""
+    model.load_state_dict(state)
+    if recompute_bn:
+        recompute_bn_stats(model, bn_data.batches(batch_size))
+    row: dict[str, float] = {}
+    for name, split in splits.items():
+        for k, v in evaluate(model, split.batches(batch_size), loss_fn, metrics).items():
+            row[f"{name}_{k}" if name else k] = v
+    return row
+
+
+def straight_line(model_a: nn.Module, model_b: nn.Module, data_split, points: int = 21,
+                  loss_fn: LossFn = F.cross_entropy, recompute_bn: bool | None = None,
+                  metrics: Mapping[str, MetricFn] | None = None, batch_size: int = 1024, device=None,
+                  bn_data: Split | None = None) -> list[dict]:
+    """Loss and metrics at ``points`` evenly spaced points of the segment from ``model_a`` to ``model_b``.
+
+    ``data_split`` is a Split (keys ``loss``, ``accuracy``), a Bundle or a
+    mapping of name to Split (keys ``train_loss``, ``test_accuracy``, ...).
+    ``recompute_bn`` defaults to whether the model has BatchNorm; statistics are
+    recomputed on ``bn_data`` (default: the ``train`` split, else the only one).
+    Each row also holds ``t`` in [0, 1].
+    """
+    if points < 2:
+        raise ValueError("a straight line needs at least 2 points")
+    device = torch.device(device) if device is not None else next(model_a.parameters()).device
+    splits = {k: v.to(device) for k, v in _as_splits(data_split).items()}
+    bn = _bn_split(splits, bn_data.to(device) if bn_data is not None else None)
+    recompute = has_batchnorm(model_a) if recompute_bn is None else recompute_bn
+    metrics = DEFAULT_METRICS if metrics is None else metrics
+    work = copy.deepcopy(model_a).to(device)
+    sa = {k: v.detach().to(device) for k, v in model_a.state_dict().items()}
+    sb = {k: v.detach().to(device) for k, v in model_b.state_dict().items()}
+    rows = []
+    for i in range(points):
+        t = i / (points - 1)
+        row = evaluate_state(work, interpolate_state(sa, sb, t), splits, loss_fn, metrics, batch_size, recompute, bn)
+        rows.append({"t": t, **row})
+    return rows
+
+
+def line_summary(rows: list[dict], key: str = "train_loss") -> dict[str, float]:
+    """The highest ``key`` on a line, where it is, and the barrier above the endpoints' linear interpolation."""
+    vals = [(r["t"], r[key]) for r in rows if r.get(key) is not None]
+    t_max, v_max = max(vals, key=lambda p: p[1])
+    (t0, v0), (t1, v1) = vals[0], vals[-1]
+    barrier = max(v - (v0 + (v1 - v0) * (t - t0) / ((t1 - t0) or 1)) for t, v in vals)
+    return {f"max_{key}": v_max, "t_at_max": t_max, "barrier": barrier, f"start_{key}": v0, f"end_{key}": v1}
+
+
+# ---------------------------------------------------------------- the segments of a path
+
+
+def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, recompute_bn: bool | None = None,
+                  loss_fn: LossFn = F.cross_entropy, batch_size: int | None = None, device=None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Training loss on the straight segments between consecutive saved points of a run.
+
+    Each segment is evaluated at its two ends and ``points_per_segment``
+    interior points (the ends are shared, so each saved point is evaluated
+    once). ``data`` is a Bundle or Split whose training split is used (default:
+    the run's own config's data). Returns the per-segment losses, the largest
+    (``segment_max_train_loss``) and where it is.
+    """
+    from tqdm.auto import tqdm
+
+    from ..runner import prepare_data
+    from .runs import run_config
+
+    rd = RunDir(run_dir)
+    cfg = run_config(run_dir)
+    pts = rd.points()
+    if len(pts) < 2:
+        raise RunDirError(f"{run_dir} has fewer than two saved points; nothing to connect")
+    from ..models import build_model
+    from ..paths import pick_device
+
+    device = pick_device(device)
+    if data is None:
+        data = prepare_data(cfg, device)
+    train = data.train if isinstance(data, Bundle) else data
+    train = train.to(device)
+    batch_size = batch_size or cfg.data.eval_batch_size
+    model = build_model(cfg.model).to(device)
+    recompute = has_batchnorm(model) if recompute_bn is None else recompute_bn
+    splits = {"train": train}
+
+    def at(state):
+        return evaluate_state(model, state, splits, loss_fn, DEFAULT_METRICS, batch_size, recompute, train)
+
+    k = points_per_segment
+    ts = [j / (k + 1) for j in range(k + 2)]
+    segments = []
+    prev_state = {n: v.to(device) for n, v in load_weights(pts[0][1]).items()}
+    prev_row = at(prev_state)
+    for (i0, _), (i1, f1) in tqdm(list(zip(pts, pts[1:])), desc="segments", disable=not progress, leave=False):
+        state = {n: v.to(device) for n, v in load_weights(f1).items()}
+        rows = [prev_row] + [at(interpolate_state(prev_state, state, t)) for t in ts[1:-1]]
+        end_row = at(state)
+        rows.append(end_row)
+        losses = [r["train_loss"] for r in rows]
+        j = max(range(len(losses)), key=losses.__getitem__)
+        segments.append({"from": i0, "to": i1, "t": ts, "train_loss": losses,
+                         "train_accuracy": [r.get("train_accuracy") for r in rows],
+                         "max_train_loss": losses[j], "t_at_max": ts[j]})
+        prev_state, prev_row = state, end_row
+    worst = max(segments, key=lambda s: s["max_train_loss"])
+    point_losses = [segments[0]["train_loss"][0]] + [s["train_loss"][-1] for s in segments]
+    pc = cfg.m2m if rd.info().get("kind", "m2m") == "m2m" else cfg.m2o
+    threshold = pc.loss_threshold if pc is not None else None
+    out = {
+        "points_per_segment": k,
+        "recompute_bn": recompute,
+        "segments": segments,
+        "segment_max_train_loss": worst["max_train_loss"],
+        "segment_max_at": {"from": worst["from"], "to": worst["to"], "t": worst["t_at_max"]},
+        "point_max_train_loss": max(point_losses),
+        "loss_threshold": threshold,
+    }
+    if threshold is not None:
+        out["continuous_below_threshold"] = bool(worst["max_train_loss"] <= threshold)
+    return out
+
+
+def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
+    """Training loss along the polygonal path (segments densely), saved points marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2), constrained_layout=True)
+    for s in result["segments"]:
+        xs = [s["from"] + t * (s["to"] - s["from"]) for t in s["t"]]
+        ax.plot(xs, s["train_loss"], "-", color="tab:blue", lw=1)
+        ax.plot([xs[0], xs[-1]], [s["train_loss"][0], s["train_loss"][-1]], "o", color="k", ms=3)
+    if result.get("loss_threshold"):
+        ax.axhline(result["loss_threshold"], color="red", ls="--", lw=1, label="L_thres")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("iteration (segments between saved points)")
+    ax.set_ylabel("training-set loss")
+    ax.set_title(title or f"max on segments {result['segment_max_train_loss']:.4f}, "
+                 f"at saved points {result['point_max_train_loss']:.4f}", fontsize=9)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_segments(run_dir: str | Path, result: dict) -> Path:
+    """``RUN/segments.json``, ``RUN/figures/segments.png``, and ``segment_max_train_loss`` in summary.json (atomic)."""
+    rd = RunDir(run_dir)
+    atomic_write(rd.path / "segments.json", (json.dumps(result, indent=1) + "\n").encode())
+    segments_figure(result, rd.path / "figures" / "segments.png")
+    f = rd.path / "summary.json"
+    if f.is_file():
+        s = json.loads(f.read_text())
+        s["segment_max_train_loss"] = result["segment_max_train_loss"]
+        if "continuous_below_threshold" in result:
+            s["segments_below_threshold"] = result["continuous_below_threshold"]
+        atomic_write(f, (json.dumps(s, indent=2) + "\n").encode())
+    return rd.path / "segments.json"
+
+
+# ---------------------------------------------------------------- figure for a straight line
+
+
+def line_figure(rows: list[dict], out: str | Path, title: str = "") -> Path:
+    """Loss (left axis, log) and accuracy (right axis) along a straight line, one curve per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    ax2 = ax.twinx()
+    t = [r["t"] for r in rows]
+    losses = [k for k in rows[0] if k.endswith("loss")]
+    for k, c in zip(losses, ("tab:blue", "tab:red", "tab:green", "tab:purple")):
+        ax.plot(t, [r[k] for r in rows], "o-", ms=3, color=c, label=k)
+        acc = k[:-4] + "accuracy"
+        if acc in rows[0]:
+            ax2.plot(t, [r[acc] for r in rows], "s:", ms=2, color=c, alpha=0.6, label=acc)
+    ax.set_yscale("log")
+    ax.set_xlabel("t (0 = A, 1 = B)")
+    ax.set_ylabel("loss (solid)")
+    ax2.set_ylabel("accuracy (dotted)")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_barrier(rows: list[dict], out_dir: str | Path, inputs: dict | None = None, name: str = "barrier",
+                  figure_dir: str | Path | None = None) -> dict[str, Path]:
+    """``NAME.json`` (rows and summary) in ``out_dir`` and ``NAME.png`` in ``figure_dir`` (default ``out_dir``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = "train_loss" if "train_loss" in rows[0] else "loss"
+    summary = line_summary(rows, key)
+    data = {"inputs": inputs or {}, "points": len(rows), "summary": summary, "rows": rows}
+    atomic_write(out_dir / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
+    title = f"straight line: max {key} {summary[f'max_{key}']:.4f} at t={summary['t_at_max']:.2f}"
+    fig = Path(figure_dir or out_dir) / f"{name}.png"
+    return {"json": out_dir / f"{name}.json", "figure": line_figure(rows, fig, title)}
