@@ -439,8 +439,8 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     """Build model and data, resolve every phase, time two iterations on random tensors; train nothing.
 
     ``batch_size`` (default: the config's) sets the size of the random batches
-    the two iterations draw; the estimate scales the timed step to the
-    config's batch size linearly when they differ.
+    the two iterations draw; the estimate is only meaningful at the config's
+    batch size (a smaller one times mostly per-step overhead).
     """
     cfg = _load(name, data_dir)
     kind = kind_of(cfg)
@@ -495,7 +495,7 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    step_s = times[1] * (pc.batch_size / bs)  # one iteration with r = 1: geometry + one training step
+    step_s = times[1]  # one iteration with r = 1: geometry + one training step (the second: no warm-up)
     t0 = time.perf_counter()
     with torch.no_grad():
         eng.model.eval()
@@ -517,11 +517,11 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
                        "layers": len(rp.moved), "rule": rule, "step_a": ph.step_a, "step_f": ph.step_f,
                        "steps_min": lo, "steps_max": hi})
     n_evals = pc.total_iterations // pc.eval_every + 1
-    eval_examples = (n_train + n_test) if kind == "m2m" else (n_train + n_test)
+    eval_examples = n_test + (n_train if cfg.data.name != "imagenet" else 0)  # ImageNet: validation only
     eval_s = n_evals * eval_examples * fwd_s
     endpoints = 2 if kind == "m2m" else 1
     ep_steps = 0 if cfg.data.name == "imagenet" else endpoints * cfg.train.epochs * (n_train // cfg.train.batch_size)
-    ep_s = ep_steps * step_s * (cfg.train.batch_size / pc.batch_size)
+    ep_s = ep_steps * step_s
     plan = {
         "name": cfg.name, "kind": kind, "description": cfg.description, "device": str(device),
         "model": cfg.model.name, "parameters": nparams, "layers": len(names), "data": source,
@@ -555,6 +555,9 @@ def format_plan(p: dict) -> str:
              else f"{p['steps_min']:,} to {p['steps_max']:,}")
     lines.append(f"  per repetition: {p['iterations']:,} iterations, {steps} training steps (batch {p['batch_size']}): "
                  f"~{span} + ~{_hms(e['evaluation'])} evaluation on this device")
+    if p["timed_batch_size"] != p["batch_size"]:
+        lines.append(f"  (timed at batch {p['timed_batch_size']}, not {p['batch_size']}: the times above are not estimates "
+                     f"for the real batch size)")
     if p["endpoints_per_rep"]:
         lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, ~{_hms(e['endpoints'])} to train them")
     return "\n".join(lines)
