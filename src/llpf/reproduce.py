@@ -409,6 +409,8 @@ def figure(runs: list[list[dict]], kind: str, path: Path, title: str, reps: dict
     ax = axes[1]
     prefix = "dist/" if kind == "m2m" else "var_ratio/"
     layers = [k for k in (runs[0][0] if runs and runs[0] else {}) if k.startswith(prefix)]
+    ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
+                      if len(layers) > 10 else plt.cm.tab10(np.arange(10)))
     for k in layers:
         band(ax, k, k[len(prefix):], lw=1)
     ax.set_ylabel("layer-wise L2 distance to D" if kind == "m2m" else "layer variance / start variance")
