@@ -9,9 +9,10 @@
     OUT/summary.md, summary.json      per repetition and aggregated verdicts
 
 Repetition k of an M2M experiment runs from the endpoint of seed 2k to that of
-seed 2k+1; of an M2O experiment, from the endpoint of seed k. Running the same
-command again skips the endpoints and repetitions already finished, resumes an
-interrupted repetition from its checkpoint, and redraws the aggregate.
+seed 2k+1; of an M2O experiment, from the endpoint of seed k. The aggregate is
+redrawn after every repetition. Running the same command again skips the
+endpoints and repetitions already finished, resumes an interrupted repetition
+from its checkpoint, and redraws the aggregate.
 ``dry_run`` checks a config end to end on random tensors and estimates its cost.
 """
 from __future__ import annotations
@@ -198,6 +199,8 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
             raise KeyboardInterrupt
         log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
                                                     f"{summary.get('valid_relative')}" if kind == "m2m" else ""))
+        if k < reps - 1:
+            aggregate(out)  # partial results are readable while the next repetition runs
     return aggregate(out)
 
 
