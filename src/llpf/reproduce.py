@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .paths import PathEngine, m2m_iteration, m2o_iteration, pick_device
 from .schedule import normalisation_parameters, resolve
 from .store import RunDir, atomic_write, load_weights, read_metrics, save_weights
 
-SMOOTH = 10  # the paper's figures: moving average over 10 points
+SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
 
 def experiments() -> list[str]:
@@ -171,15 +172,16 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
         if (rep / "summary.json").is_file():
             log(f"rep {k}: finished, skipped")
             continue
-        t0 = time.perf_counter()
         if cfg.data.name == "imagenet":  # loaders, not tensors: the engine is built here
             a = Path(start) if start else _endpoint(cfg, k, out, ledger, device, data_fn, progress, log)
             log(f"rep {k}: {'resuming ' if rd.exists else ''}M2O from {a.name}")
+            t0 = time.perf_counter()
             summary = _run_on_loaders(cfg, k, a, rep, device, data_fn(), progress)
         elif rd.exists:
             log(f"rep {k}: resuming the interrupted run")
             if rd.info().get("status") == "complete":  # summary lost after completion: redo from the last checkpoint
                 rd.set_status("interrupted")
+            t0 = time.perf_counter()
             summary = resume(rep, device=device, progress=progress)
         else:
             if kind == "m2m":
@@ -192,9 +194,10 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
             if rep.exists():  # a directory left without a run by a kill before the run began
                 for p in sorted(rep.rglob("*"), reverse=True):
                     p.rmdir() if p.is_dir() else p.unlink()
+            t0 = time.perf_counter()
             summary = run_path(kind, _rep_config(cfg, k), a, b, rep, device=device, progress=progress,
                                data=data_fn())
-        ledger.record("reps", f"rep-{k:02d}", wall_s=time.perf_counter() - t0)
+        ledger.record("reps", f"rep-{k:02d}", wall_s=time.perf_counter() - t0)  # the path alone, not its endpoints
         if not summary:
             raise KeyboardInterrupt
         log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
@@ -273,10 +276,18 @@ def _stack(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(its), arr
 
 
-def _mean_std(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
-        __import__("warnings").simplefilter("ignore", RuntimeWarning)
-        return moving_average(np.nanmean(arr, 0)), moving_average(np.nanstd(arr, 0))
+def _mean_std(its: np.ndarray, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over repetitions, each smoothed over ``SMOOTH`` iterations.
+
+    The window counts iterations, not points: per-iteration series (the batch
+    loss) average 10 points; series evaluated every k >= 10 iterations are
+    left as they are, so a peak of the training-set loss is not flattened.
+    """
+    step = float(np.median(np.diff(its))) if len(its) > 1 else 1.0
+    w = max(1, int(round(SMOOTH / max(step, 1.0))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return moving_average(np.nanmean(arr, 0), w), moving_average(np.nanstd(arr, 0), w)
 
 
 def _rep_row(kind: str, s: dict, rows: list[dict]) -> dict:
@@ -331,7 +342,7 @@ def aggregate(out: str | Path) -> dict:
     atomic_write(out / "summary.md", _markdown(result).encode())
     if runs:
         figure(runs, kind, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
-                                               f"moving average of {SMOOTH}", reps)
+                                               f"moving average over {SMOOTH} iterations", reps)
     return result
 
 
@@ -392,7 +403,7 @@ def figure(runs: list[list[dict]], kind: str, path: Path, title: str, reps: dict
         its, arr = _stack(runs, key)
         if not len(its):
             return
-        m, s = _mean_std(arr)
+        m, s = _mean_std(its, arr)
         line, = ax.plot(its, m, label=label, **kw)
         ax.fill_between(its, m - s, m + s, alpha=0.2, color=line.get_color())
 
