@@ -67,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
 
     p = sub.add_parser("configs", help="list the shipped configs")
+
+    p = sub.add_parser("reproduce", help="run one of the paper's experiments with repetitions, aggregate figure and table")
+    p.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file")
+    p.add_argument("--list", action="store_true", help="list the paper's experiments")
+    p.add_argument("--reps", type=int, default=1, help="repetitions (default 1)")
+    p.add_argument("--out", default=None, help="output directory; re-running the same command continues it")
+    p.add_argument("--data-dir", default=None, help="dataset folder (sets data.root)")
+    p.add_argument("--start", default=None, help="start model weights instead of training endpoints")
+    p.add_argument("--dest", default=None, help="M2M: destination model weights instead of training")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config on random tensors, time two iterations, print the plan; train nothing")
+    p.add_argument("--dry-run-batch", type=int, default=None, help=argparse.SUPPRESS)
+    _device_arg(p)
+    _quiet_arg(p)
     _analysis_parsers(sub)
     return ap
 
@@ -355,10 +369,33 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .config import load_config
+    from .errors import ConfigError
+    from .reproduce import dry_run, experiments, reproduce
+
+    if args.list:
+        for name in experiments():
+            print(f"{name:28s} {load_config(name).description}")
+        return 0
+    if not args.name:
+        raise ConfigError("name an experiment (llpf reproduce --list shows them)")
+    if args.dry_run:
+        dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch)
+        return 0
+    if not args.out:
+        raise ConfigError("--out is required (the directory that holds the endpoints, repetitions and aggregate)")
+    result = reproduce(args.name, args.reps, args.out, data_dir=args.data_dir, device=args.device,
+                       start=args.start, dest=args.dest, progress=not args.quiet)
+    print(Path(args.out, "summary.md").read_text(), end="")
+    print(f"figure: {Path(args.out, 'figure.png')}")
+    return 0 if result["aggregate"]["repetitions"] else 1
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_m2m, "m2o": cmd_path, "resume": cmd_resume,
-            "plot": cmd_plot, "configs": cmd_configs, "pca": cmd_pca, "dim": cmd_dim, "variance": cmd_variance,
-            "barrier": cmd_barrier, "segments": cmd_segments, "generalisation": cmd_generalisation,
-            "report": cmd_report}
+            "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
+            "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
+            "generalisation": cmd_generalisation, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

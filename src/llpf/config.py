@@ -46,15 +46,29 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Endpoint training (paper Table 3): SGD with momentum."""
+    """Endpoint training (paper Table 3): SGD with momentum, or AdamW (CCT7).
+
+    ``lr`` is the constant rate, OneCycle's max lr, or cosine's initial (peak)
+    lr. The cosine schedule warms up linearly from ``warmup_lr`` to ``lr`` over
+    ``warmup_epochs``, anneals to ``min_lr``, and holds ``min_lr`` for the last
+    ``cooldown_epochs`` (the timm scheduler the paper's CCT7 recipe names).
+    ``augmentation`` "default" picks the dataset's usual one (crop-flip for
+    CIFAR, none otherwise).
+    """
 
     epochs: int = 20
     batch_size: int = 64
+    optimizer: str = "sgd"  # "sgd" | "adamw"
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW
     weight_decay: float = 0.0
     schedule: str = "constant"  # "constant" | "onecycle" | "cosine"
     warmup_epochs: int = 0
+    warmup_lr: float = 0.0  # cosine
+    min_lr: float = 0.0  # cosine
+    cooldown_epochs: int = 0  # cosine
+    augmentation: str = "default"  # "default" | "none" | "crop-flip"
 
 
 @dataclass
@@ -93,6 +107,9 @@ class PathConfig:
     save_every: int = 100
     checkpoint_every: int = 100
     loss_threshold: float = 0.1
+    # M2M: also judge the path against relative x the larger endpoint's full training
+    # loss: threshold = max(loss_threshold, relative x max(L(start), L(dest))); 0: off
+    loss_threshold_relative: float = 0.0
     target_variance_ratio: float = 0.0  # M2O: stop when the mean ratio reaches it (0: never)
     select_on: str = "test"  # M2O: split that picks the best point: "test" | "validation"
     select_by: str = "loss"  # M2O: "loss" (lowest) | "accuracy" (highest)
@@ -120,11 +137,14 @@ _CHOICES = {
     ("PathConfig", "select_on"): ("test", "validation"),
     ("PathConfig", "select_by"): ("loss", "accuracy"),
     ("TrainConfig", "schedule"): ("constant", "onecycle", "cosine"),
+    ("TrainConfig", "optimizer"): ("sgd", "adamw"),
+    ("TrainConfig", "augmentation"): ("default", "none", "crop-flip"),
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
              "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
-                 "target_variance_ratio", "validation_fraction", "limit_train", "limit_test", "warmup_epochs"}
+                 "target_variance_ratio", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
+                 "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative"}
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -197,6 +217,12 @@ def _check(cfg: Config) -> Config:
                 raise ConfigError(f"{kind}.phases[{i}]: min_rounds ({ph.min_rounds}) exceeds max_rounds ({ph.max_rounds})")
             if i == 0 and ph.keep_previous:
                 raise ConfigError(f"{kind}.phases[0]: keep_previous needs a previous phase")
+    tr = cfg.train
+    if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {tr.betas}")
+    if tr.warmup_epochs + tr.cooldown_epochs > tr.epochs:
+        raise ConfigError(f"train.warmup_epochs + cooldown_epochs ({tr.warmup_epochs + tr.cooldown_epochs}) "
+                          f"exceed train.epochs ({tr.epochs})")
     if not 0 <= cfg.data.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
     return cfg

@@ -171,6 +171,7 @@ class PathEngine:
         if dest is not None:
             dparams = dict(dest.named_parameters())
             self.dest_flat = torch.cat([dparams[n].detach().reshape(-1) for n in names]).to(self.device, self.fp.flat.dtype)
+        self.dest_model = dest  # evaluated once on the training set at the start (relative threshold)
 
         if isinstance(train_data, Split):
             self.stream = BatchStream(train_data.to(self.device), self.cfg.batch_size, seed=self.cfg.seed)
@@ -265,6 +266,15 @@ class PathEngine:
         row.update(ev)
         return row
 
+    def _dest_train_loss(self) -> float | None:
+        """The destination's full training-set loss (None without a ``train`` evaluation set)."""
+        data = self.eval_sets.get("train")
+        if data is None or self.dest_model is None:
+            return None
+        batches = data.batches(self.eval_batch_size) if isinstance(data, Split) else data
+        dest = copy.deepcopy(self.dest_model).to(self.device)
+        return evaluate(dest, batches, self.loss_fn, {}, self.device).get("loss")
+
     def _consider_best(self, ev: dict) -> None:
         key = f"{self.cfg.select_on}_{self.cfg.select_by}"
         if key not in ev or not math.isfinite(ev[key]):
@@ -316,6 +326,8 @@ class PathEngine:
 
         cfg = self.cfg
         if self.iteration == 0:
+            if self.kind == "m2m":
+                self.track["dest_train_loss"] = self._dest_train_loss()
             self._emit([self._evaluate_now({"iteration": 0, "phase": 0, "rounds": 0})])
             if self.keep_points:
                 self.path.points.append((0, self.state_of_model()))
@@ -397,9 +409,18 @@ class PathEngine:
             rel = torch.where(init > 0, final / torch.where(init > 0, init, 1.0), 0.0)
             floor_reached = bool((final <= floor + 0.05 * init).all())
             loss_for_validity = s["max_train_loss"] if s["max_train_loss"] is not None else s["max_batch_loss"]
+            ends = [t.get("start_metrics", {}).get("train_loss"), t.get("dest_train_loss")]
+            rel_thres = None
+            if self.cfg.loss_threshold_relative and None not in ends:
+                rel_thres = max(self.cfg.loss_threshold, self.cfg.loss_threshold_relative * max(ends))
             s.update(
                 loss_threshold=self.cfg.loss_threshold,
                 loss_ok=loss_for_validity is not None and loss_for_validity <= self.cfg.loss_threshold,
+                endpoint_train_loss={"start": ends[0], "dest": ends[1]},
+                loss_threshold_relative=self.cfg.loss_threshold_relative or None,
+                relative_threshold=rel_thres,
+                loss_ok_relative=None if rel_thres is None else (
+                    loss_for_validity is not None and loss_for_validity <= rel_thres),
                 initial_distance=dict(zip(names, init.tolist())),
                 final_distance=dict(zip(names, final.tolist())),
                 distance_floor=dict(zip(names, floor.tolist())),
@@ -407,6 +428,8 @@ class PathEngine:
                 floor_reached=floor_reached,
             )
             s["valid"] = bool(s["loss_ok"] and floor_reached and not self.failure)
+            s["valid_relative"] = None if rel_thres is None else bool(
+                s["loss_ok_relative"] and floor_reached and not self.failure)
         else:
             start, best = t["start_metrics"], t["best_metrics"]
             sel = self.cfg.select_on

@@ -65,7 +65,7 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
     data = data or prepare_data(cfg, device)
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
-    train_endpoint(model, data.train, cfg.train, seed, device, progress=progress)
+    train_endpoint(model, data.train, cfg.train, seed, device, progress=progress, dataset=cfg.data.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
     bs = cfg.data.eval_batch_size

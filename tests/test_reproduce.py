@@ -1,0 +1,301 @@
+"""The paper's experiments: shipped configs, endpoint recipes, relative threshold, ``llpf reproduce``."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from llpf import config as C
+from llpf.cli import main
+from llpf.data import Split
+from llpf.errors import ConfigError
+from llpf.models import build_model
+from llpf.paths import PathEngine
+from llpf.reproduce import dry_run, experiments, moving_average
+from llpf.schedule import normalisation_parameters, resolve
+from llpf.train import endpoint_optimizer, evaluate, lr_factor, train_endpoint
+
+torch.set_num_threads(1)
+
+TEN = ["cct7-cifar10-m2m", "cct7-cifar10-m2o", "lenet5-fashion-mnist-m2m", "lenet5-fashion-mnist-m2o",
+       "lenet5-mnist-m2m", "lenet5-mnist-m2o", "resnet18-cifar10-m2m", "resnet18-cifar10-m2o",
+       "resnet18-cifar100-m2o", "resnet18-imagenet-m2o"]
+
+TINY = """
+name = "tiny"
+description = "LeNet5 on a slice of digits: reproduce end to end in seconds"
+[model]
+name = "lenet5"
+[data]
+name = "digits"
+limit_train = 256
+limit_test = 128
+[train]
+epochs = 1
+batch_size = 64
+lr = 0.01
+[m2m]
+batch_size = 32
+lr = 0.01
+eval_every = 4
+save_every = 4
+checkpoint_every = 4
+loss_threshold_relative = 1.5
+[[m2m.phases]]
+iterations = 12
+layers = ["*"]
+step_a = 0.05
+step_f = 1e-3
+rounds = 1
+"""
+
+
+# ---------------------------------------------------------------- shipped configs
+
+
+def test_list_shows_the_ten_experiments(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == TEN
+    assert all(len(ln.split(maxsplit=1)) == 2 for ln in lines)  # each has a description
+    assert experiments() == TEN
+
+
+def test_tables_1_and_2_are_encoded():
+    r18 = C.load_config("resnet18-cifar10-m2m").m2m
+    assert [p.iterations for p in r18.phases] == [10000, 5000, 5000, 5000, 5000, 5000]
+    assert [p.keep_previous for p in r18.phases] == [False, False, True, True, True, False]
+    assert (r18.phases[0].step_a, r18.phases[1].step_a, r18.batch_size) == (5e-4, 1e-3, 256)
+    assert all(p.until_loss == 0.04 and p.max_rounds == 200 for p in r18.phases)
+    cct = C.load_config("cct7-cifar10-m2m").m2m
+    assert len(cct.phases) == 8 and cct.total_iterations == 40000
+    assert all(p.step_a == 1e-3 and p.step_f == 1e-3 and p.max_rounds == 10000 for p in cct.phases)
+    lenet = C.load_config("lenet5-mnist-m2m").m2m
+    (ph,) = lenet.phases
+    assert (ph.iterations, ph.rounds, ph.step_a, ph.step_f, lenet.batch_size, lenet.lr) == (30000, 5, 0, 1e-3, 64, 1e-3)
+    im = C.load_config("resnet18-imagenet-m2o").m2o
+    assert (im.total_iterations, im.phases[0].until_loss, im.phases[0].max_rounds, im.batch_size) == (1000, 1.25, 50000, 128)
+    t3 = C.load_config("cct7-cifar10-m2o").train
+    assert (t3.optimizer, t3.lr, t3.warmup_lr, t3.min_lr, t3.weight_decay, t3.epochs) == ("adamw", 55e-5, 1e-5, 1e-5, 6e-2, 300)
+    r3 = C.load_config("resnet18-cifar100-m2o").train
+    assert (r3.schedule, r3.lr, r3.weight_decay, r3.epochs, r3.augmentation) == ("onecycle", 0.1, 5e-4, 50, "crop-flip")
+
+
+@pytest.mark.parametrize("name", TEN)
+def test_every_phase_pattern_resolves_against_its_model(name):
+    cfg = C.load_config(name)
+    kind = "m2m" if cfg.m2m is not None else "m2o"
+    model = build_model(cfg.model)
+    names = tuple(n for n, _ in model.named_parameters())
+    exclude = normalisation_parameters(model) if kind == "m2o" else set()
+    schedule = resolve(getattr(cfg, kind).phases, names, exclude)
+    assert schedule[-1].last == getattr(cfg, kind).total_iterations
+    if kind == "m2m" and len(schedule) > 1:  # cumulative phases grow, the last moves everything
+        sizes = [len(rp.moved) for rp in schedule[1:-1]]
+        assert sizes == sorted(sizes) and len(schedule[-1].moved) == len(names)
+
+
+# Dry runs: each config on random tensors (batch 2). LeNet5, the ResNet18 and CCT7 M2M runs stay in
+# the fast set; the M2O ResNet18/CCT7 dry runs add little beyond them and cost seconds each on a CPU.
+SLOW = {"resnet18-cifar10-m2o", "resnet18-cifar100-m2o", "resnet18-imagenet-m2o", "cct7-cifar10-m2o"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TEN])
+def test_dry_run(name, monkeypatch):
+    monkeypatch.setattr("llpf.data.vision.DEBIAN_FASHION_MNIST", __import__("pathlib").Path("/nonexistent"))
+    lines = []
+    plan = dry_run(name, device="cpu", batch_size=2, log=lines.append)
+    assert plan["iterations"] == sum(p["iterations"] for p in plan["phases"])
+    assert len(plan["iteration_s"]) == 2 and all(t > 0 for t in plan["iteration_s"])
+    assert "random tensors" in plan["data"]
+    assert plan["estimate_s"]["path_min"] > 0
+    assert "phase 1:" in lines[-1]
+
+
+def test_dry_run_cli(capsys, monkeypatch):
+    monkeypatch.setattr("llpf.data.vision.DEBIAN_FASHION_MNIST", __import__("pathlib").Path("/nonexistent"))
+    assert main(["reproduce", "lenet5-mnist-m2o", "--dry-run", "--device", "cpu", "--dry-run-batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "1,400 iterations" in out and "phase 1: iterations 1-1400" in out
+
+
+# ---------------------------------------------------------------- endpoint recipes (Table 3)
+
+
+def test_cosine_schedule_warmup_anneal_cooldown():
+    r = C.TrainConfig(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=2, warmup_lr=0.1, min_lr=0.01,
+                      cooldown_epochs=2)
+    f = lr_factor(r, steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1 + 0.9 * 1 / 20)
+    assert f(19) == pytest.approx(1.0)
+    assert f(20) == pytest.approx(1.0)
+    assert f(20 + 30) == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the annealing
+    assert f(80) == pytest.approx(0.01) and f(99) == pytest.approx(0.01)  # cooldown holds min_lr
+
+
+def test_optimizer_and_augmentation_choices():
+    m = torch.nn.Linear(3, 2)
+    opt = endpoint_optimizer(m, C.TrainConfig(optimizer="adamw", lr=1e-3, betas=[0.8, 0.9], weight_decay=0.06))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.8, 0.9)
+    assert isinstance(endpoint_optimizer(m, C.TrainConfig()), torch.optim.SGD)
+    with pytest.raises(ConfigError, match="optimizer"):
+        C.config_from_dict({"train": {"optimizer": "adam"}})
+    with pytest.raises(ConfigError, match="augmentation"):
+        C.config_from_dict({"train": {"augmentation": "mixup"}})
+    with pytest.raises(ConfigError, match="betas"):
+        C.config_from_dict({"train": {"betas": [0.9]}})
+
+
+def test_train_endpoint_with_crop_flip_and_adamw_is_reproducible():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    recipe = C.TrainConfig(epochs=2, batch_size=32, optimizer="adamw", lr=1e-3, schedule="cosine", warmup_epochs=1,
+                           warmup_lr=1e-4, min_lr=1e-5, augmentation="default")
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = build_model(C.ModelConfig("lenet5", 10, 3, 32))
+        losses = train_endpoint(model, split, recipe, seed=3, dataset="cifar10")
+        outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert torch.equal(outs[0], outs[1])
+
+
+# ---------------------------------------------------------------- relative threshold
+
+
+@pytest.fixture(scope="module")
+def digits_pair():
+    from llpf.data import load_data
+
+    data = load_data(C.DataConfig(name="digits", limit_train=256, limit_test=128))
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = build_model(C.ModelConfig())
+        train_endpoint(m, data.train, C.TrainConfig(epochs=3, batch_size=32), seed)
+        models.append(m)
+    return data, models
+
+
+@pytest.mark.parametrize("relative", [0.0, 1.5, 50.0])
+def test_relative_threshold(digits_pair, relative):
+    data, (a, b) = digits_pair
+    cfg = C.PathConfig(phases=[C.Phase(iterations=4, step_a=0.05, rounds=1)], batch_size=32, lr=0.01,
+                       eval_every=2, save_every=4, checkpoint_every=4, loss_threshold=0.1,
+                       loss_threshold_relative=relative)
+    eng = PathEngine("m2m", a, cfg, data.train, dest=b, eval_sets={"test": data.test}, device="cpu",
+                     keep_points=False)
+    s = eng.run().summary
+    la = evaluate(a, data.train.batches(1024))["loss"]
+    lb = evaluate(b, data.train.batches(1024))["loss"]
+    assert s["endpoint_train_loss"]["start"] == pytest.approx(la, rel=1e-5)
+    assert s["endpoint_train_loss"]["dest"] == pytest.approx(lb, rel=1e-5)
+    if relative == 0:
+        assert s["relative_threshold"] is None and s["valid_relative"] is None
+        return
+    thres = max(0.1, relative * max(la, lb))
+    assert s["relative_threshold"] == pytest.approx(thres, rel=1e-5)
+    assert s["loss_ok_relative"] == (s["max_train_loss"] <= s["relative_threshold"])
+    assert s["valid_relative"] == (s["loss_ok_relative"] and s["floor_reached"])
+    assert s["loss_ok"] == (s["max_train_loss"] <= 0.1)
+    if relative == 50.0:
+        assert s["loss_ok_relative"]  # a very loose threshold holds on any short path
+
+
+# ---------------------------------------------------------------- llpf reproduce end to end
+
+
+def test_moving_average():
+    y = moving_average([1.0, 3.0, float("nan"), 5.0], w=2)
+    assert list(y) == [1.0, 2.0, 3.0, 5.0]
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory):
+    base = tmp_path_factory.mktemp("repro")
+    cfg = base / "tiny.toml"
+    cfg.write_text(TINY)
+    out = base / "out"
+    assert main(["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    return cfg, out
+
+
+def test_reproduce_writes_the_aggregate(tiny_reproduction):
+    _, out = tiny_reproduction
+    assert sorted(p.name for p in (out / "endpoints").glob("*.safetensors")) == [f"seed{i}.safetensors" for i in range(4)]
+    for k in (0, 1):
+        assert json.loads((out / f"rep-0{k}" / "run.json").read_text())["status"] == "complete"
+        inputs = json.loads((out / f"rep-0{k}" / "run.json").read_text())["inputs"]
+        assert inputs["start"].endswith(f"seed{2 * k}.safetensors") and inputs["dest"].endswith(f"seed{2 * k + 1}.safetensors")
+    s = json.loads((out / "summary.json").read_text())
+    assert s["kind"] == "m2m" and s["aggregate"]["repetitions"] == 2
+    assert set(s["reps"]) == {"rep-00", "rep-01"}
+    for r in s["reps"].values():
+        assert {"valid", "valid_relative", "max_train_loss", "final_distance_max", "test_accuracy_min",
+                "test_accuracy_max", "relative_threshold"} <= set(r)
+    assert s["aggregate"]["max_train_loss"]["mean"] == pytest.approx(
+        sum(r["max_train_loss"] for r in s["reps"].values()) / 2)
+    assert "valid_count" in s["aggregate"]
+    md = (out / "summary.md").read_text()
+    assert "| rep-00 |" in md and "| rep-01 |" in md and "| **all** |" in md
+    assert (out / "figure.png").stat().st_size > 10_000
+
+
+def test_reproduce_resumes_only_what_is_missing(tiny_reproduction, monkeypatch):
+    cfg, out = tiny_reproduction
+    import llpf.runner as runner
+
+    def no_training(*a, **k):
+        raise AssertionError("an endpoint was retrained")
+
+    calls = []
+    real_run, real_resume = runner.run_path, runner.resume
+    monkeypatch.setattr(runner, "train", no_training)
+    monkeypatch.setattr(runner, "run_path", lambda kind, c, a, b, rep, **k: calls.append(("run", rep.name)) or
+                        real_run(kind, c, a, b, rep, **k))
+    monkeypatch.setattr(runner, "resume", lambda rep, **k: calls.append(("resume", rep.name)) or real_resume(rep, **k))
+    before = (out / "rep-00" / "summary.json").stat().st_mtime_ns
+    reference = json.loads((out / "rep-01" / "summary.json").read_text())
+
+    # a repetition interrupted mid-run (no summary, status running): resumed
+    (out / "rep-01" / "summary.json").unlink()
+    info = json.loads((out / "rep-01" / "run.json").read_text())
+    info["status"] = "running"
+    (out / "rep-01" / "run.json").write_text(json.dumps(info))
+    assert main(["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert calls == [("resume", "rep-01")]
+    assert (out / "rep-00" / "summary.json").stat().st_mtime_ns == before
+    again = json.loads((out / "rep-01" / "summary.json").read_text())
+    assert again["max_train_loss"] == reference["max_train_loss"]  # same batches, same path
+
+    # a repetition lost entirely: run again from its endpoints, which are not retrained
+    import shutil
+    shutil.rmtree(out / "rep-01")
+    calls.clear()
+    assert main(["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert calls == [("run", "rep-01")]
+    assert json.loads((out / "rep-01" / "summary.json").read_text())["max_train_loss"] == reference["max_train_loss"]
+
+    # everything finished: nothing runs, the aggregate is redrawn
+    calls.clear()
+    assert main(["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    assert calls == []
+
+
+def test_reproduce_refuses_another_experiments_directory(tiny_reproduction, capsys):
+    _, out = tiny_reproduction
+    assert main(["reproduce", "lenet5-mnist-m2o", "--out", str(out), "--device", "cpu"]) == 2
+    assert "reproduction of 'tiny'" in capsys.readouterr().err
+
+
+def test_reproduce_with_given_weights(tiny_reproduction, tmp_path):
+    cfg, out = tiny_reproduction
+    a, b = out / "endpoints" / "seed0.safetensors", out / "endpoints" / "seed1.safetensors"
+    o2 = tmp_path / "given"
+    assert main(["reproduce", str(cfg), "--reps", "1", "--out", str(o2), "--start", str(a), "--dest", str(b),
+                 "--device", "cpu", "--quiet"]) == 0
+    assert not list((o2 / "endpoints").glob("*.safetensors"))
+    assert json.loads((o2 / "summary.json").read_text())["reps"]["rep-00"]["status"] == "complete"
