@@ -62,7 +62,10 @@ def test_m2m_run_directory(tiny, capsys):
     code = main(["m2m", str(tiny / "tiny.toml"), "--start", str(tiny / "e0.safetensors"), "--dest",
                  str(tiny / "e1.safetensors"), "--out", str(run), "--quiet"])
     assert code == 0
-    assert "M2M path" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "M2M path" in out
+    # The tiny endpoints break the paper's premise (near-zero training loss): said, not fatal.
+    assert "llpf: warning: the start model's training loss" in err and "section 3.2" in err
     for f in ("config.toml", "run.json", "metrics.csv", "summary.json", "final.safetensors", "figures/path.png",
               "points/0000000.safetensors", "points/0000005.safetensors", "points/0000010.safetensors"):
         assert (run / f).is_file(), f

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -190,7 +191,6 @@ def cmd_train(args) -> int:
 def cmd_path(args) -> int:
     from .config import load_config
     from .runner import resume, run_path
-
     from .store import RunDir
 
     if args.resume and RunDir(args.out).exists:
@@ -199,6 +199,15 @@ def cmd_path(args) -> int:
         cfg = load_config(args.config)
         s = run_path(args.command, cfg, args.start, getattr(args, "dest", None), args.out, device=args.device,
                      force=args.force, progress=not args.quiet)
+    if getattr(args, "segments", False) and s and s["status"] == "complete":
+        from .analysis.barriers import path_segments, write_segments
+
+        res = path_segments(args.out, points_per_segment=args.segment_points, device=args.device,
+                            progress=not args.quiet)
+        write_segments(args.out, res)
+        s["segment_max_train_loss"] = res["segment_max_train_loss"]
+        print(f"  straight segments between saved points peak at training loss {res['segment_max_train_loss']:.4f} "
+              f"(saved points: {res['point_max_train_loss']:.4f}, {args.segment_points} points per segment)")
     return _report(args.command, s, args.out)
 
 
@@ -236,28 +245,6 @@ def cmd_configs(args) -> int:
     for name in shipped_configs():
         print(f"{name:28s} {load_config(name).description}")
     return 0
-
-
-def cmd_m2m(args) -> int:
-    if not args.segments:
-        return cmd_path(args)
-    from .analysis.barriers import path_segments, write_segments
-    from .config import load_config
-    from .runner import resume, run_path
-
-    if args.resume:
-        s = resume(args.out, device=args.device, progress=not args.quiet)
-    else:
-        s = run_path("m2m", load_config(args.config), args.start, args.dest, args.out, device=args.device,
-                     force=args.force, progress=not args.quiet)
-    if s and s["status"] == "complete":
-        res = path_segments(args.out, points_per_segment=args.segment_points, device=args.device,
-                            progress=not args.quiet)
-        write_segments(args.out, res)
-        s["segment_max_train_loss"] = res["segment_max_train_loss"]
-        print(f"  straight segments between saved points peak at training loss {res['segment_max_train_loss']:.4f} "
-              f"(saved points: {res['point_max_train_loss']:.4f}, {args.segment_points} points per segment)")
-    return _report("m2m", s, args.out)
 
 
 def _recompute(choice: str):
@@ -392,14 +379,19 @@ def cmd_reproduce(args) -> int:
     return 0 if result["aggregate"]["repetitions"] else 1
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_m2m, "m2o": cmd_path, "resume": cmd_resume,
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
             "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
             "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
             "generalisation": cmd_generalisation, "report": cmd_report}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"llpf: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return COMMANDS[args.command](args)
     except LLPFError as e:
@@ -408,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llpf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

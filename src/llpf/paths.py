@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -73,6 +74,10 @@ class Path:
     def column(self, name: str) -> list[tuple[int, float]]:
         """``(iteration, value)`` for every row that has ``name``."""
         return [(r["iteration"], r[name]) for r in self.rows if r.get(name) is not None]
+
+
+class PrerequisiteWarning(UserWarning):
+    """An input breaks a premise of the method (paper section 3.2, Eq. 4); the run goes on."""
 
 
 class Observer:
@@ -266,6 +271,18 @@ class PathEngine:
         row.update(ev)
         return row
 
+    def _warn_about_prerequisites(self) -> None:
+        """Paper §3.2: endpoints must sit in flat minima with near-zero training loss."""
+        if self.kind != "m2m":
+            return
+        for what, loss in (("start", self.track["start_metrics"].get("train_loss")),
+                           ("destination", self.track.get("dest_train_loss"))):
+            if loss is not None and loss > self.cfg.loss_threshold:
+                warnings.warn(f"the {what} model's training loss {loss:.4f} is above the path's loss threshold "
+                              f"{self.cfg.loss_threshold}: the paper's M2M needs endpoints with near-zero training "
+                              f"loss (section 3.2); judge the path by its relative threshold", PrerequisiteWarning,
+                              stacklevel=2)
+
     def _dest_train_loss(self) -> float | None:
         """The destination's full training-set loss (None without a ``train`` evaluation set)."""
         data = self.eval_sets.get("train")
@@ -329,6 +346,7 @@ class PathEngine:
             if self.kind == "m2m":
                 self.track["dest_train_loss"] = self._dest_train_loss()
             self._emit([self._evaluate_now({"iteration": 0, "phase": 0, "rounds": 0})])
+            self._warn_about_prerequisites()
             if self.keep_points:
                 self.path.points.append((0, self.state_of_model()))
             self.observer.on_point(0, self.state_of_model())

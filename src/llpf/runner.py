@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import signal
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from . import config as C
 from .data import Bundle, load_data
 from .errors import ConfigError, DataError, ModelMismatchError, RunDirError
 from .models import build_model
-from .paths import PathEngine, pick_device
+from .paths import PathEngine, PrerequisiteWarning, pick_device
 from .store import RunDir, load_weights, save_weights
 from .train import evaluate, train_endpoint
 
@@ -92,6 +93,19 @@ def _engine(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, da
                       observer=observer, keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
 
 
+def warn_if_variances_differ(eng: PathEngine, tolerance: float = 0.25) -> None:
+    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer."""
+    from .analysis.variance import check_variance_pair
+
+    far = check_variance_pair(eng.model, eng.dest_model, tolerance)
+    if far:
+        worst = max(far, key=lambda r: r["relative_difference"])
+        warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
+                      f"{tolerance:.0%} (worst {worst['layer']}: {worst['relative_difference']:.0%}); the path "
+                      f"cannot get closer than the distance between their variance spheres (paper Eq. 4)",
+                      PrerequisiteWarning, stacklevel=2)
+
+
 @contextmanager
 def _stop_on_signals(eng: PathEngine):
     """SIGINT and SIGTERM ask the engine to checkpoint and return, so ``resume`` continues the run."""
@@ -139,6 +153,8 @@ def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | Non
     # Building the engine validates every input (weights, shapes, patterns, data) before the
     # run directory is touched.
     eng = _engine(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
+    if kind == "m2m":
+        warn_if_variances_differ(eng)
     resolved = C.Config(cfg.name, cfg.description, cfg.model, cfg.data, cfg.train,
                         pc if kind == "m2m" else None, pc if kind == "m2o" else None)
     inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
