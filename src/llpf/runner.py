@@ -18,7 +18,7 @@ from torch import nn
 from . import config as C
 from .data import Bundle, load_data
 from .errors import ConfigError, DataError, ModelMismatchError, RunDirError
-from .models import build_model
+from .models import build_model, load_state
 from .paths import PathEngine, PrerequisiteWarning, pick_device
 from .store import RunDir, load_weights, save_weights
 from .train import evaluate, train_endpoint
@@ -27,20 +27,7 @@ from .train import evaluate, train_endpoint
 def load_model(cfg: C.Config, path: str | Path, what: str = "model") -> nn.Module:
     """Build ``cfg.model`` and load weights into it, naming any mismatch."""
     model = build_model(cfg.model)
-    state = load_weights(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise ModelMismatchError(
-            f"{what} {path} does not fit model {cfg.model.name!r} "
-            f"(missing: {missing[:3] or '-'}; unexpected: {unexpected[:3] or '-'})")
-    for k, v in state.items():
-        if v.shape != own[k].shape:
-            raise ModelMismatchError(f"{what} {path}: {k} has shape {list(v.shape)}, "
-                                     f"model {cfg.model.name!r} expects {list(own[k].shape)}")
-    model.load_state_dict(state)
-    return model
+    return load_state(model, load_weights(path), f"{what} {path} (model {cfg.model.name!r})")
 
 
 def check_data_fits(data: Bundle, cfg: C.Config) -> None:

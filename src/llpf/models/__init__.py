@@ -6,7 +6,7 @@ from typing import Callable
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, ModelMismatchError
 from .cct import cct7_3x1
 from .lenet5 import LeNet5
 from .resnet18 import resnet18_cifar, resnet18_imagenet
@@ -26,3 +26,19 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     except KeyError:
         raise ConfigError(f"unknown model {cfg.name!r}; known: {', '.join(sorted(MODELS))}") from None
     return make(cfg)
+
+
+def load_state(model: nn.Module, state: dict, where: str) -> nn.Module:
+    """Load a state dict into ``model``, naming missing, unexpected or misshapen tensors (ModelMismatchError)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ModelMismatchError(f"{where} does not fit the model (missing: {missing[:3] or '-'}; "
+                                 f"unexpected: {unexpected[:3] or '-'})")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise ModelMismatchError(f"{where}: {k} has shape {list(v.shape)}, the model expects "
+                                     f"{list(expected[k].shape)}")
+    model.load_state_dict(state)
+    return model

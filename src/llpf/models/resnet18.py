@@ -86,15 +86,6 @@ def load_torchvision_resnet18_weights(model: nn.Module, path: str | Path | None 
     else:
         state = _read_state_dict(Path(path))
         where = str(path)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ModelMismatchError(f"{where} does not fit the model (missing: {missing[:3] or '-'}; "
-                                 f"unexpected: {unexpected[:3] or '-'})")
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ModelMismatchError(f"{where}: {name} has shape {list(tensor.shape)}, "
-                                     f"the model wants {list(expected[name].shape)}")
-    model.load_state_dict(state)
-    return model
+    from . import load_state
+
+    return load_state(model, state, where)
