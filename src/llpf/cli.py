@@ -7,7 +7,6 @@ files and run directories. A user mistake prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 import time

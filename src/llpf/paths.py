@@ -13,7 +13,7 @@ import math
 import random
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .config import PathConfig, from_dict
 from .data import BatchStream, Split
-from .errors import ConfigError, NonFiniteError
+from .errors import ConfigError
 from .geometry import (angle_conformal_lr, distance_floor, layer_distances, move_,
                        variance_correction_)
 from .schedule import normalisation_parameters, phase_at, resolve
@@ -337,8 +337,8 @@ class PathEngine:
 
     # ------------------------------------------------------------ the loop
 
-    def run(self, progress: bool = False, stop_at: int | None = None) -> Path:
-        """Run to the end of the schedule (or to ``stop_at``) and return the Path."""
+    def run(self, progress: bool = False) -> Path:
+        """Run to the end of the schedule (or until a stop is requested) and return the Path."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -350,11 +350,10 @@ class PathEngine:
             if self.keep_points:
                 self.path.points.append((0, self.state_of_model()))
             self.observer.on_point(0, self.state_of_model())
-        end = self.total if stop_at is None else min(stop_at, self.total)
         bar = tqdm(total=self.total, initial=self.iteration, desc=self.kind.upper(), disable=not progress,
                    dynamic_ncols=True, leave=False)
         target = cfg.target_variance_ratio if self.kind == "m2o" else 0.0
-        while self.iteration < end and self.failure is None and not self.stop_requested:
+        while self.iteration < self.total and self.failure is None and not self.stop_requested:
             i = self.iteration + 1
             rp = phase_at(self.schedule, i)
             moved = self.masks[rp.index]
@@ -367,7 +366,7 @@ class PathEngine:
             self.pending.append((i, rp.index, loss, rounds))
             bar.update(1)
             reached = bool(target) and float(self.mean_variance_ratio()) <= target
-            last = i == end or reached
+            last = i == self.total or reached
             if last or i % cfg.eval_every == 0 or i % cfg.save_every == 0 or i % cfg.checkpoint_every == 0:
                 rows = self._flush()
                 if self.failure is None and (last or i % cfg.eval_every == 0):

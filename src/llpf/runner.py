@@ -17,7 +17,7 @@ from torch import nn
 
 from . import config as C
 from .data import Bundle, load_data
-from .errors import ConfigError, DataError, ModelMismatchError, RunDirError
+from .errors import ConfigError, DataError, RunDirError
 from .models import build_model, load_state
 from .paths import PathEngine, PrerequisiteWarning, pick_device
 from .store import RunDir, load_weights, save_weights
@@ -116,8 +116,7 @@ def _finish(rd: RunDir, eng: PathEngine, progress: bool) -> dict:
     if not path.summary:
         rd.set_status("interrupted", iteration=eng.iteration)
         return {}
-    if path.summary["status"] == "complete":
-        rd.on_point(eng.iteration, eng.state_of_model())
+    if path.summary["status"] == "complete":  # the engine saved the last point
         shutil.copyfile(rd.point_path(eng.iteration), rd.path / "final.safetensors")
         rd.set_status("complete")
     else:

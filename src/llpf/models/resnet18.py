@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ..errors import CheckpointError, ModelMismatchError
+from ..errors import CheckpointError
 
 
 def _stem(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
