@@ -13,7 +13,8 @@ from llpf.data import Split
 from llpf.errors import ConfigError
 from llpf.models import build_model
 from llpf.paths import PathEngine
-from llpf.reproduce import dry_run, experiments, moving_average
+from llpf.plots import moving_average
+from llpf.reproduce import dry_run, experiments
 from llpf.schedule import normalisation_parameters, resolve
 from llpf.train import endpoint_optimizer, evaluate, lr_factor, train_endpoint
 

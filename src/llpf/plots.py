@@ -1,49 +1,103 @@
 """Figures from run directories, in the layout of the paper's Figures 2 and 3.
 
 Three rows: training loss along the path (per-iteration batch loss and the
-full training-set loss at evaluation points, with the loss threshold for M2M);
-the layer-wise L2 distance to the destination (M2M) or to the origin as a
-variance ratio (M2O), one curve per layer; test loss and accuracy. Plots read
-only run directories.
+full training-set loss at evaluation points, with the loss thresholds for
+M2M); the layer-wise L2 distance to the destination (M2M) or the variance
+ratio toward the origin (M2O), one curve per layer; test loss and accuracy.
+One run is drawn as measured; several (repetitions) as mean and standard
+deviation, smoothed over ``SMOOTH`` iterations as the paper does. Plots read
+only run directories and metric rows.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .store import RunDir  # noqa: E402
 
-
-def _series(rows, key):
-    pts = [(r["iteration"], r[key]) for r in rows if r.get(key) is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
+SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
 
-def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``figures/path.png`` for one run (Figure 2 layout for M2M, Figure 3 for M2O)."""
-    rd = RunDir(run)
-    rows = rd.metrics()
-    kind = rd.info().get("kind", "m2m")
-    summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
+def moving_average(y: np.ndarray, w: int = SMOOTH) -> np.ndarray:
+    """Trailing moving average over ``w`` points (fewer at the start), NaNs ignored."""
+    y = np.asarray(y, float)
+    out = np.empty_like(y)
+    for i in range(len(y)):
+        win = y[max(0, i - w + 1):i + 1]
+        win = win[np.isfinite(win)]
+        out[i] = win.mean() if len(win) else np.nan
+    return out
+
+
+def _stack(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Iterations where any run has ``key``, and a [runs, iterations] array (NaN where a run lacks it)."""
+    its = sorted({int(r["iteration"]) for rows in runs for r in rows if r.get(key) is not None})
+    index = {it: i for i, it in enumerate(its)}
+    arr = np.full((len(runs), len(its)), np.nan)
+    for j, rows in enumerate(runs):
+        for r in rows:
+            if r.get(key) is not None:
+                arr[j, index[int(r["iteration"])]] = r[key]
+    return np.array(its), arr
+
+
+def _mean_std(its: np.ndarray, arr: np.ndarray, smooth: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over runs, each smoothed over ``SMOOTH`` iterations when ``smooth``.
+
+    The window counts iterations, not points: per-iteration series (the batch
+    loss) average 10 points; series evaluated every k >= 10 iterations are
+    left as they are, so a peak of the training-set loss is not flattened.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, std = np.nanmean(arr, 0), np.nanstd(arr, 0)
+    if not smooth:
+        return mean, std
+    step = float(np.median(np.diff(its))) if len(its) > 1 else 1.0
+    w = max(1, int(round(SMOOTH / max(step, 1.0))))
+    return moving_average(mean, w), moving_average(std, w)
+
+
+def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summaries: list[dict] = (),
+                 smooth: bool = True, best_iteration: int | None = None) -> Path:
+    """Paper Figure 2 (M2M) or Figure 3 (M2O) from the metric rows of one or more runs."""
     fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True, constrained_layout=True)
 
+    def band(ax, key, label, **kw):
+        its, arr = _stack(runs, key)
+        if not len(its):
+            return
+        m, s = _mean_std(its, arr, smooth)
+        line, = ax.plot(its, m, label=label, **kw)
+        if len(runs) > 1:
+            ax.fill_between(its, m - s, m + s, alpha=0.2, color=line.get_color())
+
     ax = axes[0]
-    ax.plot(*_series(rows, "batch_loss"), lw=0.6, alpha=0.5, label="batch loss (Train_r)")
-    ax.plot(*_series(rows, "train_loss"), "o-", ms=3, label="training-set loss")
-    if kind == "m2m" and summary.get("loss_threshold"):
-        ax.axhline(summary["loss_threshold"], color="red", ls="--", lw=1, label="L_thres")
+    band(ax, "batch_loss", "batch loss (Train_r)", lw=0.6, alpha=0.6)
+    band(ax, "train_loss", "training-set loss", lw=1.5, marker="o", ms=2)
+    if kind == "m2m":
+        th = [s["loss_threshold"] for s in summaries if s.get("loss_threshold")]
+        rel = [s["relative_threshold"] for s in summaries if s.get("relative_threshold")]
+        if th:
+            ax.axhline(th[0], color="red", ls="--", lw=1, label="L_thres")
+        if rel:
+            ax.axhline(float(np.mean(rel)), color="orange", ls=":", lw=1, label="relative threshold")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=8)
 
     ax = axes[1]
     prefix = "dist/" if kind == "m2m" else "var_ratio/"
-    layers = [k for k in (rows[0] if rows else {}) if k.startswith(prefix)]
+    layers = [k for k in (runs[0][0] if runs and runs[0] else {}) if k.startswith(prefix)]
+    ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
+                      if len(layers) > 10 else plt.cm.tab10(np.arange(10)))
     for k in layers:
-        ax.plot(*_series(rows, k), lw=1, label=k[len(prefix):])
+        band(ax, k, k[len(prefix):], lw=1)
     ax.set_ylabel("layer-wise L2 distance to D" if kind == "m2m" else "layer variance / start variance")
     if kind == "m2m":
         ax.set_yscale("log")
@@ -51,17 +105,27 @@ def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
         ax.legend(fontsize=7, ncol=2)
 
     ax = axes[2]
-    ax.plot(*_series(rows, "test_loss"), "o-", ms=3, color="tab:red", label="test loss")
+    band(ax, "test_loss", "test loss", color="tab:red", marker="o", ms=2)
     ax.set_ylabel("test loss", color="tab:red")
     ax2 = ax.twinx()
-    ax2.plot(*_series(rows, "test_accuracy"), "s-", ms=3, color="tab:blue", label="test accuracy")
+    band(ax2, "test_accuracy", "test accuracy", color="tab:blue", marker="s", ms=2)
     ax2.set_ylabel("test accuracy", color="tab:blue")
-    if kind == "m2o" and summary.get("best_iteration") is not None:
-        ax.axvline(summary["best_iteration"], color="gray", ls=":", label="best point")
+    if best_iteration is not None:
+        ax.axvline(best_iteration, color="gray", ls=":", label="best point")
     ax.set_xlabel("iteration")
-    fig.suptitle(f"{kind.upper()}: {rd.path.name}")
-    out = Path(out) if out else rd.path / "figures" / "path.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return out
+    return path
+
+
+def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``figures/path.png`` for one run, as measured (no smoothing)."""
+    rd = RunDir(run)
+    kind = rd.info().get("kind", "m2m")
+    summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
+    best = summary.get("best_iteration") if kind == "m2o" else None
+    return paths_figure([rd.metrics()], kind, Path(out) if out else rd.path / "figures" / "path.png",
+                        f"{kind.upper()}: {rd.path.name}", [summary], smooth=False, best_iteration=best)

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,10 @@ from .data import Bundle, Split
 from .errors import ConfigError, DataError, RunDirError
 from .models import build_model
 from .paths import PathEngine, m2m_iteration, m2o_iteration, pick_device
+from .plots import SMOOTH, paths_figure
 from .schedule import normalisation_parameters, resolve
 from .store import RunDir, atomic_write, load_weights, read_metrics, save_weights
 
-SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
 
 def experiments() -> list[str]:
@@ -252,43 +251,6 @@ def _run_on_loaders(cfg: C.Config, k: int, start: Path, rep: Path, device, data:
 # ---------------------------------------------------------------- aggregation
 
 
-def moving_average(y: np.ndarray, w: int = SMOOTH) -> np.ndarray:
-    """Trailing moving average over ``w`` points (fewer at the start), NaNs ignored."""
-    y = np.asarray(y, float)
-    out = np.empty_like(y)
-    for i in range(len(y)):
-        win = y[max(0, i - w + 1):i + 1]
-        win = win[np.isfinite(win)]
-        out[i] = win.mean() if len(win) else np.nan
-    return out
-
-
-def _stack(runs: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Iterations where any run has ``key``, and a [runs, iterations] array (NaN where a run lacks it)."""
-    its = sorted({int(r["iteration"]) for rows in runs for r in rows if r.get(key) is not None})
-    index = {it: i for i, it in enumerate(its)}
-    arr = np.full((len(runs), len(its)), np.nan)
-    for j, rows in enumerate(runs):
-        for r in rows:
-            if r.get(key) is not None:
-                arr[j, index[int(r["iteration"])]] = r[key]
-    return np.array(its), arr
-
-
-def _mean_std(its: np.ndarray, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over repetitions, each smoothed over ``SMOOTH`` iterations.
-
-    The window counts iterations, not points: per-iteration series (the batch
-    loss) average 10 points; series evaluated every k >= 10 iterations are
-    left as they are, so a peak of the training-set loss is not flattened.
-    """
-    step = float(np.median(np.diff(its))) if len(its) > 1 else 1.0
-    w = max(1, int(round(SMOOTH / max(step, 1.0))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return moving_average(np.nanmean(arr, 0), w), moving_average(np.nanstd(arr, 0), w)
-
-
 def _rep_row(kind: str, s: dict, rows: list[dict]) -> dict:
     acc = [r["test_accuracy"] for r in rows if r.get("test_accuracy") is not None]
     row = {"status": s.get("status"), "iterations": s.get("iterations"),
@@ -340,8 +302,8 @@ def aggregate(out: str | Path) -> dict:
     atomic_write(out / "summary.json", (json.dumps(result, indent=2) + "\n").encode())
     atomic_write(out / "summary.md", _markdown(result).encode())
     if runs:
-        figure(runs, kind, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
-                                               f"moving average over {SMOOTH} iterations", reps)
+        paths_figure(runs, kind, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
+                                                     f"moving average over {SMOOTH} iterations", list(reps.values()))
     return result
 
 
@@ -387,63 +349,6 @@ def _markdown(result: dict) -> str:
                          f"| {_fmt(m.get('test', {}).get('loss'))} | {_fmt(m.get('test', {}).get('accuracy'))} "
                          f"| {_fmt(e.get('wall_s'))} |")
     return "\n".join(lines) + "\n"
-
-
-def figure(runs: list[list[dict]], kind: str, path: Path, title: str, reps: dict | None = None) -> Path:
-    """Paper Figure 2 (M2M) / Figure 3 (M2O) over repetitions: mean ± std, smoothed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True, constrained_layout=True)
-
-    def band(ax, key, label, **kw):
-        its, arr = _stack(runs, key)
-        if not len(its):
-            return
-        m, s = _mean_std(its, arr)
-        line, = ax.plot(its, m, label=label, **kw)
-        ax.fill_between(its, m - s, m + s, alpha=0.2, color=line.get_color())
-
-    ax = axes[0]
-    band(ax, "batch_loss", "batch loss (Train_r)", lw=0.8)
-    band(ax, "train_loss", "training-set loss", lw=1.5)
-    if kind == "m2m" and reps:
-        th = [r.get("loss_threshold") for r in reps.values() if r.get("loss_threshold")]
-        rel = [r.get("relative_threshold") for r in reps.values() if r.get("relative_threshold")]
-        if th:
-            ax.axhline(th[0], color="red", ls="--", lw=1, label="L_thres (absolute)")
-        if rel:
-            ax.axhline(float(np.mean(rel)), color="orange", ls=":", lw=1, label="relative threshold (mean)")
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=8)
-
-    ax = axes[1]
-    prefix = "dist/" if kind == "m2m" else "var_ratio/"
-    layers = [k for k in (runs[0][0] if runs and runs[0] else {}) if k.startswith(prefix)]
-    ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
-                      if len(layers) > 10 else plt.cm.tab10(np.arange(10)))
-    for k in layers:
-        band(ax, k, k[len(prefix):], lw=1)
-    ax.set_ylabel("layer-wise L2 distance to D" if kind == "m2m" else "layer variance / start variance")
-    if kind == "m2m":
-        ax.set_yscale("log")
-    if len(layers) <= 12:
-        ax.legend(fontsize=7, ncol=2)
-
-    ax = axes[2]
-    band(ax, "test_loss", "test loss", color="tab:red")
-    ax.set_ylabel("test loss", color="tab:red")
-    ax2 = ax.twinx()
-    band(ax2, "test_accuracy", "test accuracy", color="tab:blue")
-    ax2.set_ylabel("test accuracy", color="tab:blue")
-    ax.set_xlabel("iteration")
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------- dry run
