@@ -64,6 +64,15 @@ def _mean_std(its: np.ndarray, arr: np.ndarray, smooth: bool) -> tuple[np.ndarra
     return moving_average(mean, w), moving_average(std, w)
 
 
+def save_figure(fig, out: str | Path) -> Path:
+    """Write ``fig`` to ``out`` (making its folder) and release it; every llpf figure ends here."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summaries: list[dict] = (),
                  smooth: bool = True, best_iteration: int | None = None) -> Path:
     """Paper Figure 2 (M2M) or Figure 3 (M2O) from the metric rows of one or more runs."""
@@ -114,11 +123,7 @@ def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summ
         ax.axvline(best_iteration, color="gray", ls=":", label="best point")
     ax.set_xlabel("iteration")
     fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def path_figure(run: str | Path, out: str | Path | None = None) -> Path:

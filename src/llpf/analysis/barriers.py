@@ -221,10 +221,7 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
 
 def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
     """Training loss along the polygonal path (segments densely), saved points marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 3.2), constrained_layout=True)
     for s in result["segments"]:
@@ -238,11 +235,7 @@ def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
     ax.set_ylabel("training-set loss")
     ax.set_title(title or f"max on segments {result['segment_max_train_loss']:.4f}, "
                  f"at saved points {result['point_max_train_loss']:.4f}", fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_segments(run_dir: str | Path, result: dict) -> Path:
@@ -265,10 +258,7 @@ def write_segments(run_dir: str | Path, result: dict) -> Path:
 
 def line_figure(rows: list[dict], out: str | Path, title: str = "") -> Path:
     """Loss (left axis, log) and accuracy (right axis) along a straight line, one curve per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
     ax2 = ax.twinx()
@@ -285,11 +275,7 @@ def line_figure(rows: list[dict], out: str | Path, title: str = "") -> Path:
     ax2.set_ylabel("accuracy (dotted)")
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(title, fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_barrier(rows: list[dict], out_dir: str | Path, inputs: dict | None = None, name: str = "barrier",

@@ -275,10 +275,7 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
 
 def dimension_figure(result: dict, out: str | Path) -> Path:
     """Singular-value spectrum per layer (log scale), tolerances and structural zeros marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     layers = result["layers"]
     n = len(layers)
@@ -306,11 +303,7 @@ def dimension_figure(result: dict, out: str | Path) -> Path:
     s = result["settings"]
     fig.suptitle(f"singular values / s_max of {s['moves']} one-iteration moves ({s['rounds']} x batch "
                  f"{s['batch_size']}, {s['dtype']}); tolerances: dashed max(N,n)*eps, dotted sqrt(N+n+1)/2*eps", fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_dimension(result: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -52,10 +52,7 @@ def analyse_generalisation(runs: Iterable[str | Path]) -> dict:
 
 def generalisation_figure(result: dict, out: str | Path) -> Path:
     """Loss (top) and accuracy (bottom) against the mean variance ratio, selected point starred."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True, constrained_layout=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -81,11 +78,7 @@ def generalisation_figure(result: dict, out: str | Path) -> Path:
     ax.invert_xaxis()
     ax.legend(fontsize=7)
     fig.suptitle("M2O: generalisation on smaller variance spheres (solid test, dashed validation)", fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_generalisation(result: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -169,10 +169,7 @@ def streamed_pca(ps: PointSet, k: int = 2, oversample: int = 10, power_iteration
 
 def pca_figure(ps: PointSet, result: dict[str, LayerPCA], out: str | Path, max_lines: int = 400) -> Path:
     """One panel per layer: each path a line, its points coloured by iteration (paper Figure 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
     from matplotlib.colors import Normalize
 
     n = len(ps.layers)
@@ -199,11 +196,7 @@ def pca_figure(ps: PointSet, result: dict[str, LayerPCA], out: str | Path, max_l
     if sc is not None:
         fig.colorbar(sc, ax=axes.ravel().tolist(), shrink=0.6, label="iteration")
     fig.suptitle(f"per-layer PCA of {len(ps.runs)} path(s), {len(ps)} points", fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_pca(ps: PointSet, result: dict[str, LayerPCA], out_dir: str | Path, settings: dict | None = None) -> dict[str, Path]:

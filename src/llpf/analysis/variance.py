@@ -97,10 +97,7 @@ def analyse_variances(models: Sequence[nn.Module], labels: Sequence[str], includ
 
 def variance_figure(result: dict, out: str | Path) -> Path:
     """Figure 6: each layer's variance per model on a log scale, and each layer's spread."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..plots import plt, save_figure
 
     table = result["variances"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True,
@@ -124,11 +121,7 @@ def variance_figure(result: dict, out: str | Path) -> Path:
     bx.invert_yaxis()
     bx.set_xlabel("variance: min..max over models, | mean")
     fig.suptitle(f"layer variances of {len(result['models'])} models", fontsize=9)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def write_variance(result: dict, out_dir: str | Path) -> dict[str, Path]:

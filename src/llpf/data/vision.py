@@ -73,18 +73,25 @@ def _bundle(dataset: str, arrays: dict[str, tuple[np.ndarray, np.ndarray]], num_
 # ---------------------------------------------------------------- MNIST and Fashion-MNIST
 
 
+def _torchvision_splits(tv_class, root: Path, download: bool, where: str, arrays_of) -> dict:
+    """Both splits through torchvision's own dataset class; its errors become one-line DataErrors."""
+    arrays = {}
+    for name, train in SPLITS:
+        try:
+            ds = tv_class(str(root), train=train, download=download)
+        except RuntimeError as e:
+            raise DataError(f"{where}: {' '.join(str(e).split())}") from None
+        arrays[name] = arrays_of(ds)
+    return arrays
+
+
 def _mnist_like(cfg: DataConfig, dataset: str, tv_class, hint: str, default: Path | None, download: bool) -> Bundle:
     label = tv_class.__name__
     root = _root(cfg, label, hint, default, create=download)
     raw = root / tv_class.__name__ / "raw"
     if download or all((raw / stem).is_file() for stem in IDX_FILES.values()):
-        arrays = {}
-        for name, train in SPLITS:
-            try:
-                ds = tv_class(str(root), train=train, download=download)
-            except RuntimeError as e:
-                raise DataError(f"{label} at {root}: {' '.join(str(e).split())}") from None
-            arrays[name] = (ds.data.numpy()[:, None], ds.targets.numpy())
+        arrays = _torchvision_splits(tv_class, root, download, f"{label} at {root}",
+                                     lambda ds: (ds.data.numpy()[:, None], ds.targets.numpy()))
         return _bundle(dataset, arrays, 10, root)
     files = find_idx_files(raw) or find_idx_files(root)
     if files is None:
@@ -123,14 +130,9 @@ def _cifar(cfg: DataConfig, dataset: str, tv_class, num_classes: int, download: 
     if root.name == tv_class.base_folder:
         root = root.parent
     if download or (root / tv_class.base_folder).is_dir():
-        arrays = {}
-        for name, train in SPLITS:
-            # torchvision checks each file's MD5 before unpickling it, so only the genuine batches are unpickled
-            try:
-                ds = tv_class(str(root), train=train, download=download)
-            except RuntimeError as e:
-                raise DataError(f"{root / tv_class.base_folder}: {' '.join(str(e).split())}") from None
-            arrays[name] = (ds.data.transpose(0, 3, 1, 2), ds.targets)
+        # torchvision checks each file's MD5 before unpickling it, so only the genuine batches are unpickled
+        arrays = _torchvision_splits(tv_class, root, download, str(root / tv_class.base_folder),
+                                     lambda ds: (ds.data.transpose(0, 3, 1, 2), ds.targets))
         return _bundle(dataset, arrays, num_classes, root)
     if image_folders and (is_archive(root) or (root / "train").is_dir()):
         classes, arrays = load_image_folder(root, ("train", "test"))
