@@ -4,16 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tiny import LENET5_ON_DIGITS
 
 TINY = """
 name = "tiny"
-[model]
-name = "lenet5"
-[data]
-name = "digits"
-limit_train = 256
-limit_test = 128
-[m2m]
+""" + LENET5_ON_DIGITS + """[m2m]
 batch_size = 32
 lr = 0.01
 eval_every = 2

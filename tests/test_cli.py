@@ -6,17 +6,12 @@ import pytest
 from safetensors.torch import load_file
 
 from llpf.cli import main
+from tiny import LENET5_ON_DIGITS
 
 TINY = """
 name = "tiny"
 description = "a few seconds of everything"
-[model]
-name = "lenet5"
-[data]
-name = "digits"
-limit_train = 256
-limit_test = 128
-[train]
+""" + LENET5_ON_DIGITS + """[train]
 epochs = 3
 batch_size = 32
 lr = 0.05

@@ -17,6 +17,7 @@ from llpf.plots import moving_average
 from llpf.reproduce import dry_run, experiments
 from llpf.schedule import normalisation_parameters, resolve
 from llpf.train import endpoint_optimizer, evaluate, lr_factor, train_endpoint
+from tiny import LENET5_ON_DIGITS
 
 torch.set_num_threads(1)
 
@@ -27,13 +28,7 @@ TEN = ["cct7-cifar10-m2m", "cct7-cifar10-m2o", "lenet5-fashion-mnist-m2m", "lene
 TINY = """
 name = "tiny"
 description = "LeNet5 on a slice of digits: reproduce end to end in seconds"
-[model]
-name = "lenet5"
-[data]
-name = "digits"
-limit_train = 256
-limit_test = 128
-[train]
+""" + LENET5_ON_DIGITS + """[train]
 epochs = 1
 batch_size = 64
 lr = 0.01
