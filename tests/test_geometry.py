@@ -23,6 +23,27 @@ def test_segments_match_per_tensor_reductions():
         assert n.item() == pytest.approx(t.norm().item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_whole_vector_path_equals_per_view_path(batched):
+    """The GPU's one-kernel index path and the CPU's per-view path compute the same geometry."""
+    layout, views, flat = make([(40, 3), (6,), (1,), (2, 5)], seed=6)
+    whole = Segments(layout, dtype=torch.float64)
+    whole.per_view = False
+    if batched:  # three paths at once, [3, D]
+        flat = torch.stack([flat * 0.5, flat, flat * 1.5])
+    dest = torch.randn_like(flat)
+    target = torch.tensor([0.2, 0.9, 0.5, 3.0], dtype=torch.float64)
+    results = []
+    for seg in (views, whole):
+        p = flat.clone()
+        dist = move_(p, dest, seg, 0.1, 0.05, moved=torch.tensor([True, True, True, False]))
+        scale = variance_correction_(p, target, seg)
+        var, mean = seg.var_mean(p)
+        results.append([p, dist, scale, var, mean, seg.norm(p)])
+    for x, y in zip(*results):
+        assert torch.allclose(x, y, rtol=1e-12, atol=1e-14)
+
+
 def test_variance_correction_lands_on_target_and_keeps_mean():
     layout, seg, flat = make([(50, 20), (7,), (3, 3, 3)], seed=1)
     target = torch.tensor([0.01, 4.0, 1e-9], dtype=torch.float64)  # tiny targets must work too (no epsilon)

@@ -66,11 +66,6 @@ class Layout:
         return torch.tensor([n in chosen for n in self.names], dtype=torch.bool, device=device)
 
 
-def flatten(tensors: Sequence[Tensor]) -> Tensor:
-    """Concatenate tensors into one flat vector (a copy)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 # ---------------------------------------------------------------- reductions
 
 
