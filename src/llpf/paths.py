@@ -304,6 +304,13 @@ class PathEngine:
             self.best_buffers = {k: b.clone() for k, b in self.model.named_buffers()}
             self.observer.on_best(self.iteration, self.state_of_model())
 
+    def _save_point(self) -> None:
+        """Record the current point of the path (in memory when ``keep_points``, and to the observer)."""
+        state = self.state_of_model()
+        if self.keep_points:
+            self.path.points.append((self.iteration, state))
+        self.observer.on_point(self.iteration, state)
+
     def state_of_model(self) -> dict[str, Tensor]:
         """The current model's parameters and buffers, on the CPU."""
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -347,9 +354,7 @@ class PathEngine:
                 self.track["dest_train_loss"] = self._dest_train_loss()
             self._emit([self._evaluate_now({"iteration": 0, "phase": 0, "rounds": 0})])
             self._warn_about_prerequisites()
-            if self.keep_points:
-                self.path.points.append((0, self.state_of_model()))
-            self.observer.on_point(0, self.state_of_model())
+            self._save_point()
         bar = tqdm(total=self.total, initial=self.iteration, desc=self.kind.upper(), disable=not progress,
                    dynamic_ncols=True, leave=False)
         target = cfg.target_variance_ratio if self.kind == "m2o" else 0.0
@@ -376,10 +381,7 @@ class PathEngine:
                 if self.failure:
                     break
                 if i % cfg.save_every == 0 or last:
-                    state = self.state_of_model()
-                    if self.keep_points:
-                        self.path.points.append((i, state))
-                    self.observer.on_point(i, state)
+                    self._save_point()
                 if reached:
                     self.track["stopped_early"] = True
                     break

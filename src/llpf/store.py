@@ -88,16 +88,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def environment() -> dict[str, Any]:
+    """Library versions and platform, recorded in every run's run.json."""
     import numpy
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "platform": platform.platform()}
-    try:
-        from . import __version__
-        env["llpf"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
-    return env
+    from . import __version__
+
+    return {"llpf": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform()}
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float | None]]:
