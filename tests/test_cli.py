@@ -52,7 +52,7 @@ def tiny(tmp_path_factory):
     return d
 
 
-@pytest.mark.filterwarnings("default::llpf.paths.PrerequisiteWarning")
+@pytest.mark.filterwarnings("default::llpf.errors.PrerequisiteWarning")
 def test_m2m_run_directory(tiny, capsys):
     run = tiny / "m2m"
     code = main(["m2m", str(tiny / "tiny.toml"), "--start", str(tiny / "e0.safetensors"), "--dest",

@@ -11,8 +11,9 @@ import llpf
 from llpf.config import PathConfig, Phase
 from llpf.data import Split
 from llpf.geometry import Segments
-from llpf.paths import PathEngine
-from llpf.train import layout_of
+from llpf.driver import Driver
+from llpf.flat import layout_of
+from llpf.methods import M2O
 
 
 class MLP(nn.Module):
@@ -121,11 +122,10 @@ def test_angle_conformal_rates_in_the_engine(flat_digits, endpoints):
     train, test = flat_digits
     a, _ = endpoints
     cfg = PathConfig(phases=[Phase(iterations=1, step_a=0.1, step_f=0.0, rounds=1)], lr=1e-3)
-    eng = PathEngine("m2o", a, cfg, train, eval_sets={"test": test}, device="cpu")
-    eng.run()
-    names = eng.fp.layout.names
-    expected = [1e-3 if n.startswith("norm.") else 1e-3 * 0.9 ** 2 for n in names]  # Var(N) = 0.81 v
-    assert torch.allclose(eng.last_lr, torch.tensor(expected), rtol=1e-5)
+    method = M2O(a, cfg, train, device="cpu")
+    Driver(method, eval_sets={"test": test}).run()
+    expected = [1e-3 if n.startswith("norm.") else 1e-3 * 0.9 ** 2 for n in method.names]  # Var(N) = 0.81 v
+    assert torch.allclose(method.last_lr, torch.tensor(expected), rtol=1e-5)
 
 
 def test_m2o_stops_at_target_variance_ratio_and_keeps_best(flat_digits, endpoints):

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+import llpf
 from llpf import config as C
 from llpf.cli import main
 from llpf.data import Split
 from llpf.errors import ConfigError
 from llpf.models import build_model
-from llpf.paths import PathEngine
 from llpf.plots import moving_average
 from llpf.reproduce import dry_run, experiments
 from llpf.schedule import normalisation_parameters, resolve
@@ -182,9 +182,7 @@ def test_relative_threshold(digits_pair, relative):
     cfg = C.PathConfig(phases=[C.Phase(iterations=4, step_a=0.05, rounds=1)], batch_size=32, lr=0.01,
                        eval_every=2, save_every=4, checkpoint_every=4, loss_threshold=0.1,
                        loss_threshold_relative=relative)
-    eng = PathEngine("m2m", a, cfg, data.train, dest=b, eval_sets={"test": data.test}, device="cpu",
-                     keep_points=False)
-    s = eng.run().summary
+    s = llpf.m2m(a, b, data.train, cfg, test_data=data.test, device="cpu", keep_points=False).summary
     la = evaluate(a, data.train.batches(1024))["loss"]
     lb = evaluate(b, data.train.batches(1024))["loss"]
     assert s["endpoint_train_loss"]["start"] == pytest.approx(la, rel=1e-5)

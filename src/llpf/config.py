@@ -153,6 +153,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _convert(value, args[0], where)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            value = dataclasses.asdict(value)
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
         return from_dict(tp, value, f"{where}.")
@@ -203,20 +205,45 @@ def from_dict(cls, data: dict, where: str = ""):
     return cls(**kwargs)
 
 
+def _check_path(pc: PathConfig, where: str) -> None:
+    """The rules across fields of a path table (``where`` names it in errors: "m2m." or "")."""
+    if not pc.phases:
+        raise ConfigError(f"{where}phases must hold at least one phase")
+    for i, ph in enumerate(pc.phases):
+        if ph.step_a == 0 and ph.step_f == 0:
+            raise ConfigError(f"{where}phases[{i}]: step_a and step_f are both zero, the path would not move")
+        if ph.until_loss > 0 and ph.min_rounds > ph.max_rounds:
+            raise ConfigError(f"{where}phases[{i}]: min_rounds ({ph.min_rounds}) exceeds max_rounds ({ph.max_rounds})")
+        if i == 0 and ph.keep_previous:
+            raise ConfigError(f"{where}phases[0]: keep_previous needs a previous phase")
+
+
+def path_config(cfg: PathConfig | dict | None) -> PathConfig:
+    """A path config built in Python (a PathConfig, a dict, or None for the defaults), checked as a TOML one is.
+
+    Types, ranges, choices and the cross-field rules raise the same one-line
+    ConfigError; a valid object comes back as a fresh, typed copy.
+    """
+    if cfg is None:
+        return PathConfig()
+    if isinstance(cfg, PathConfig):
+        try:
+            data = dataclasses.asdict(cfg)
+        except TypeError as e:
+            raise ConfigError(f"path config holds a value that is not plain data: {e}") from None
+    elif isinstance(cfg, dict):
+        data = dict(cfg)
+    else:
+        raise ConfigError(f"config must be a PathConfig or a dict, got {type(cfg).__name__}")
+    pc = from_dict(PathConfig, data)
+    _check_path(pc, "")
+    return pc
+
+
 def _check(cfg: Config) -> Config:
     for kind in ("m2m", "m2o"):
-        pc = getattr(cfg, kind)
-        if pc is None:
-            continue
-        if not pc.phases:
-            raise ConfigError(f"{kind}.phases must hold at least one phase")
-        for i, ph in enumerate(pc.phases):
-            if ph.step_a == 0 and ph.step_f == 0:
-                raise ConfigError(f"{kind}.phases[{i}]: step_a and step_f are both zero, the path would not move")
-            if ph.until_loss > 0 and ph.min_rounds > ph.max_rounds:
-                raise ConfigError(f"{kind}.phases[{i}]: min_rounds ({ph.min_rounds}) exceeds max_rounds ({ph.max_rounds})")
-            if i == 0 and ph.keep_previous:
-                raise ConfigError(f"{kind}.phases[0]: keep_previous needs a previous phase")
+        if getattr(cfg, kind) is not None:
+            _check_path(getattr(cfg, kind), f"{kind}.")
     tr = cfg.train
     if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {tr.betas}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import RunDirError
-from .paths import pick_device
+from .runtime import pick_device
 from .runner import load_model, prepare_data, run_path, train
 
 

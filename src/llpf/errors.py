@@ -27,3 +27,7 @@ class RunDirError(LLPFError):
 
 class NonFiniteError(LLPFError):
     """Weights or a loss became NaN or infinite."""
+
+
+class PrerequisiteWarning(UserWarning):
+    """An input breaks a premise of the method (paper section 3.2, Eq. 4); the run goes on."""

@@ -31,7 +31,8 @@ from . import config as C
 from .data import Bundle, Split
 from .errors import ConfigError, DataError, RunDirError
 from .models import build_model
-from .paths import PathEngine, m2m_iteration, m2o_iteration, pick_device
+from .methods import method_class
+from .runtime import pick_device
 from .plots import SMOOTH, paths_figure
 from .schedule import normalisation_parameters, resolve
 from .store import RunDir, atomic_write, load_weights, read_metrics, save_weights
@@ -170,17 +171,12 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
         if (rep / "summary.json").is_file():
             log(f"rep {k}: finished, skipped")
             continue
-        if cfg.data.name == "imagenet":  # loaders, not tensors: the engine is built here
-            a = Path(start) if start else _endpoint(cfg, k, out, ledger, device, data_fn, progress, log)
-            log(f"rep {k}: {'resuming ' if rd.exists else ''}M2O from {a.name}")
-            t0 = time.perf_counter()
-            summary = _run_on_loaders(cfg, k, a, rep, device, data_fn(), progress)
-        elif rd.exists:
+        if rd.exists:
             log(f"rep {k}: resuming the interrupted run")
             if rd.info().get("status") == "complete":  # summary lost after completion: redo from the last checkpoint
                 rd.set_status("interrupted")
             t0 = time.perf_counter()
-            summary = resume(rep, device=device, progress=progress)
+            summary = resume(rep, device=device, progress=progress, data=data_fn())
         else:
             if kind == "m2m":
                 a = Path(start) if start else _endpoint(cfg, 2 * k, out, ledger, device, data_fn, progress, log)
@@ -211,41 +207,6 @@ def _rep_config(cfg: C.Config, k: int) -> C.Config:
     pc = getattr(rcfg, kind_of(rcfg))
     pc.seed = pc.seed + k
     return rcfg
-
-
-def _run_on_loaders(cfg: C.Config, k: int, start: Path, rep: Path, device, data: Bundle, progress: bool) -> dict:
-    """M2O on ImageNet loaders: evaluated on the validation set only (no pass over 1.28M training images).
-
-    A resumed run continues from its checkpoint's weights and tracking; the
-    loader's shuffle position is not checkpointed, so it is not bit-identical.
-    """
-    from .runner import _finish, load_model
-
-    rd, cfg = RunDir(rep), _rep_config(cfg, k)
-    pc = cfg.m2o
-    state = None
-    if not rd.exists:
-        load_model(cfg, start, "start")
-        resolved = C.Config(cfg.name, cfg.description, cfg.model, cfg.data, cfg.train, None, pc)
-        rd.create("m2o", C.dumps(resolved), {"start": str(start), "dest": None, "config": cfg.name}, str(device),
-                  force=True)
-        save_weights(rd.path / "start.safetensors", load_weights(start))
-    else:
-        state = rd.load_checkpoint()
-    model = load_model(cfg, rd.path / "start.safetensors", "start")
-    eng = PathEngine("m2o", model, pc, data.train, eval_sets={"test": data.test}, device=device, observer=rd,
-                     keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
-    last = 0
-    if state is not None:
-        eng.load_state_dict(state)
-        last = eng.iteration
-    if rd.exists and (rd.path / "metrics.csv").is_file():
-        rd.truncate_metrics(last) if state is not None else (rd.path / "metrics.csv").unlink()
-    for it, p in rd.points():
-        if it > last:
-            p.unlink()
-    rd.set_status("running")
-    return _finish(rd, eng, progress)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -401,16 +362,11 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     fake = random_bundle(cfg, 2 * bs, bs)
     first = dataclasses.replace(pc.phases[0], rounds=1, until_loss=0.0)
     tcfg = dataclasses.replace(pc, phases=[first] + pc.phases[1:], batch_size=bs)
-    eng = PathEngine(kind, start, tcfg, fake.train, dest=dest, eval_sets={"test": fake.test}, device=device,
-                     keep_points=False, eval_batch_size=bs)
-    rp = eng.schedule[0]
+    method = method_class(kind)(start, tcfg, fake.train, dest=dest, device=device)
     times = []
-    for _ in range(2):
+    for i in (1, 2):
         t0 = time.perf_counter()
-        if kind == "m2m":
-            loss, _ = m2m_iteration(eng.fp, eng.dest_flat, eng.v0, rp, tcfg, eng.train_r, eng.masks[0], eng.all_layers)
-        else:
-            loss, _, _ = m2o_iteration(eng.fp, eng.v0, rp, tcfg, eng.train_r, eng.masks[0])
+        loss, _ = method.iterate(i, method.schedule[0])
         float(loss)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -418,9 +374,9 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     step_s = times[1]  # one iteration with r = 1: geometry + one training step (the second: no warm-up)
     t0 = time.perf_counter()
     with torch.no_grad():
-        eng.model.eval()
-        eng.model(fake.test.x.to(device))
-        eng.model.train()
+        method.model.eval()
+        method.model(fake.test.x.to(device))
+        method.model.train()
     fwd_s = (time.perf_counter() - t0) / bs  # per example, forward only
 
     phases, lo_steps, hi_steps = [], 0, 0

@@ -1,10 +1,11 @@
 """From a config and weight files to a finished run directory (what the CLI commands do).
 
-Config -> (model, data) -> path engine -> run directory -> figures. A run
+Config -> (model, data) -> method and driver -> run directory -> figures. A run
 directory copies its input weights, so ``resume`` needs nothing outside it.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import threading
@@ -16,10 +17,12 @@ import torch
 from torch import nn
 
 from . import config as C
-from .data import Bundle, load_data
-from .errors import ConfigError, DataError, RunDirError
+from .data import Bundle, Split, load_data
+from .driver import Driver
+from .errors import ConfigError, DataError, PrerequisiteWarning, RunDirError
+from .methods import method_class
 from .models import build_model, load_state
-from .paths import PathEngine, PrerequisiteWarning, pick_device
+from .runtime import pick_device
 from .store import RunDir, load_weights, save_weights
 from .train import evaluate, train_endpoint
 
@@ -67,24 +70,32 @@ def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
     return pc
 
 
-def _engine(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, data: Bundle | None,
-            observer: RunDir) -> PathEngine:
+def _driver(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, data: Bundle | None,
+            observer: RunDir) -> Driver:
+    """Load the models and data a run needs and build its method and driver; every input is checked here.
+
+    The training split is evaluated as ``train`` when it is a tensor Split (a
+    loader, as for ImageNet, is only drawn from); test and validation always.
+    """
     pc = _path_config(cfg, kind)
+    cls = method_class(kind)
     data = data or prepare_data(cfg, device)
     start_model = load_model(cfg, start, "start")
-    dest_model = load_model(cfg, dest, "destination") if kind == "m2m" else None
-    sets = {"train": data.train, "test": data.test}
+    dest_model = load_model(cfg, dest, "destination") if cls.needs_dest else None
+    sets = {"train": data.train} if isinstance(data.train, Split) else {}
+    sets["test"] = data.test
     if data.validation is not None:
         sets["validation"] = data.validation
-    return PathEngine(kind, start_model, pc, data.train, dest=dest_model, eval_sets=sets, device=device,
-                      observer=observer, keep_points=False, eval_batch_size=cfg.data.eval_batch_size)
+    method = cls(start_model, pc, data.train, dest=dest_model, device=device)
+    return Driver(method, eval_sets=sets, observers=[observer], keep_points=False,
+                  eval_batch_size=cfg.data.eval_batch_size)
 
 
-def warn_if_variances_differ(eng: PathEngine, tolerance: float = 0.25) -> None:
+def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:
     """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer."""
     from .analysis.variance import check_variance_pair
 
-    far = check_variance_pair(eng.model, eng.dest_model, tolerance)
+    far = check_variance_pair(driver.method.model, driver.method.dest_model, tolerance)
     if far:
         worst = max(far, key=lambda r: r["relative_difference"])
         warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
@@ -94,10 +105,10 @@ def warn_if_variances_differ(eng: PathEngine, tolerance: float = 0.25) -> None:
 
 
 @contextmanager
-def _stop_on_signals(eng: PathEngine):
-    """SIGINT and SIGTERM ask the engine to checkpoint and return, so ``resume`` continues the run."""
+def _stop_on_signals(driver: Driver):
+    """SIGINT and SIGTERM ask the driver to checkpoint and return, so ``resume`` continues the run."""
     def handler(signum, frame):
-        eng.stop_requested = True
+        driver.stop_requested = True
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -110,21 +121,22 @@ def _stop_on_signals(eng: PathEngine):
             signal.signal(s, h)
 
 
-def _finish(rd: RunDir, eng: PathEngine, progress: bool) -> dict:
-    with _stop_on_signals(eng):
-        path = eng.run(progress=progress)
-    if not path.summary:
-        rd.set_status("interrupted", iteration=eng.iteration)
+def finish(rd: RunDir, driver: Driver, progress: bool) -> dict:
+    """Run the driver into ``rd``; mark the run complete, failed or interrupted; draw its figure."""
+    with _stop_on_signals(driver):
+        (result,) = driver.run(progress=progress)
+    if not result.summary:
+        rd.set_status("interrupted", iteration=driver.iteration)
         return {}
-    if path.summary["status"] == "complete":  # the engine saved the last point
-        shutil.copyfile(rd.point_path(eng.iteration), rd.path / "final.safetensors")
+    if result.summary["status"] == "complete":  # the driver saved the last point
+        shutil.copyfile(rd.point_path(driver.iteration), rd.path / "final.safetensors")
         rd.set_status("complete")
     else:
-        rd.set_status("failed", reason=path.summary.get("reason"))
+        rd.set_status("failed", reason=result.summary.get("reason"))
     (rd.path / "checkpoint.pt").unlink(missing_ok=True)
     from .plots import path_figure
     path_figure(rd.path)
-    return path.summary
+    return result.summary
 
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
@@ -132,26 +144,25 @@ def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | Non
     """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary."""
     pc = _path_config(cfg, kind)
     device = pick_device(device)
-    if kind == "m2m" and dest is None:
-        raise ConfigError("m2m needs --dest")
+    if method_class(kind).needs_dest and dest is None:
+        raise ConfigError(f"{kind} needs --dest")
     rd = RunDir(out)
     rd.check_writable_for_new_run(force)
     # Building the engine validates every input (weights, shapes, patterns, data) before the
     # run directory is touched.
-    eng = _engine(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
-    if kind == "m2m":
-        warn_if_variances_differ(eng)
-    resolved = C.Config(cfg.name, cfg.description, cfg.model, cfg.data, cfg.train,
-                        pc if kind == "m2m" else None, pc if kind == "m2o" else None)
+    driver = _driver(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
+    if driver.method.needs_dest:
+        warn_if_variances_differ(driver)
+    resolved = dataclasses.replace(cfg, **{"m2m": None, "m2o": None, kind: pc})
     inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
     rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
     save_weights(rd.path / "start.safetensors", load_weights(start))
     if dest is not None:
         save_weights(rd.path / "dest.safetensors", load_weights(dest))
-    return _finish(rd, eng, progress)
+    return finish(rd, driver, progress)
 
 
-def resume(run: str | Path, device=None, progress: bool = False) -> dict:
+def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | None = None) -> dict:
     """Continue a run from its last checkpoint; the result equals an uninterrupted run."""
     rd = RunDir(run)
     if not rd.exists:
@@ -164,13 +175,13 @@ def resume(run: str | Path, device=None, progress: bool = False) -> dict:
     kind = info["kind"]
     cfg = C.load_config(rd.path / "config.toml")
     device = pick_device(device or info.get("device"))
-    dest = rd.path / "dest.safetensors" if kind == "m2m" else None
-    eng = _engine(kind, cfg, rd.path / "start.safetensors", dest, device, None, rd)
+    dest = rd.path / "dest.safetensors" if (rd.path / "dest.safetensors").is_file() else None
+    driver = _driver(kind, cfg, rd.path / "start.safetensors", dest, device, data, rd)
     state = rd.load_checkpoint()
     last = 0
     if state is not None:
-        eng.load_state_dict(state)
-        last = eng.iteration
+        driver.load_state_dict(state)
+        last = driver.iteration
     rd.remove_partial_writes()
     rd.truncate_metrics(last)
     for it, p in rd.points():
@@ -180,4 +191,4 @@ def resume(run: str | Path, device=None, progress: bool = False) -> dict:
     if state is None:
         (rd.path / "metrics.csv").unlink(missing_ok=True)
     rd.set_status("running")
-    return _finish(rd, eng, progress)
+    return finish(rd, driver, progress)

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .errors import CheckpointError, RunDirError
-from .paths import Observer
+from .observer import Observer
 
 BASE_COLUMNS = ["iteration", "phase", "batch_loss", "rounds"]
 

@@ -1,9 +1,7 @@
-"""Training: the flat parameter vector, Train_r (Algorithm 1 line 7), evaluation, endpoints.
+"""Training: Train_r (Algorithm 1 line 7), evaluation, and endpoints (paper Table 3).
 
-``FlatParams`` lays every trainable parameter of a model end to end in one
-tensor and makes the model's parameters (and their gradients) views into it.
-The geometry then works on the whole model in a handful of kernels, and an SGD
-step with per-layer learning rates is one fused update.
+Train_r works on a :class:`~llpf.flat.FlatParams`, so an SGD step with
+per-layer learning rates is one fused update of the flat vector.
 """
 from __future__ import annotations
 
@@ -15,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Phase, TrainConfig
-from .errors import ModelMismatchError, NonFiniteError
-from .geometry import Layout, Segments
+from .errors import NonFiniteError
+from .flat import FlatParams
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MetricFn = Callable[[Tensor, Tensor], Tensor]
@@ -28,52 +26,6 @@ def accuracy(output: Tensor, target: Tensor) -> Tensor:
 
 
 DEFAULT_METRICS: dict[str, MetricFn] = {"accuracy": accuracy}
-
-
-def layout_of(model: nn.Module) -> Layout:
-    """The Layout of a model's trainable parameters, in ``named_parameters`` order."""
-    named = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad]
-    return Layout(tuple(n for n, _ in named), tuple(s for _, s in named))
-
-
-def check_same_architecture(a: nn.Module, b: nn.Module, what=("start", "destination")) -> None:
-    """Raise ModelMismatchError unless both models have the same parameter names and shapes."""
-    la, lb = layout_of(a), layout_of(b)
-    if la.names != lb.names:
-        only_a = sorted(set(la.names) - set(lb.names))[:3]
-        only_b = sorted(set(lb.names) - set(la.names))[:3]
-        raise ModelMismatchError(
-            f"{what[0]} and {what[1]} models have different architectures "
-            f"(only in {what[0]}: {only_a or '-'}; only in {what[1]}: {only_b or '-'})")
-    for n, sa, sb in zip(la.names, la.shapes, lb.shapes):
-        if sa != sb:
-            raise ModelMismatchError(f"{what[0]} and {what[1]} differ in the shape of {n}: {list(sa)} vs {list(sb)}")
-
-
-def check_finite(model: nn.Module, what: str) -> None:
-    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise NonFiniteError(f"{what} model has non-finite values in {n}")
-
-
-class FlatParams:
-    """A model's trainable parameters as views into one flat vector (and likewise their grads)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.layout = layout_of(model)
-        params = [p for _, p in model.named_parameters() if p.requires_grad]
-        device = params[0].device
-        dtype = params[0].dtype
-        self.flat = torch.cat([p.detach().reshape(-1) for p in params]).to(device, dtype)
-        self.grad = torch.zeros_like(self.flat)
-        for p, v, g in zip(params, self.layout.split(self.flat), self.layout.split(self.grad)):
-            p.data = v
-            p.grad = g
-        self.seg = Segments(self.layout, device, dtype)
-
-    def zero_grad(self) -> None:
-        self.grad.zero_()
 
 
 def cycle(data: Iterable) -> Iterator:

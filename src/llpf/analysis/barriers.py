@@ -170,7 +170,7 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     if len(pts) < 2:
         raise RunDirError(f"{run_dir} has fewer than two saved points; nothing to connect")
     from ..models import build_model
-    from ..paths import pick_device
+    from ..runtime import pick_device
 
     device = pick_device(device)
     if data is None:

@@ -48,7 +48,8 @@ from torch import Tensor, nn
 from ..data import BatchStream, Split
 from ..errors import ConfigError
 from ..schedule import select
-from ..train import FlatParams, LossFn, TrainR, evaluate
+from ..flat import FlatParams
+from ..train import LossFn, TrainR, evaluate
 from .units import LayerStructure, find_dead_units, structure
 
 EPS64 = torch.finfo(torch.float64).eps

@@ -1,0 +1,60 @@
+"""The Python API: a path between any ``nn.Module`` pair, or toward the origin, on any data.
+
+``find_path`` runs any registered method (``llpf.methods.METHODS``);
+``m2m`` and ``m2o`` name the paper's two.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from .config import PathConfig
+from .data import Split
+from .driver import Driver, PathResult
+from .methods import Method, method_class
+from .observer import Observer
+from .train import LossFn, MetricFn
+
+
+def find_path(method: str | type[Method], start: nn.Module, train_data, config: PathConfig | Mapping | None = None,
+              *, dest: nn.Module | None = None, test_data=None, eval_sets: Mapping[str, Any] | None = None,
+              loss_fn: LossFn | None = None, metrics: Mapping[str, MetricFn] | None = None, device=None,
+              progress: bool = False, observer: Observer | None = None, keep_points: bool = True,
+              eval_batch_size: int = 1024) -> PathResult:
+    """Run ``method`` (a name or a Method class) from ``start`` (to ``dest``) and return the PathResult.
+
+    ``train_data`` is a :class:`~llpf.data.Split` or any iterable of
+    ``(input, target)`` batches; ``test_data`` and ``eval_sets`` are evaluated
+    along the path (a Split ``train_data`` is evaluated as the ``train`` set).
+    ``config`` is a PathConfig or a dict, checked as a TOML table is. The
+    models passed in are not modified.
+    """
+    cls = method_class(method) if isinstance(method, str) else method
+    m = cls(start, config, train_data, dest=dest, loss_fn=loss_fn, device=device)
+    sets = dict(eval_sets or {})
+    if test_data is not None:
+        sets.setdefault("test", test_data)
+    if "train" not in sets and isinstance(train_data, Split):
+        sets["train"] = train_data
+    driver = Driver(m, eval_sets=sets, metrics=metrics, observers=None if observer is None else [observer],
+                    keep_points=keep_points, eval_batch_size=eval_batch_size)
+    return driver.run(progress=progress)[0]
+
+
+def m2m(start: nn.Module, dest: nn.Module, train_data, config: PathConfig | Mapping | None = None,
+        **kwargs) -> PathResult:
+    """A low-loss path from ``start`` to ``dest`` (paper Algorithm 1); the final model is ``result.model``.
+
+    Keyword arguments are those of :func:`find_path`.
+    """
+    return find_path("m2m", start, train_data, config, dest=dest, **kwargs)
+
+
+def m2o(start: nn.Module, train_data, config: PathConfig | Mapping | None = None, **kwargs) -> PathResult:
+    """Walk ``start`` toward the origin (paper Algorithm 2) and keep the best-generalising point.
+
+    The best point is chosen on ``config.select_on`` ("test" as the paper did,
+    or "validation", which must then be in ``eval_sets``); it is ``result.best_model``.
+    """
+    return find_path("m2o", start, train_data, config, **kwargs)

@@ -1,0 +1,246 @@
+"""The driver: the loop every path method shares, knowing no method.
+
+It runs a :class:`~llpf.methods.base.Method` over the phase schedule and owns
+what all methods have in common: the iteration counter, evaluation every
+``eval_every`` iterations, batch losses buffered on the device and brought to
+the host in one sync, saved points, checkpoints and resume, stop requests
+(from signal handlers), the progress bar, and stopping a path whose loss turns
+NaN. What it records goes to one observer per path (a run directory, or
+nothing); it knows nothing about files.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .data import Split
+from .methods.base import Method, Record
+from .observer import Observer
+from .runtime import rng_state, set_rng_state
+from .schedule import phase_at
+from .train import DEFAULT_METRICS, MetricFn, evaluate
+
+
+@dataclass
+class PathResult:
+    """What a path run returns: the recorded rows, saved points, final model, summary (and M2O's best model)."""
+
+    method: str
+    names: tuple[str, ...]
+    rows: list[dict] = field(default_factory=list)
+    points: list[tuple[int, dict[str, Tensor]]] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    model: nn.Module | None = None
+    best_model: nn.Module | None = None
+
+    def column(self, name: str) -> list[tuple[int, float]]:
+        """``(iteration, value)`` for every row that has ``name``."""
+        return [(r["iteration"], r[name]) for r in self.rows if r.get(name) is not None]
+
+
+class Driver:
+    """Runs ``method`` to the end of its schedule, recording each of its paths.
+
+    ``eval_sets`` maps a name (``train``, ``test``, ``validation``) to a Split
+    or a re-iterable of batches, evaluated every ``cfg.eval_every`` iterations.
+    ``observers`` holds one observer per path (none: record in memory only).
+    """
+
+    def __init__(self, method: Method, *, eval_sets: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, MetricFn] | None = None, observers: Sequence[Observer] | None = None,
+                 keep_points: bool = True, eval_batch_size: int = 1024):
+        self.method, self.cfg = method, method.cfg
+        self.metrics = dict(DEFAULT_METRICS if metrics is None else metrics)
+        self.observers = list(observers) if observers is not None else [Observer() for _ in range(method.paths)]
+        if len(self.observers) != method.paths:
+            raise ValueError(f"{method.paths} path(s) need as many observers, got {len(self.observers)}")
+        self.eval_sets = {name: data.to(method.device) if isinstance(data, Split) else data
+                          for name, data in (eval_sets or {}).items()}
+        method.check_eval_sets(set(self.eval_sets))
+        self.keep_points, self.eval_batch_size = keep_points, eval_batch_size
+        self.records = [Record() for _ in range(method.paths)]
+        self.results = [PathResult(method.name, method.names) for _ in range(method.paths)]
+        self.active = list(range(method.paths))
+        self.iteration = 0
+        self.pending: list[tuple[int, int, Tensor, Tensor | int]] = []
+        self.stop_requested = False  # set from a signal handler: checkpoint and return at the next iteration
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
+        """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
+        row: dict[str, Any] = {}
+        for name, data in self.eval_sets.items():
+            if sets is not None and name not in sets:
+                continue
+            batches = data.batches(self.eval_batch_size) if isinstance(data, Split) else data
+            for key, v in evaluate(model, batches, self.method.loss_fn, self.metrics, self.method.device).items():
+                row[f"{name}_{key}"] = v
+        return row
+
+    def _evaluate_into(self, k: int, row: dict) -> None:
+        """Evaluate path k at its current point and add the results (and the method's measures) to ``row``."""
+        ev = {**self.evaluate(self.method.model_of(k)), **self.method.measure(k)}
+        rec = self.records[k]
+        if "train_loss" in ev:
+            rec.max_train_loss = max(rec.max_train_loss, ev["train_loss"])
+            if not math.isfinite(ev["train_loss"]):
+                rec.failure = f"training-set loss became {ev['train_loss']} at iteration {self.iteration}"
+        if self.iteration == 0:
+            rec.start_metrics = dict(ev)
+        if self.method.after_evaluation(k, self.iteration, ev, rec):
+            self.observers[k].on_best(self.iteration, self._state_of(k))
+        row.update(ev)
+
+    # ------------------------------------------------------------ recording
+
+    def _flush(self) -> dict[int, list[dict]]:
+        """Bring the buffered batch losses to the host as rows per active path; stop a path at a non-finite one."""
+        losses = torch.stack([p[2].reshape(-1) for p in self.pending]).tolist() if self.pending else []
+        rounds = [r.tolist() if isinstance(r, Tensor) else r for *_, r in self.pending]
+        out = {}
+        for k in self.active:
+            rec, rows = self.records[k], []
+            for (it, ph, _, _), loss_k, r in zip(self.pending, losses, rounds):
+                loss = loss_k[k]
+                if not math.isfinite(loss):
+                    rec.failure = f"batch loss became {loss} at iteration {it}"
+                    break
+                rows.append({"iteration": it, "phase": ph + 1, "batch_loss": loss,
+                             "rounds": r[k] if isinstance(r, list) else r})
+                rec.max_batch_loss = max(rec.max_batch_loss, loss)
+            out[k] = rows
+        self.pending = []
+        return out
+
+    def _emit(self, k: int, rows: list[dict]) -> None:
+        if rows:
+            self.results[k].rows.extend(rows)
+            self.observers[k].on_rows(rows)
+
+    def _state_of(self, k: int) -> dict[str, Tensor]:
+        """Path k's current parameters and buffers, on the CPU."""
+        return {n: v.detach().cpu().clone() for n, v in self.method.model_of(k).state_dict().items()}
+
+    def _save_point(self, k: int) -> None:
+        state = self._state_of(k)
+        if self.keep_points:
+            self.results[k].points.append((self.iteration, state))
+        self.observers[k].on_point(self.iteration, state)
+
+    def _retire(self, k: int) -> None:
+        self.active.remove(k)
+        self.records[k].iterations = self.iteration
+        self.method.retire(k)
+
+    # ------------------------------------------------------------ checkpoint
+
+    def state_dict(self, k: int = 0) -> dict:
+        """Everything needed to continue path k bit for bit (call after a flush)."""
+        return {"iteration": self.iteration, "record": asdict(self.records[k]), "rng": rng_state(),
+                "method": self.method.state_dict(k)}
+
+    def load_state_dict(self, state: dict, k: int = 0) -> None:
+        self.iteration = int(state["iteration"])
+        self.records[k] = Record(**state["record"])
+        self.method.load_state_dict(k, state["method"])
+        set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self, progress: bool = False) -> list[PathResult]:
+        """Run to the end of the schedule (or until a stop is requested); one PathResult per path."""
+        from tqdm.auto import tqdm
+
+        m = self.method
+        if self.iteration == 0:
+            m.begin(self.evaluate)
+            for k in self.active:
+                row = {"iteration": 0, "phase": 0, "rounds": 0}
+                self._evaluate_into(k, row)
+                self._emit(k, [row])
+                self._save_point(k)
+        bar = tqdm(total=m.total, initial=self.iteration, desc=m.name.upper(), disable=not progress,
+                   dynamic_ncols=True, leave=False)
+        while self.iteration < m.total and self.active and not self.stop_requested:
+            i = self.iteration + 1
+            rp = phase_at(m.schedule, i)
+            loss, rounds = m.iterate(i, rp)
+            self.iteration = i
+            self.pending.append((i, rp.index, loss, rounds))
+            bar.update(1)
+            finishing = {k for k in self.active if m.finished(k)}
+            if finishing or self._on_cadence(i):
+                self._record(i, finishing, bar)
+            if self.stop_requested and self.active:
+                self._checkpoint_active(i)
+        bar.close()
+        return self._results()
+
+    def _on_cadence(self, i: int) -> bool:
+        c = self.cfg
+        return i == self.method.total or i % c.eval_every == 0 or i % c.save_every == 0 or i % c.checkpoint_every == 0
+
+    def _record(self, i: int, finishing: set[int], bar) -> None:
+        """Rows, evaluation, points and checkpoints of iteration ``i`` for every active path."""
+        c = self.cfg
+        rows_of = self._flush()
+        for k in list(self.active):
+            rows, rec = rows_of[k], self.records[k]
+            last = i == self.method.total or k in finishing
+            if rec.failure is None and (last or i % c.eval_every == 0):
+                self._evaluate_into(k, rows[-1])
+                if k == self.active[0]:
+                    bar.set_postfix(loss=f"{rows[-1].get('train_loss', rows[-1]['batch_loss']):.4f}")
+            self._emit(k, rows)
+            if rec.failure:
+                self._retire(k)
+                continue
+            if i % c.save_every == 0 or last:
+                self._save_point(k)
+            if last:
+                rec.stopped_early = k in finishing
+                self._retire(k)
+            elif i % c.checkpoint_every == 0:
+                self.observers[k].on_checkpoint(i, self.state_dict(k))
+
+    def _checkpoint_active(self, i: int) -> None:
+        """A stop was requested: flush, and checkpoint every path still running so it can resume."""
+        rows_of = self._flush()
+        for k in list(self.active):
+            self._emit(k, rows_of[k])
+            if self.records[k].failure:
+                self._retire(k)
+            else:
+                self.observers[k].on_checkpoint(i, self.state_dict(k))
+
+    def _results(self) -> list[PathResult]:
+        """Summaries for the paths that ended (failed, finished or complete); models for all."""
+        m = self.method
+        for k, res in enumerate(self.results):
+            if k not in self.active:
+                res.summary = self.summary(k)
+                self.observers[k].on_summary(res.summary)
+            res.model = m.model_of(k)
+            res.best_model = m.best_model(k)
+        return self.results
+
+    def summary(self, k: int = 0) -> dict:
+        rec = self.records[k]
+        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
+        s: dict[str, Any] = {
+            "kind": self.method.name,
+            "status": "failed" if rec.failure else "complete",
+            "iterations": rec.iterations,
+            "planned_iterations": self.method.total,
+            "max_batch_loss": finite(rec.max_batch_loss),
+            "max_train_loss": finite(rec.max_train_loss),
+        }
+        if rec.failure:
+            s["reason"] = rec.failure
+        s.update(self.method.summary(k, rec))
+        return s

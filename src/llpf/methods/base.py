@@ -1,0 +1,212 @@
+"""The interface every path method implements, and the one-path base that M2M and M2O share.
+
+The driver (``llpf.driver``) runs a method over its phase schedule and owns
+everything methods have in common: the iteration counter, evaluation every
+``eval_every``, recording, points, checkpoints, resume, stop signals, progress
+and NaN handling. A method owns its parameters, its training and its algorithm.
+
+A method advances ``paths`` = K >= 1 independent paths of one architecture at
+once (K = 1 for :class:`SinglePath`; a batched method keeps ``[K, n]``
+parameters). Path k has its own run directory, record and checkpoint. The
+driver calls, in this order:
+
+``check_eval_sets(names)``
+    once, with the names of the evaluation sets (M2O needs its ``select_on`` split).
+``begin(evaluate)``
+    once before iteration 0; ``evaluate(model, sets=None) -> dict`` is the
+    driver's evaluator (keys like ``train_loss``, ``test_accuracy``).
+``iterate(iteration, phase) -> (loss, rounds)``
+    advance every active path by one iteration of ``phase`` (a
+    :class:`~llpf.schedule.ResolvedPhase`); ``loss`` is the last batch loss per
+    path (a ``[K]`` or 0-dim tensor, left on the device), ``rounds`` the
+    Train_r steps taken (an int or a ``[K]`` tensor).
+``model_of(k)``
+    a module holding path k's current point (evaluated and saved by the driver).
+``measure(k) -> dict``
+    the method's columns of an evaluation row (per-layer distances, ratios).
+``after_evaluation(k, iteration, row, record) -> bool``
+    sees each evaluation row; True when the point is path k's new best.
+``finished(k) -> bool``
+    path k stops before the end of the schedule (M2O's target variance ratio).
+``retire(k)``
+    path k has failed or finished: stop updating it.
+``summary(k, record) -> dict``
+    the method's fields of path k's ``summary.json``.
+``state_dict(k)`` / ``load_state_dict(k, state)``
+    path k's own checkpoint state, tensors and plain data only
+    (``torch.load(weights_only=True)`` reads it).
+``best_model(k)``
+    the point the method chose (M2O), or None.
+
+A new method is one module with a subclass of :class:`Method` (or of
+:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import PathConfig, path_config
+from ..data import BatchStream, Split
+from ..errors import ConfigError
+from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
+from ..runtime import pick_device
+from ..schedule import ResolvedPhase, resolve
+from ..train import LossFn, TrainR, cycle
+
+Evaluate = Callable[..., dict]
+
+
+@dataclass
+class Record:
+    """What the driver tracks for one path (its part of the checkpoint)."""
+
+    max_batch_loss: float = -math.inf
+    max_train_loss: float = -math.inf
+    start_metrics: dict = field(default_factory=dict)
+    stopped_early: bool = False
+    failure: str | None = None
+    iterations: int = 0
+
+
+class Method:
+    """A path method: see the module docstring for what the driver calls and when."""
+
+    name: ClassVar[str] = ""
+    needs_dest: ClassVar[bool] = False
+    paths: int = 1
+    cfg: PathConfig
+    device: torch.device
+    loss_fn: LossFn
+    names: tuple[str, ...]
+    schedule: list[ResolvedPhase]
+    total: int
+
+    def check_eval_sets(self, names: set[str]) -> None:
+        pass
+
+    def begin(self, evaluate: Evaluate) -> None:
+        pass
+
+    def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, Tensor | int]:
+        raise NotImplementedError
+
+    def model_of(self, k: int) -> nn.Module:
+        raise NotImplementedError
+
+    def measure(self, k: int) -> dict:
+        return {}
+
+    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record) -> bool:
+        return False
+
+    def finished(self, k: int) -> bool:
+        return False
+
+    def retire(self, k: int) -> None:
+        pass
+
+    def best_model(self, k: int) -> nn.Module | None:
+        return None
+
+    def summary(self, k: int, record: Record) -> dict:
+        return {}
+
+    def state_dict(self, k: int) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, k: int, state: dict) -> None:
+        raise NotImplementedError
+
+
+class SinglePath(Method):
+    """One path: a copy of the start model whose parameters are views of one flat vector.
+
+    Holds what Algorithms 1 and 2 share: the start variances ``v0`` (the
+    variance sphere S_var of P0, taken once), the phase schedule with one
+    layer mask per phase, the batch stream and Train_r. ``train_data`` is a
+    :class:`~llpf.data.Split` (drawn as a shuffled stream of ``cfg.batch_size``
+    batches) or any iterable of ``(input, target)`` batches.
+    """
+
+    def __init__(self, start: nn.Module, cfg: PathConfig | dict | None, train_data, *,
+                 dest: nn.Module | None = None, loss_fn: LossFn | None = None, device=None):
+        self.cfg = path_config(cfg)
+        self.device = pick_device(device)
+        self.loss_fn = loss_fn or F.cross_entropy
+        self._check_models(start, dest)
+        torch.manual_seed(self.cfg.seed)
+        self.model = copy.deepcopy(start).to(self.device)
+        self.fp = FlatParams(self.model)
+        self.names = self.fp.layout.names
+        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(self.model))
+        self.total = self.cfg.total_iterations
+        self.masks = [self.fp.layout.mask(rp.moved, self.device) for rp in self.schedule]
+        self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
+        self.ever_moved = torch.stack(self.masks).any(0)
+        self.start_flat = self.fp.flat.clone()
+        self.v0 = self.fp.seg.variance(self.start_flat)
+        self.dest_model = dest
+        self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)
+        if isinstance(train_data, Split):
+            self.stream = BatchStream(train_data.to(self.device), self.cfg.batch_size, seed=self.cfg.seed)
+            batches = self.stream
+        else:
+            self.stream, batches = None, cycle(train_data)
+        self.train_r = TrainR(self.fp, batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
+                              self.cfg.weight_decay, self.device)
+
+    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
+        check_finite(start, "start")
+        if not self.needs_dest:
+            if dest is not None:
+                raise ConfigError(f"{self.name} takes no destination model")
+            return
+        if dest is None:
+            raise ConfigError(f"{self.name} needs a destination model")
+        check_same_architecture(start, dest)
+        check_finite(dest, "destination")
+
+    def excluded_layers(self, model: nn.Module) -> set[str]:
+        """Layers no phase moves, whatever its patterns say."""
+        return set()
+
+    # ------------------------------------------------------------ measurements
+
+    def variance_ratio(self) -> Tensor:
+        """Per-layer variance ratio Var(P_l) / v_l (1 where v_l is 0)."""
+        v = self.fp.seg.variance(self.fp.flat)
+        return torch.where(self.v0 > 0, v / torch.where(self.v0 > 0, self.v0, 1.0), 1.0)
+
+    def ratio_layers(self) -> Tensor:
+        """The layers whose variance ratios the mean is taken over."""
+        return self.all_layers
+
+    def mean_variance_ratio(self) -> Tensor:
+        return self.variance_ratio()[self.ratio_layers()].mean()
+
+    def model_of(self, k: int) -> nn.Module:
+        return self.model
+
+    def measure(self, k: int) -> dict:
+        return {"distance_to_origin": float(self.fp.flat.norm()),
+                "mean_variance_ratio": float(self.mean_variance_ratio())}
+
+    # ------------------------------------------------------------ checkpoint
+
+    def state_dict(self, k: int) -> dict:
+        return {"model": {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()},
+                "stream": self.stream.state_dict() if self.stream is not None else None,
+                "train_r": self.train_r.state_dict()}
+
+    def load_state_dict(self, k: int, state: dict) -> None:
+        self.model.load_state_dict(state["model"])  # writes through the flat views
+        if self.stream is not None and state["stream"] is not None:
+            self.stream.load_state_dict(state["stream"])
+        self.train_r.load_state_dict(state["train_r"])

@@ -1,0 +1,110 @@
+"""M2M: a low-loss path from a start model to a destination model (paper Algorithm 1).
+
+``m2m_iteration`` is the loop body and reads line by line against Algorithm 1;
+:class:`M2M` adds what the path records: the layer-wise distance to the
+destination at every evaluation, the destination's own training loss, and the
+verdicts of paper section 4 in the summary.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..config import PathConfig
+from ..errors import PrerequisiteWarning
+from ..flat import FlatParams
+from ..geometry import distance_floor, layer_distances, move_, variance_correction_
+from ..schedule import ResolvedPhase
+from ..train import TrainR
+from .base import Evaluate, Record, SinglePath
+
+
+def m2m_iteration(fp: FlatParams, dest: Tensor, v0: Tensor, rp: ResolvedPhase, cfg: PathConfig, train_r: TrainR,
+                  moved: Tensor, corrected: Tensor) -> tuple[Tensor, int]:
+    """One iteration of Algorithm 1 (lines 5-8): Move, VarianceCorrection, Train_r, VarianceCorrection."""
+    ph = rp.phase
+    with torch.no_grad():
+        move_(fp.flat, dest, fp.seg, ph.step_a, ph.step_f, moved, cfg.step_rule)  # M1 = Move(P_i, D)
+        variance_correction_(fp.flat, v0, fp.seg, corrected)  # M2 = VarianceCorrection(M1, S_var)
+    loss, rounds = train_r(ph)  # M3 = Train_r(M2)
+    with torch.no_grad():
+        variance_correction_(fp.flat, v0, fp.seg, corrected)  # P_{i+1} = VarianceCorrection(M3, S_var)
+    return loss, rounds
+
+
+class M2M(SinglePath):
+    """Algorithm 1 on one path; VarianceCorrection on every layer or only the moved ones (``cfg.correct``)."""
+
+    name = "m2m"
+    needs_dest = True
+    dest_train_loss: float | None = None
+
+    def begin(self, evaluate: Evaluate) -> None:
+        """The destination's full training-set loss, once (for the relative threshold and section 3.2's premise)."""
+        self.dest_train_loss = evaluate(copy.deepcopy(self.dest_model).to(self.device), sets=("train",)).get("train_loss")
+
+    def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, int]:
+        moved = self.masks[phase.index]
+        corrected = self.all_layers if self.cfg.correct == "all" else moved
+        return m2m_iteration(self.fp, self.dest_flat, self.v0, phase, self.cfg, self.train_r, moved, corrected)
+
+    def measure(self, k: int) -> dict:
+        d = layer_distances(self.fp.flat, self.dest_flat, self.fp.seg).tolist()
+        return {**super().measure(k), **{f"dist/{n}": x for n, x in zip(self.names, d)}}
+
+    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record) -> bool:
+        if iteration == 0:
+            self._warn_about_prerequisites(row.get("train_loss"))
+        return False
+
+    def _warn_about_prerequisites(self, start_loss: float | None) -> None:
+        """Paper §3.2: endpoints must sit in flat minima with near-zero training loss."""
+        for what, loss in (("start", start_loss), ("destination", self.dest_train_loss)):
+            if loss is not None and loss > self.cfg.loss_threshold:
+                warnings.warn(f"the {what} model's training loss {loss:.4f} is above the path's loss threshold "
+                              f"{self.cfg.loss_threshold}: the paper's M2M needs endpoints with near-zero training "
+                              f"loss (section 3.2); judge the path by its relative threshold", PrerequisiteWarning,
+                              stacklevel=2)
+
+    def state_dict(self, k: int) -> dict:
+        return {**super().state_dict(k), "dest_train_loss": self.dest_train_loss}
+
+    def load_state_dict(self, k: int, state: dict) -> None:
+        super().load_state_dict(k, state)
+        self.dest_train_loss = state["dest_train_loss"]
+
+    def summary(self, k: int, record: Record) -> dict:
+        """Section 4's validity: the loss stays below L_thres, and every layer reaches its distance floor."""
+        cfg, seg = self.cfg, self.fp.seg
+        init = layer_distances(self.start_flat, self.dest_flat, seg)
+        final = layer_distances(self.fp.flat, self.dest_flat, seg)
+        floor = distance_floor(self.start_flat, self.dest_flat, seg)
+        rel = torch.where(init > 0, final / torch.where(init > 0, init, 1.0), 0.0)
+        floor_reached = bool((final <= floor + 0.05 * init).all())
+        measured = record.max_train_loss if record.max_train_loss > float("-inf") else record.max_batch_loss
+        loss_for_validity = measured if measured > float("-inf") else None
+        ends = [record.start_metrics.get("train_loss"), self.dest_train_loss]
+        rel_thres = None
+        if cfg.loss_threshold_relative and None not in ends:
+            rel_thres = max(cfg.loss_threshold, cfg.loss_threshold_relative * max(ends))
+        s = dict(
+            loss_threshold=cfg.loss_threshold,
+            loss_ok=loss_for_validity is not None and loss_for_validity <= cfg.loss_threshold,
+            endpoint_train_loss={"start": ends[0], "dest": ends[1]},
+            loss_threshold_relative=cfg.loss_threshold_relative or None,
+            relative_threshold=rel_thres,
+            loss_ok_relative=None if rel_thres is None else (
+                loss_for_validity is not None and loss_for_validity <= rel_thres),
+            initial_distance=dict(zip(self.names, init.tolist())),
+            final_distance=dict(zip(self.names, final.tolist())),
+            distance_floor=dict(zip(self.names, floor.tolist())),
+            final_relative_distance_max=float(rel.max()),
+            floor_reached=floor_reached,
+        )
+        ok = not record.failure
+        s["valid"] = bool(s["loss_ok"] and floor_reached and ok)
+        s["valid_relative"] = None if rel_thres is None else bool(s["loss_ok_relative"] and floor_reached and ok)
+        return s
