@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from llpf.config import ModelConfig, PathConfig, Phase
 from llpf.geometry import move_, variance_correction_
 from llpf.models import build_model
-from llpf.paths import m2m_iteration
+from llpf.flat import FlatParams
+from llpf.methods.m2m import m2m_iteration
 from llpf.schedule import resolve
-from llpf.train import FlatParams, TrainR
+from llpf.train import TrainR
 
 
 def timed(fn, n, device):
