@@ -71,13 +71,14 @@ def test_m2m_on_a_user_model_with_a_dataloader(flat_digits, endpoints):
     a, b = endpoints
     loader = DataLoader(TensorDataset(train.x, train.y), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
-    cfg = PathConfig(phases=[Phase(iterations=200, step_a=0.02, step_f=1e-3, rounds=5)], lr=0.01,
+    # 0.98^300 = 0.2% of each layer's distance is left: arrived within arrival_tolerance (1%).
+    cfg = PathConfig(phases=[Phase(iterations=300, step_a=0.02, step_f=1e-3, rounds=5)], lr=0.01,
                      eval_every=20, save_every=20, checkpoint_every=1000, loss_threshold=0.1)
-    path = llpf.m2m(a, b, loader, cfg, test_data=test, eval_sets={"train": train}, device="cpu")
+    path = llpf.m2m(a, b, loader, cfg, test_data=test, eval_sets={"train": train}, device="cpu", keep_points=True)
     s = path.summary
-    assert s["status"] == "complete" and s["iterations"] == 200
+    assert s["status"] == "complete" and s["iterations"] == 300
     train_losses = [v for _, v in path.column("train_loss")]
-    assert len(train_losses) == 11  # iteration 0 and every 20
+    assert len(train_losses) == 16  # iteration 0 and every 20
     assert max(train_losses) <= 0.1, train_losses  # the path stays below its loss threshold
     assert s["floor_reached"] and s["valid"]
     assert s["final_relative_distance_max"] < 0.5

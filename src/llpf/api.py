@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 from torch import nn
@@ -12,6 +13,7 @@ from torch import nn
 from .config import PathConfig
 from .data import Split
 from .driver import Driver, PathResult
+from .errors import PrerequisiteWarning
 from .methods import Method, method_class
 from .observer import Observer
 from .train import LossFn, MetricFn
@@ -20,23 +22,31 @@ from .train import LossFn, MetricFn
 def find_path(method: str | type[Method], start: nn.Module, train_data, config: PathConfig | Mapping | None = None,
               *, dest: nn.Module | None = None, test_data=None, eval_sets: Mapping[str, Any] | None = None,
               loss_fn: LossFn | None = None, metrics: Mapping[str, MetricFn] | None = None, device=None,
-              progress: bool = False, observer: Observer | None = None, keep_points: bool = True,
+              progress: bool = False, observer: Observer | None = None, keep_points: bool = False,
               eval_batch_size: int = 1024) -> PathResult:
     """Run ``method`` (a name or a Method class) from ``start`` (to ``dest``) and return the PathResult.
 
     ``train_data`` is a :class:`~llpf.data.Split` or any iterable of
     ``(input, target)`` batches; ``test_data`` and ``eval_sets`` are evaluated
-    along the path (a Split ``train_data`` is evaluated as the ``train`` set).
-    ``config`` is a PathConfig or a dict, checked as a TOML table is. The
-    models passed in are not modified.
+    along the path. Without a ``train`` evaluation set, a re-iterable
+    ``train_data`` (a Split, a DataLoader, a list) is evaluated as one; a
+    one-shot iterator is not, and the verdict rests on batch losses.
+    ``config`` is a PathConfig or a dict, checked as a TOML table is. Points
+    are kept in memory with ``keep_points``, else read back from the
+    observer's run directory when asked. The models passed in are not modified.
     """
     cls = method_class(method) if isinstance(method, str) else method
     m = cls(start, config, train_data, dest=dest, loss_fn=loss_fn, device=device)
     sets = dict(eval_sets or {})
     if test_data is not None:
         sets.setdefault("test", test_data)
-    if "train" not in sets and isinstance(train_data, Split):
-        sets["train"] = train_data
+    if "train" not in sets:
+        if isinstance(train_data, Split) or iter(train_data) is not train_data:
+            sets["train"] = train_data  # re-iterable (a DataLoader, a list): judged on the full training loss
+        else:
+            warnings.warn("train_data is a one-shot iterator and no 'train' evaluation set was given: the path is "
+                          "judged on its batch losses (pass eval_sets={'train': ...} for the full training loss)",
+                          PrerequisiteWarning, stacklevel=3)
     driver = Driver(m, eval_sets=sets, metrics=metrics, observers=None if observer is None else [observer],
                     keep_points=keep_points, eval_batch_size=eval_batch_size)
     return driver.run(progress=progress)[0]

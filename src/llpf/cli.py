@@ -148,21 +148,32 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
     out = out or sys.stdout
     if kind == "m2m":
         worst = max(s["final_distance"], key=lambda k: s["final_distance"][k] / max(s["initial_distance"][k], 1e-12))
-        print(f"M2M path: {'VALID' if s['valid'] else 'NOT valid'} ({s['status']}, {s['iterations']} iterations)\n"
-              f"  max training-set loss {s['max_train_loss']:.4f} (threshold {s['loss_threshold']}), "
-              f"max batch loss {s['max_batch_loss']:.4f}\n"
-              f"  final/initial distance: at most {s['final_relative_distance_max']:.3f} ({worst}); "
-              f"every layer at its variance-sphere floor: {'yes' if s['floor_reached'] else 'no'}", file=out)
+        pc = s["paper_criteria"]
+        judged = ("the training-set loss every {} iterations".format(s["judged_every"])
+                  if s["judged_on"] == "train_loss" else "batch losses")
+        loss = s["max_train_loss"] if s["judged_on"] == "train_loss" else s["max_batch_loss"]
+        print(f"M2M path: {'VALID' if s['valid'] else 'NOT valid'} by llpf's test, "
+              f"{'VALID' if s['valid_paper'] else 'NOT valid'} by the paper's ({s['status']}, "
+              f"{s['iterations']} iterations)\n"
+              f"  judged on {judged}: max {loss:.4f} (llpf threshold {s['loss_threshold']}, paper's "
+              f"{pc['loss_below']}); batch losses above the threshold in {s['batch_loss_exceedance']:.1%} of "
+              f"iterations\n"
+              f"  final/initial distance: at most {s['final_relative_distance_max']:.3f} ({worst}); every layer "
+              f"within {s['arrival_tolerance']:g} x its initial distance of its variance-sphere floor: "
+              f"{'yes' if s['floor_reached'] else 'no'}; every final distance below {pc['distance_below']} "
+              f"(paper): {'yes' if pc['distance_ok'] else 'no'}", file=out)
         if "straight_line_max_train_loss" in s:
             print(f"  straight line between the same endpoints peaks at training loss "
                   f"{s['straight_line_max_train_loss']:.4f}", file=out)
     else:
         sel = s["selected_on"]
         print(f"M2O path: {s['status']}, {s['iterations']} iterations, final variance ratio "
-              f"{s['final_variance_ratio']:.3f}\n"
+              f"{s['final_variance_ratio']:.3f}, norm ratio {s['norm_ratio']:.3f} "
+              f"({s['fraction_to_origin']:.1%} of the way to the origin)\n"
               f"  start {sel} loss {s[f'start_{sel}_loss']:.4f}, accuracy {s.get(f'start_{sel}_accuracy', float('nan')):.4f}\n"
               f"  best  {sel} loss {s[f'best_{sel}_loss']:.4f}, accuracy {s.get(f'best_{sel}_accuracy', float('nan')):.4f}"
-              f" at iteration {s['best_iteration']} (variance ratio {s['best_variance_ratio']:.3f})", file=out)
+              f" at iteration {s['best_iteration']} (variance ratio {s['best_variance_ratio']:.3f}, "
+              f"{s['best_fraction_to_origin']:.1%} of the way to the origin)", file=out)
 
 
 def cmd_demo(args) -> int:

@@ -110,6 +110,11 @@ class PathConfig:
     # M2M: also judge the path against relative x the larger endpoint's full training
     # loss: threshold = max(loss_threshold, relative x max(L(start), L(dest))); 0: off
     loss_threshold_relative: float = 0.0
+    # M2M: a layer has arrived when final <= floor + arrival_tolerance x its initial distance
+    arrival_tolerance: float = 0.01
+    # Models with BatchNorm: recompute the running statistics on the training set (on a copy)
+    # before each evaluation, so path points are measured as straight lines are; the path is unchanged
+    recalibrate_bn: bool = True
     target_variance_ratio: float = 0.0  # M2O: stop when the mean ratio reaches it (0: never)
     select_on: str = "test"  # M2O: split that picks the best point: "test" | "validation"
     select_by: str = "loss"  # M2O: "loss" (lowest) | "accuracy" (highest)
@@ -143,7 +148,7 @@ _CHOICES = {
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
              "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
-                 "target_variance_ratio", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
+                 "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative"}
 
 

@@ -10,9 +10,11 @@ nothing); it knows nothing about files.
 """
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence as SequenceABC
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,38 @@ from .methods.base import Method, Record
 from .observer import Observer
 from .runtime import rng_state, set_rng_state
 from .schedule import phase_at
-from .train import DEFAULT_METRICS, MetricFn, evaluate
+from .train import DEFAULT_METRICS, MetricFn, evaluate, has_batchnorm, recompute_bn_stats
+
+
+class SavedPoints(SequenceABC):
+    """A path's saved points as ``(iteration, state)``: held in memory, or read from the run directory when asked.
+
+    With a run directory the states stay on disk (a ResNet18 path saved every
+    100 iterations would otherwise hold gigabytes); ``keep_points`` keeps them
+    in memory too.
+    """
+
+    def __init__(self):
+        self._items: list[tuple[int, dict[str, Tensor] | Callable[[], dict[str, Tensor]]]] = []
+
+    def append(self, iteration: int, state) -> None:
+        self._items.append((iteration, state))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        it, state = self._items[i]
+        return it, state() if callable(state) else state
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Tensor]]]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def iterations(self) -> list[int]:
+        return [it for it, _ in self._items]
 
 
 @dataclass
@@ -32,7 +65,7 @@ class PathResult:
     method: str
     names: tuple[str, ...]
     rows: list[dict] = field(default_factory=list)
-    points: list[tuple[int, dict[str, Tensor]]] = field(default_factory=list)
+    points: SavedPoints = field(default_factory=SavedPoints)
     summary: dict = field(default_factory=dict)
     model: nn.Module | None = None
     best_model: nn.Module | None = None
@@ -52,7 +85,7 @@ class Driver:
 
     def __init__(self, method: Method, *, eval_sets: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, MetricFn] | None = None, observers: Sequence[Observer] | None = None,
-                 keep_points: bool = True, eval_batch_size: int = 1024):
+                 keep_points: bool = False, eval_batch_size: int = 1024):
         self.method, self.cfg = method, method.cfg
         self.metrics = dict(DEFAULT_METRICS if metrics is None else metrics)
         self.observers = list(observers) if observers is not None else [Observer() for _ in range(method.paths)]
@@ -71,20 +104,42 @@ class Driver:
 
     # ------------------------------------------------------------ evaluation
 
+    def _batches(self, name: str):
+        data = self.eval_sets[name]
+        return data.batches(self.eval_batch_size) if isinstance(data, Split) else data
+
+    @property
+    def recalibrates_bn(self) -> bool:
+        """Whether evaluations recompute BatchNorm statistics (on the ``train`` set, which must be given)."""
+        return self.cfg.recalibrate_bn and "train" in self.eval_sets and has_batchnorm(self.method.model_of(0))
+
     def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
         """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
-        row: dict[str, Any] = {}
-        for name, data in self.eval_sets.items():
-            if sets is not None and name not in sets:
-                continue
-            batches = data.batches(self.eval_batch_size) if isinstance(data, Split) else data
-            for key, v in evaluate(model, batches, self.method.loss_fn, self.metrics, self.method.device).items():
-                row[f"{name}_{key}"] = v
-        return row
+        return self._measure(model, sets)[0]
+
+    def _measure(self, model: nn.Module, sets: Sequence[str] | None = None) -> tuple[dict, nn.Module]:
+        """Evaluate ``model``; return the row and the module measured.
+
+        With BatchNorm (and ``recalibrate_bn``) the module measured is a copy
+        whose running statistics were recomputed on the training set first. The
+        random state is restored afterwards, so evaluating never changes the path.
+        """
+        device = self.method.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if self.recalibrates_bn:
+                model = copy.deepcopy(model)
+                recompute_bn_stats(model, self._batches("train"), device)
+            row: dict[str, Any] = {}
+            for name in self.eval_sets:
+                if sets is None or name in sets:
+                    ev = evaluate(model, self._batches(name), self.method.loss_fn, self.metrics, device)
+                    row.update({f"{name}_{key}": v for key, v in ev.items()})
+        return row, model
 
     def _evaluate_into(self, k: int, row: dict) -> None:
         """Evaluate path k at its current point and add the results (and the method's measures) to ``row``."""
-        ev = {**self.evaluate(self.method.model_of(k)), **self.method.measure(k)}
+        ev, measured = self._measure(self.method.model_of(k))
+        ev.update(self.method.measure(k))
         rec = self.records[k]
         if "train_loss" in ev:
             rec.max_train_loss = max(rec.max_train_loss, ev["train_loss"])
@@ -92,8 +147,8 @@ class Driver:
                 rec.failure = f"training-set loss became {ev['train_loss']} at iteration {self.iteration}"
         if self.iteration == 0:
             rec.start_metrics = dict(ev)
-        if self.method.after_evaluation(k, self.iteration, ev, rec):
-            self.observers[k].on_best(self.iteration, self._state_of(k))
+        if self.method.after_evaluation(k, self.iteration, ev, rec, measured):
+            self.observers[k].on_best(self.iteration, self._state_of(measured))
         row.update(ev)
 
     # ------------------------------------------------------------ recording
@@ -113,6 +168,8 @@ class Driver:
                 rows.append({"iteration": it, "phase": ph + 1, "batch_loss": loss,
                              "rounds": r[k] if isinstance(r, list) else r})
                 rec.max_batch_loss = max(rec.max_batch_loss, loss)
+                rec.batch_losses += 1
+                rec.batch_losses_above += loss > self.cfg.loss_threshold
             out[k] = rows
         self.pending = []
         return out
@@ -122,15 +179,17 @@ class Driver:
             self.results[k].rows.extend(rows)
             self.observers[k].on_rows(rows)
 
-    def _state_of(self, k: int) -> dict[str, Tensor]:
-        """Path k's current parameters and buffers, on the CPU."""
-        return {n: v.detach().cpu().clone() for n, v in self.method.model_of(k).state_dict().items()}
+    @staticmethod
+    def _state_of(model: nn.Module) -> dict[str, Tensor]:
+        """A model's parameters and buffers, on the CPU."""
+        return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
 
     def _save_point(self, k: int) -> None:
-        state = self._state_of(k)
-        if self.keep_points:
-            self.results[k].points.append((self.iteration, state))
-        self.observers[k].on_point(self.iteration, state)
+        state, obs = self._state_of(self.method.model_of(k)), self.observers[k]
+        obs.on_point(self.iteration, state)
+        loader = obs.point_loader(self.iteration)
+        if self.keep_points or loader is not None:
+            self.results[k].points.append(self.iteration, state if self.keep_points else loader)
 
     def _retire(self, k: int) -> None:
         self.active.remove(k)

@@ -5,7 +5,7 @@ Living apart from both, this protocol lets the store know nothing of the engine.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor
 
@@ -18,3 +18,7 @@ class Observer:
     def on_best(self, iteration: int, state: dict[str, Tensor]) -> None: ...
     def on_checkpoint(self, iteration: int, state: dict[str, Any]) -> None: ...
     def on_summary(self, summary: dict) -> None: ...
+
+    def point_loader(self, iteration: int) -> Callable[[], dict[str, Tensor]] | None:
+        """A function that reads back the point saved at ``iteration`` (None: points are not stored)."""
+        return None

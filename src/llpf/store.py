@@ -227,6 +227,10 @@ class RunDir(Observer):
     def on_point(self, iteration: int, state: dict[str, torch.Tensor]) -> None:
         save_weights(self.point_path(iteration), state, {"iteration": str(iteration)})
 
+    def point_loader(self, iteration: int):
+        path = self.point_path(iteration)
+        return lambda: load_weights(path)
+
     def on_best(self, iteration: int, state: dict[str, torch.Tensor]) -> None:
         save_weights(self.path / "best.safetensors", state, {"iteration": str(iteration)})
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import Phase, TrainConfig
-from .errors import NonFiniteError
+from .errors import DataError, NonFiniteError
 from .flat import FlatParams
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -32,14 +32,15 @@ def cycle(data: Iterable) -> Iterator:
     """An endless iterator over ``data``: a stream continues, a re-iterable restarts."""
     if iter(data) is data:
         yield from data
-        return
+        raise DataError("the training data (a one-shot iterator) ran out of batches; pass a DataLoader, a list "
+                        "or an llpf.Split, which restart")
     while True:
         empty = True
         for item in data:
             empty = False
             yield item
         if empty:
-            raise ValueError("the training data yields no batches")
+            raise DataError("the training data yields no batches")
 
 
 class TrainR:
@@ -125,6 +126,34 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: LossFn = F.cross_entr
         return {}
     values = (sums / total).tolist()
     return dict(zip(["loss", *metrics], values))
+
+
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, BN_TYPES) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def recompute_bn_stats(model: nn.Module, batches: Iterable, device=None) -> None:
+    """Replace BatchNorm running statistics by their exact average over ``batches`` (train mode, no grad)."""
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
+    if not bns:
+        return
+    device = device or next(model.parameters()).device
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for x, _ in batches:
+            model(x.to(device))
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------- endpoints (paper Table 3)

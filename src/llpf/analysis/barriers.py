@@ -28,9 +28,8 @@ from torch import Tensor, nn
 from ..data import Bundle, Split
 from ..errors import ModelMismatchError, RunDirError
 from ..store import RunDir, atomic_write, load_weights
-from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate
+from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate, has_batchnorm, recompute_bn_stats
 
-BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
 def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> dict[str, Tensor]:
@@ -49,31 +48,6 @@ def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float
         else:
             out[k] = torch.lerp(va, vb, t)
     return out
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, BN_TYPES) and m.track_running_stats for m in model.modules())
-
-
-@torch.no_grad()
-def recompute_bn_stats(model: nn.Module, batches: Iterable, device=None) -> None:
-    """Replace BatchNorm running statistics by their exact average over ``batches`` (train mode, no grad)."""
-    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
-    if not bns:
-        return
-    device = device or next(model.parameters()).device
-    was_training, momenta = model.training, [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
-        for x, _ in batches:
-            model(x.to(device))
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        model.train(was_training)
 
 
 def _as_splits(data) -> dict[str, Split]:

@@ -24,8 +24,10 @@ driver calls, in this order:
     a module holding path k's current point (evaluated and saved by the driver).
 ``measure(k) -> dict``
     the method's columns of an evaluation row (per-layer distances, ratios).
-``after_evaluation(k, iteration, row, record) -> bool``
-    sees each evaluation row; True when the point is path k's new best.
+``after_evaluation(k, iteration, row, record, measured) -> bool``
+    sees each evaluation row and the module measured (path k's point, with
+    BatchNorm statistics recomputed when the driver does); True when the
+    point is path k's new best, which the driver then saves as measured.
 ``finished(k) -> bool``
     path k stops before the end of the schedule (M2O's target variance ratio).
 ``retire(k)``
@@ -73,6 +75,8 @@ class Record:
     stopped_early: bool = False
     failure: str | None = None
     iterations: int = 0
+    batch_losses: int = 0  # iterations whose batch loss was recorded
+    batch_losses_above: int = 0  # ... and of those, the ones above cfg.loss_threshold
 
 
 class Method:
@@ -103,7 +107,7 @@ class Method:
     def measure(self, k: int) -> dict:
         return {}
 
-    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record) -> bool:
+    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record, measured: nn.Module) -> bool:
         return False
 
     def finished(self, k: int) -> bool:

@@ -8,10 +8,11 @@ verdicts of paper section 4 in the summary.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..config import PathConfig
 from ..errors import PrerequisiteWarning
@@ -20,6 +21,8 @@ from ..geometry import distance_floor, layer_distances, move_, variance_correcti
 from ..schedule import ResolvedPhase
 from ..train import TrainR
 from .base import Evaluate, Record, SinglePath
+
+PAPER_THRESHOLD = 0.1  # section 4: training losses and final layer-wise distances below 10^-1
 
 
 def m2m_iteration(fp: FlatParams, dest: Tensor, v0: Tensor, rp: ResolvedPhase, cfg: PathConfig, train_r: TrainR,
@@ -55,7 +58,7 @@ class M2M(SinglePath):
         d = layer_distances(self.fp.flat, self.dest_flat, self.fp.seg).tolist()
         return {**super().measure(k), **{f"dist/{n}": x for n, x in zip(self.names, d)}}
 
-    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record) -> bool:
+    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record, measured: nn.Module) -> bool:
         if iteration == 0:
             self._warn_about_prerequisites(row.get("train_loss"))
         return False
@@ -77,34 +80,52 @@ class M2M(SinglePath):
         self.dest_train_loss = state["dest_train_loss"]
 
     def summary(self, k: int, record: Record) -> dict:
-        """Section 4's validity: the loss stays below L_thres, and every layer reaches its distance floor."""
+        """Two verdicts, both named: llpf's (``valid``) and the paper's (``valid_paper``, section 4).
+
+        llpf's: the loss stays below L_thres and every layer reaches its
+        variance-sphere floor within ``arrival_tolerance`` x its initial
+        distance. The paper's: every training loss below 0.1 and every final
+        layer-wise distance below 0.1. The loss is the full training-set loss
+        every ``eval_every`` iterations where a ``train`` set was evaluated, else
+        the batch losses (``judged_on``).
+        """
         cfg, seg = self.cfg, self.fp.seg
         init = layer_distances(self.start_flat, self.dest_flat, seg)
         final = layer_distances(self.fp.flat, self.dest_flat, seg)
         floor = distance_floor(self.start_flat, self.dest_flat, seg)
         rel = torch.where(init > 0, final / torch.where(init > 0, init, 1.0), 0.0)
-        floor_reached = bool((final <= floor + 0.05 * init).all())
-        measured = record.max_train_loss if record.max_train_loss > float("-inf") else record.max_batch_loss
-        loss_for_validity = measured if measured > float("-inf") else None
+        floor_reached = bool((final <= floor + cfg.arrival_tolerance * init).all())
+        judged_on = "train_loss" if math.isfinite(record.max_train_loss) else "batch_loss"
+        loss = getattr(record, f"max_{judged_on}")
+        loss = loss if math.isfinite(loss) else None
         ends = [record.start_metrics.get("train_loss"), self.dest_train_loss]
         rel_thres = None
         if cfg.loss_threshold_relative and None not in ends:
             rel_thres = max(cfg.loss_threshold, cfg.loss_threshold_relative * max(ends))
+        below = lambda thres: loss is not None and loss <= thres  # noqa: E731
+        ok = not record.failure
+        paper = {"loss_below": PAPER_THRESHOLD, "loss_ok": loss is not None and loss < PAPER_THRESHOLD,
+                 "distance_below": PAPER_THRESHOLD, "distance_ok": bool((final < PAPER_THRESHOLD).all())}
         s = dict(
+            judged_on=judged_on,
+            judged_every=cfg.eval_every if judged_on == "train_loss" else 1,
             loss_threshold=cfg.loss_threshold,
-            loss_ok=loss_for_validity is not None and loss_for_validity <= cfg.loss_threshold,
+            loss_ok=below(cfg.loss_threshold),
+            batch_loss_exceedance=record.batch_losses_above / record.batch_losses if record.batch_losses else None,
             endpoint_train_loss={"start": ends[0], "dest": ends[1]},
             loss_threshold_relative=cfg.loss_threshold_relative or None,
             relative_threshold=rel_thres,
-            loss_ok_relative=None if rel_thres is None else (
-                loss_for_validity is not None and loss_for_validity <= rel_thres),
+            loss_ok_relative=None if rel_thres is None else below(rel_thres),
             initial_distance=dict(zip(self.names, init.tolist())),
             final_distance=dict(zip(self.names, final.tolist())),
             distance_floor=dict(zip(self.names, floor.tolist())),
+            excess_over_floor=dict(zip(self.names, (final - floor).tolist())),
+            arrival_tolerance=cfg.arrival_tolerance,
             final_relative_distance_max=float(rel.max()),
             floor_reached=floor_reached,
         )
-        ok = not record.failure
         s["valid"] = bool(s["loss_ok"] and floor_reached and ok)
         s["valid_relative"] = None if rel_thres is None else bool(s["loss_ok_relative"] and floor_reached and ok)
+        s["valid_paper"] = bool(paper["loss_ok"] and paper["distance_ok"] and ok)
+        s["paper_criteria"] = paper
         return s

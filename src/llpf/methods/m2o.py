@@ -41,6 +41,7 @@ class M2O(SinglePath):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.n0 = self.fp.seg.norm(self.start_flat)  # |P0_l|
         self.best_score: float | None = None
         self.best_iteration = 0
         self.best_metrics: dict = {}
@@ -63,17 +64,32 @@ class M2O(SinglePath):
                                                    self.masks[phase.index])
         return loss, rounds
 
+    def norm_ratio(self) -> Tensor:
+        """Per-layer |P_l| / |P0_l|: the share of the way to the origin that is left (1 where |P0_l| is 0)."""
+        n = self.fp.seg.norm(self.fp.flat)
+        return torch.where(self.n0 > 0, n / torch.where(self.n0 > 0, self.n0, 1.0), 1.0)
+
     def measure(self, k: int) -> dict:
-        r = self.variance_ratio().tolist()
+        """Variance and norm ratios of the moved layers, each layer and their mean.
+
+        The paper's Figure 3 caption ("reduce the layer variance by a factor of
+        0.76") gives the fraction of the way removed, ``fraction_to_origin`` =
+        1 - norm ratio, not the variance ratio that remains.
+        """
         moved = self.ever_moved.tolist()
-        return {**super().measure(k), **{f"var_ratio/{n}": x for n, x, m in zip(self.names, r, moved) if m}}
+        r, nr = self.variance_ratio(), self.norm_ratio()
+        mean_nr = float(nr[self.ever_moved].mean())
+        row = {**super().measure(k), "mean_norm_ratio": mean_nr, "fraction_to_origin": 1 - mean_nr}
+        row.update({f"var_ratio/{n}": x for n, x, m in zip(self.names, r.tolist(), moved) if m})
+        row.update({f"norm_ratio/{n}": x for n, x, m in zip(self.names, nr.tolist(), moved) if m})
+        return row
 
     def finished(self, k: int) -> bool:
         target = self.cfg.target_variance_ratio
         return bool(target) and float(self.mean_variance_ratio()) <= target
 
-    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record) -> bool:
-        """Keep this point when it is the best so far on ``select_on`` by ``select_by``."""
+    def after_evaluation(self, k: int, iteration: int, row: dict, record: Record, measured: nn.Module) -> bool:
+        """Keep this point, as measured, when it is the best so far on ``select_on`` by ``select_by``."""
         key = f"{self.cfg.select_on}_{self.cfg.select_by}"
         if key not in row or not math.isfinite(row[key]):
             return False
@@ -83,7 +99,7 @@ class M2O(SinglePath):
         self.best_score, self.best_iteration, self.best_metrics = score, iteration, dict(row)
         self.best_variance_ratio = row["mean_variance_ratio"]
         self.best_flat = self.fp.flat.clone()
-        self.best_buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        self.best_buffers = {n: b.clone() for n, b in measured.named_buffers()}
         return True
 
     def best_model(self, k: int) -> nn.Module | None:
@@ -111,9 +127,14 @@ class M2O(SinglePath):
 
     def summary(self, k: int, record: Record) -> dict:
         start, best, sel = record.start_metrics, self.best_metrics, self.cfg.select_on
+        nr = self.norm_ratio()
+        mean_nr = float(nr[self.ever_moved].mean())
         s = dict(selected_on=sel, selected_by=self.cfg.select_by, stopped_at_target=record.stopped_early,
                  target_variance_ratio=self.cfg.target_variance_ratio or None, best_iteration=self.best_iteration,
-                 best_variance_ratio=self.best_variance_ratio, final_variance_ratio=float(self.mean_variance_ratio()))
+                 best_variance_ratio=self.best_variance_ratio, final_variance_ratio=float(self.mean_variance_ratio()),
+                 norm_ratio=mean_nr, fraction_to_origin=1 - mean_nr,
+                 norm_ratio_per_layer={n: x for n, x, m in zip(self.names, nr.tolist(), self.ever_moved.tolist()) if m},
+                 best_norm_ratio=best.get("mean_norm_ratio"), best_fraction_to_origin=best.get("fraction_to_origin"))
         for split in ("test", "validation"):
             for key in [key for key in start if key.startswith(f"{split}_")]:
                 s[f"start_{key}"] = start[key]
