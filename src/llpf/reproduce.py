@@ -34,7 +34,8 @@ from .models import build_model
 from .paths import PathEngine, m2m_iteration, m2o_iteration, pick_device
 from .plots import SMOOTH, paths_figure
 from .schedule import normalisation_parameters, resolve
-from .store import RunDir, atomic_write, load_weights, read_metrics, save_weights
+from .files import atomic_write, load_weights, save_weights, write_json
+from .store import RunDir, read_metrics
 
 
 
@@ -100,7 +101,7 @@ class Ledger:
         if "wall_s" in values:
             values["wall_s"] = entry.get("wall_s", 0.0) + values["wall_s"]
         entry.update(values)
-        atomic_write(self.file, (json.dumps(self.data, indent=2) + "\n").encode())
+        write_json(self.file, self.data)
 
 
 def _endpoint(cfg: C.Config, seed: int, out: Path, ledger: Ledger, device, data_fn, progress: bool,
@@ -299,7 +300,7 @@ def aggregate(out: str | Path) -> dict:
                 agg[f"{k}_count"] = f"{sum(bool(f) for f in flags)}/{len(flags)}"
     result = {"name": ledger["name"], "kind": kind, "device": ledger.get("device"), "reps": reps,
               "aggregate": agg, "endpoints": ledger.get("endpoints", {})}
-    atomic_write(out / "summary.json", (json.dumps(result, indent=2) + "\n").encode())
+    write_json(out / "summary.json", result)
     atomic_write(out / "summary.md", _markdown(result).encode())
     if runs:
         paths_figure(runs, kind, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "

@@ -35,7 +35,6 @@ as structural zeros.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 
 from ..data import BatchStream, Split
 from ..errors import ConfigError
+from ..files import write_json
 from ..schedule import select
 from ..train import FlatParams, LossFn, TrainR, evaluate
 from .units import LayerStructure, find_dead_units, structure
@@ -308,12 +308,10 @@ def dimension_figure(result: dict, out: str | Path) -> Path:
 
 def write_dimension(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """``dimension.json`` and ``spectrum.png`` in ``out_dir``."""
-    from ..store import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     j = out_dir / "dimension.json"
-    atomic_write(j, (json.dumps(result, indent=1) + "\n").encode())
+    write_json(j, result)
     return {"json": j, "figure": dimension_figure(result, out_dir / "spectrum.png")}
 
 

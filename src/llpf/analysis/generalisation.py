@@ -10,12 +10,12 @@ validation split cut from train is the honest choice).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import RunDirError
-from ..store import RunDir, atomic_write
+from ..files import write_json
+from ..store import RunDir
 from .runs import expand_runs, run_kind
 
 
@@ -84,6 +84,6 @@ def generalisation_figure(result: dict, out: str | Path) -> Path:
 def write_generalisation(result: dict, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "generalisation.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(out_dir / "generalisation.json", result)
     return {"json": out_dir / "generalisation.json",
             "figure": generalisation_figure(result, out_dir / "generalisation.png")}

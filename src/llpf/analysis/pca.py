@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelMismatchError, RunDirError
+from ..files import atomic_write, write_json
 from ..schedule import select
-from ..store import RunDir, atomic_write
+from ..store import RunDir
 from .runs import expand_runs, parameter_names
 
 
@@ -221,7 +221,7 @@ def write_pca(ps: PointSet, result: dict[str, LayerPCA], out_dir: str | Path, se
                        "singular_values": result[n].singular_values.tolist(),
                        "total_sum_squares": result[n].total_sum_squares} for n in ps.layers},
     }
-    atomic_write(out_dir / "pca.json", (json.dumps(meta, indent=1) + "\n").encode())
+    write_json(out_dir / "pca.json", meta)
     return {"figure": pca_figure(ps, result, out_dir / "pca.png"), "csv": out_dir / "pca.csv",
             "json": out_dir / "pca.json"}
 

@@ -11,7 +11,6 @@ of every layer.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..files import write_json
 from ..schedule import normalisation_parameters
 
 Weights = nn.Module | Mapping[str, Tensor]
@@ -125,9 +125,7 @@ def variance_figure(result: dict, out: str | Path) -> Path:
 
 
 def write_variance(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    from ..store import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "variance.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(out_dir / "variance.json", result)
     return {"json": out_dir / "variance.json", "figure": variance_figure(result, out_dir / "variance.png")}
