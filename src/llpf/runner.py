@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from . import config as C
-from .data import Bundle, load_data
-from .errors import ConfigError, DataError, RunDirError
+from .data import Bundle, prepare_data
+from .errors import ConfigError, RunDirError
 from .models import build_model, load_state
 from .paths import PathEngine, PrerequisiteWarning, pick_device
 from .store import RunDir, load_weights, save_weights
@@ -28,19 +28,6 @@ def load_model(cfg: C.Config, path: str | Path, what: str = "model") -> nn.Modul
     """Build ``cfg.model`` and load weights into it, naming any mismatch."""
     model = build_model(cfg.model)
     return load_state(model, load_weights(path), f"{what} {path} (model {cfg.model.name!r})")
-
-
-def check_data_fits(data: Bundle, cfg: C.Config) -> None:
-    for name, split in (("train", data.train), ("test", data.test)):
-        lo, hi = int(split.y.min()), int(split.y.max())
-        if lo < 0 or hi >= cfg.model.num_classes:
-            raise DataError(f"{name} labels span {lo}..{hi} but the model has {cfg.model.num_classes} outputs")
-
-
-def prepare_data(cfg: C.Config, device) -> Bundle:
-    data = load_data(cfg.data, device)
-    check_data_fits(data, cfg)
-    return data
 
 
 def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,

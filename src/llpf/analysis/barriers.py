@@ -17,7 +17,6 @@ their loss says more about the stale statistics than about the weights.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -25,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import Bundle, Split
+from ..data import Bundle, Split, prepare_data
 from ..errors import ModelMismatchError, RunDirError
-from ..store import RunDir, atomic_write, load_weights
+from ..files import load_weights, write_json
+from ..store import RunDir
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -161,7 +161,6 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     """
     from tqdm.auto import tqdm
 
-    from ..runner import prepare_data
     from .runs import run_config
 
     rd = RunDir(run_dir)
@@ -239,17 +238,14 @@ def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
 
 
 def write_segments(run_dir: str | Path, result: dict) -> Path:
-    """``RUN/segments.json``, ``RUN/figures/segments.png``, and ``segment_max_train_loss`` in summary.json (atomic)."""
+    """``RUN/segments.json``, ``RUN/figures/segments.png``, and ``segment_max_train_loss`` in the run's summary."""
     rd = RunDir(run_dir)
-    atomic_write(rd.path / "segments.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(rd.path / "segments.json", result)
     segments_figure(result, rd.path / "figures" / "segments.png")
-    f = rd.path / "summary.json"
-    if f.is_file():
-        s = json.loads(f.read_text())
-        s["segment_max_train_loss"] = result["segment_max_train_loss"]
-        if "continuous_below_threshold" in result:
-            s["segments_below_threshold"] = result["continuous_below_threshold"]
-        atomic_write(f, (json.dumps(s, indent=2) + "\n").encode())
+    verdicts = {"segment_max_train_loss": result["segment_max_train_loss"]}
+    if "continuous_below_threshold" in result:
+        verdicts["segments_below_threshold"] = result["continuous_below_threshold"]
+    rd.update_summary(verdicts)
     return rd.path / "segments.json"
 
 
@@ -286,7 +282,7 @@ def write_barrier(rows: list[dict], out_dir: str | Path, inputs: dict | None = N
     key = "train_loss" if "train_loss" in rows[0] else "loss"
     summary = line_summary(rows, key)
     data = {"inputs": inputs or {}, "points": len(rows), "summary": summary, "rows": rows}
-    atomic_write(out_dir / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
+    write_json(out_dir / f"{name}.json", data)
     title = f"straight line: max {key} {summary[f'max_{key}']:.4f} at t={summary['t_at_max']:.2f}"
     fig = Path(figure_dir or out_dir) / f"{name}.png"
     return {"json": out_dir / f"{name}.json", "figure": line_figure(rows, fig, title)}
