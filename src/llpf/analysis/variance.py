@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..files import write_json
+from ..geometry import Layout, Segments, distance_floor
 from ..schedule import normalisation_parameters
 
 Weights = nn.Module | Mapping[str, Tensor]
@@ -64,8 +65,14 @@ def check_variance_pair(start_model: Weights, dest_model: Weights, tolerance: fl
         rel = relative_difference(va, vb)
         if rel > tolerance:
             out.append({"layer": n, "start_variance": va, "dest_variance": vb, "relative_difference": rel,
-                        "distance_floor": math.sqrt(ta.numel()) * abs(math.sqrt(va) - math.sqrt(vb))})
+                        "distance_floor": layer_distance_floor(ta, b[n])})
     return out
+
+
+def layer_distance_floor(start: Tensor, dest: Tensor) -> float:
+    """``geometry.distance_floor`` of one layer given as two tensors of the same shape (in float64)."""
+    seg = Segments(Layout(("layer",), (tuple(start.shape),)), device=start.device, dtype=torch.float64)
+    return float(distance_floor(start.double().reshape(-1), dest.double().reshape(-1).to(start.device), seg)[0])
 
 
 def variance_table(models: Sequence[Weights], names: Sequence[str] | None = None) -> dict[str, list[float]]:
