@@ -220,9 +220,10 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
 
 def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
     """Training loss along the polygonal path (segments densely), saved points marked."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 3.2), constrained_layout=True)
+    fig = new_figure(figsize=(7, 3.2))
+    ax = fig.subplots()
     for s in result["segments"]:
         xs = [s["from"] + t * (s["to"] - s["from"]) for t in s["t"]]
         ax.plot(xs, s["train_loss"], "-", color="tab:blue", lw=1)
@@ -254,9 +255,10 @@ def write_segments(run_dir: str | Path, result: dict) -> Path:
 
 def line_figure(rows: list[dict], out: str | Path, title: str = "") -> Path:
     """Loss (left axis, log) and accuracy (right axis) along a straight line, one curve per split."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax2 = ax.twinx()
     t = [r["t"] for r in rows]
     losses = [k for k in rows[0] if k.endswith("loss")]

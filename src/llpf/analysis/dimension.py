@@ -275,13 +275,14 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
 
 def dimension_figure(result: dict, out: str | Path) -> Path:
     """Singular-value spectrum per layer (log scale), tolerances and structural zeros marked."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
     layers = result["layers"]
     n = len(layers)
     cols = min(5, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), constrained_layout=True, squeeze=False)
+    fig = new_figure(figsize=(3.2 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, rec) in zip(axes.flat, layers.items()):

@@ -52,10 +52,13 @@ def analyse_generalisation(runs: Iterable[str | Path]) -> dict:
 
 def generalisation_figure(result: dict, out: str | Path) -> Path:
     """Loss (top) and accuracy (bottom) against the mean variance ratio, selected point starred."""
-    from ..plots import plt, save_figure
+    from matplotlib import rcParams
 
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True, constrained_layout=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    from ..plots import new_figure, save_figure
+
+    fig = new_figure(figsize=(6.5, 6))
+    ax, bx = fig.subplots(2, 1, sharex=True)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(result["runs"]):
         c = colors[i % len(colors)]
         x = run["curve"]["mean_variance_ratio"]

@@ -169,13 +169,15 @@ def streamed_pca(ps: PointSet, k: int = 2, oversample: int = 10, power_iteration
 
 def pca_figure(ps: PointSet, result: dict[str, LayerPCA], out: str | Path, max_lines: int = 400) -> Path:
     """One panel per layer: each path a line, its points coloured by iteration (paper Figure 4)."""
-    from ..plots import plt, save_figure
     from matplotlib.colors import Normalize
+
+    from ..plots import new_figure, save_figure
 
     n = len(ps.layers)
     cols = min(5, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), constrained_layout=True, squeeze=False)
+    fig = new_figure(figsize=(3.3 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     its = torch.tensor(ps.iteration, dtype=torch.float64)

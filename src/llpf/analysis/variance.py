@@ -104,11 +104,11 @@ def analyse_variances(models: Sequence[nn.Module], labels: Sequence[str], includ
 
 def variance_figure(result: dict, out: str | Path) -> Path:
     """Figure 6: each layer's variance per model on a log scale, and each layer's spread."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
     table = result["variances"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True,
-                                 gridspec_kw={"width_ratios": [3, 2]})
+    fig = new_figure(figsize=(12, 4.5))
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for n, v in table.items():
         ax.plot(range(len(v)), v, marker="o", ms=3, lw=1, label=n)
     ax.set_yscale("log")
