@@ -200,13 +200,18 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
                          "train_accuracy": [r.get("train_accuracy") for r in rows],
                          "max_train_loss": losses[j], "t_at_max": ts[j]})
         prev_state, prev_row = state, end_row
+    pc = cfg.m2m if rd.info().get("kind", "m2m") == "m2m" else cfg.m2o
+    return segments_verdict(segments, k, recompute, pc.loss_threshold if pc is not None else None)
+
+
+def segments_verdict(segments: list[dict], points_per_segment: int, recompute_bn: bool,
+                     threshold: float | None) -> dict[str, Any]:
+    """The largest loss on the segments and where it is, against the largest at the saved points and L_thres."""
     worst = max(segments, key=lambda s: s["max_train_loss"])
     point_losses = [segments[0]["train_loss"][0]] + [s["train_loss"][-1] for s in segments]
-    pc = cfg.m2m if rd.info().get("kind", "m2m") == "m2m" else cfg.m2o
-    threshold = pc.loss_threshold if pc is not None else None
     out = {
-        "points_per_segment": k,
-        "recompute_bn": recompute,
+        "points_per_segment": points_per_segment,
+        "recompute_bn": recompute_bn,
         "segments": segments,
         "segment_max_train_loss": worst["max_train_loss"],
         "segment_max_at": {"from": worst["from"], "to": worst["to"], "t": worst["t_at_max"]},
