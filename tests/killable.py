@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-import llpf.store as store
+import llpf.files as files
 
 marker = os.environ.get("LLPF_TEST_PAUSE_IN_CHECKPOINT")
 if marker:
-    atomic_write = store.atomic_write
+    atomic_write = files.atomic_write
     seen = {"checkpoints": 0}
 
     def paused(path, data):
@@ -26,7 +26,7 @@ if marker:
             time.sleep(120)
         return atomic_write(path, data)
 
-    store.atomic_write = paused
+    files.atomic_write = paused
 
 from llpf.cli import main  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import llpf.store
+import llpf.files
 from llpf.cli import main
 
 CONFIG = """
@@ -125,7 +125,7 @@ def test_malicious_pickle_is_refused_not_executed(inputs, capsys):
     rejected(capsys, m2m(inputs, start="evil.pt"), "evil.pt", d=inputs)
     assert not (inputs / "PWNED").exists()
     with pytest.raises(llpf.errors.CheckpointError):
-        llpf.store.load_weights(inputs / "evil.pt")
+        llpf.files.load_weights(inputs / "evil.pt")
     assert not (inputs / "PWNED").exists()
 
 
@@ -193,7 +193,7 @@ def test_output_directory_holding_another_run(inputs, capsys):
 def test_disk_full_mid_run_then_resume(inputs, capsys, monkeypatch):
     """A write that fails with ENOSPC stops the run with one line; the run resumes once there is room."""
     writes = {"n": 0}
-    real = llpf.store.atomic_write
+    real = llpf.files.atomic_write
 
     def filling(path, data):
         writes["n"] += 1
@@ -201,11 +201,11 @@ def test_disk_full_mid_run_then_resume(inputs, capsys, monkeypatch):
             raise llpf.errors.RunDirError(f"cannot write {path}: {__import__('os').strerror(errno.ENOSPC)}")
         return real(path, data)
 
-    monkeypatch.setattr(llpf.store, "atomic_write", filling)
+    monkeypatch.setattr(llpf.files, "atomic_write", filling)
     err = rejected(capsys, m2m(inputs, out="full"), "No space left on device", d=inputs)
     assert "cannot write" in err
     info = json.loads((inputs / "full" / "run.json").read_text())
     assert info["status"] == "running"
-    monkeypatch.setattr(llpf.store, "atomic_write", real)
+    monkeypatch.setattr(llpf.files, "atomic_write", real)
     assert main(["resume", str(inputs / "full"), "--quiet"]) == 0
     assert json.loads((inputs / "full" / "summary.json").read_text())["status"] == "complete"

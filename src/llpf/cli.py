@@ -272,8 +272,9 @@ def cmd_pca(args) -> int:
 def cmd_dim(args) -> int:
     from .analysis.dimension import MoveSettings, analyse_dimension, format_dimension, write_dimension
     from .config import load_config
+    from .data import prepare_data
+    from .runner import load_model
     from .runtime import pick_device
-    from .runner import load_model, prepare_data
 
     settings = MoveSettings(moves=args.moves, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             dtype=args.dtype, seed=args.seed, layers=args.layers)
@@ -317,8 +318,9 @@ def cmd_variance(args) -> int:
 def cmd_barrier(args) -> int:
     from .analysis.barriers import straight_line, write_barrier
     from .config import load_config
+    from .data import prepare_data
+    from .runner import load_model
     from .runtime import pick_device
-    from .runner import load_model, prepare_data
 
     cfg = load_config(args.config)
     device = pick_device(args.device)

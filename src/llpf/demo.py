@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import load_config
+from .data import prepare_data
 from .errors import RunDirError
+from .runner import load_model, run_path, train
 from .runtime import pick_device
-from .runner import load_model, prepare_data, run_path, train
+from .store import RunDir
 
 
 def run_demo(out: str | Path, device=None, progress: bool = True, config: str = "demo") -> dict:
@@ -37,17 +39,12 @@ def run_demo(out: str | Path, device=None, progress: bool = True, config: str = 
 
 def straight_line_summary(cfg, a: Path, b: Path, run: Path, data, device) -> dict:
     """The straight line from ``a`` to ``b``: rows to ``run/straight_line.json``, its peak into the run's summary."""
-    import json
-
     from .analysis.barriers import line_summary, straight_line, write_barrier
-    from .store import atomic_write
 
     rows = straight_line(load_model(cfg, a).to(device), load_model(cfg, b).to(device), data, points=21,
                          batch_size=cfg.data.eval_batch_size, device=device)
     write_barrier(rows, run, {"a": str(a), "b": str(b), "config": cfg.name}, name="straight_line",
                   figure_dir=run / "figures")
     extra = {"straight_line_max_train_loss": line_summary(rows)["max_train_loss"]}
-    f = run / "summary.json"
-    if f.is_file():
-        atomic_write(f, (json.dumps({**json.loads(f.read_text()), **extra}, indent=2) + "\n").encode())
+    RunDir(run).update_summary(extra)
     return extra

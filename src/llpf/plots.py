@@ -7,6 +7,9 @@ ratio toward the origin (M2O), one curve per layer; test loss and accuracy.
 One run is drawn as measured; several (repetitions) as mean and standard
 deviation, smoothed over ``SMOOTH`` iterations as the paper does. Plots read
 only run directories and metric rows.
+
+Figures are built with matplotlib's object API and never pass through pyplot,
+so importing llpf leaves the caller's backend (a notebook's, say) as it is.
 """
 from __future__ import annotations
 
@@ -14,12 +17,10 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .store import RunDir  # noqa: E402
+from .store import RunDir
 
 SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
@@ -64,19 +65,24 @@ def _mean_std(its: np.ndarray, arr: np.ndarray, smooth: bool) -> tuple[np.ndarra
     return moving_average(mean, w), moving_average(std, w)
 
 
-def save_figure(fig, out: str | Path) -> Path:
-    """Write ``fig`` to ``out`` (making its folder) and release it; every llpf figure ends here."""
+def new_figure(**kw) -> Figure:
+    """A constrained-layout figure that pyplot does not know about (``kw``: ``figsize`` ...)."""
+    return Figure(layout="constrained", **kw)
+
+
+def save_figure(fig: Figure, out: str | Path) -> Path:
+    """Write ``fig`` to ``out`` (making its folder); every llpf figure ends here."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
 def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summaries: list[dict] = (),
                  smooth: bool = True, best_iteration: int | None = None) -> Path:
     """Paper Figure 2 (M2M) or Figure 3 (M2O) from the metric rows of one or more runs."""
-    fig, axes = plt.subplots(3, 1, figsize=(7, 9), sharex=True, constrained_layout=True)
+    fig = new_figure(figsize=(7, 9))
+    axes = fig.subplots(3, 1, sharex=True)
 
     def band(ax, key, label, **kw):
         its, arr = _stack(runs, key)
@@ -103,8 +109,8 @@ def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summ
     ax = axes[1]
     prefix = "dist/" if kind == "m2m" else "var_ratio/"
     layers = [k for k in (runs[0][0] if runs and runs[0] else {}) if k.startswith(prefix)]
-    ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
-                      if len(layers) > 10 else plt.cm.tab10(np.arange(10)))
+    ax.set_prop_cycle(color=matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
+                      if len(layers) > 10 else matplotlib.colormaps["tab10"](np.arange(10)))
     for k in layers:
         band(ax, k, k[len(prefix):], lw=1)
     ax.set_ylabel("layer-wise L2 distance to D" if kind == "m2m" else "layer variance / start variance")

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from . import config as C
-from .data import Bundle, Split, load_data
+from .data import Bundle, Split, prepare_data
 from .driver import Driver
-from .errors import ConfigError, DataError, PrerequisiteWarning, RunDirError
+from .errors import ConfigError, PrerequisiteWarning, RunDirError
+from .files import load_weights, save_weights
 from .methods import method_class
 from .models import build_model, load_state
 from .runtime import pick_device
-from .store import RunDir, load_weights, save_weights
+from .store import RunDir
 from .train import evaluate, train_endpoint
 
 
@@ -31,19 +32,6 @@ def load_model(cfg: C.Config, path: str | Path, what: str = "model") -> nn.Modul
     """Build ``cfg.model`` and load weights into it, naming any mismatch."""
     model = build_model(cfg.model)
     return load_state(model, load_weights(path), f"{what} {path} (model {cfg.model.name!r})")
-
-
-def check_data_fits(data: Bundle, cfg: C.Config) -> None:
-    for name, split in (("train", data.train), ("test", data.test)):
-        lo, hi = int(split.y.min()), int(split.y.max())
-        if lo < 0 or hi >= cfg.model.num_classes:
-            raise DataError(f"{name} labels span {lo}..{hi} but the model has {cfg.model.num_classes} outputs")
-
-
-def prepare_data(cfg: C.Config, device) -> Bundle:
-    data = load_data(cfg.data, device)
-    check_data_fits(data, cfg)
-    return data
 
 
 def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,

@@ -13,7 +13,7 @@
     RUN/figures/*.png
 
 Every file except metrics.csv is written to a temporary name, flushed, fsynced
-and renamed, so a kill leaves either the old or the new file. metrics.csv is
+and renamed (``llpf.files``), so a kill leaves either the old or the new file. metrics.csv is
 appended whole lines at a time and fsynced; readers ignore a torn last line.
 The store knows nothing about training.
 """
@@ -29,62 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 
+from . import files
 from .errors import CheckpointError, RunDirError
+from .files import load_weights, save_weights
 from .observer import Observer
 
 BASE_COLUMNS = ["iteration", "phase", "batch_loss", "rounds"]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save a state dict as safetensors, atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(Path(path), save(tensors, metadata=metadata))
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load model weights from safetensors, or a torch file with ``weights_only=True`` (never unpickle code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"weights file is empty: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError, KeyError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"cannot read weights from {path} (corrupt, truncated or not a weights file: {msg[:200]})") from None
-    except Exception as e:  # noqa: BLE001 - unpickling refused code or another format error
-        raise CheckpointError(f"refused to load {path}: not a plain weights file ({type(e).__name__})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return state
 
 
 def environment() -> dict[str, Any]:
@@ -161,12 +112,12 @@ class RunDir(Observer):
             (self.path / stale).unlink(missing_ok=True)
         for p in (self.path / "points").glob("*.safetensors"):
             p.unlink()
-        atomic_write(self.path / "config.toml", config_toml.encode())
+        files.atomic_write(self.path / "config.toml", config_toml.encode())
         self.write_info({"kind": kind, "status": "running", "inputs": inputs, "device": device,
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment()})
 
     def write_info(self, info: dict) -> None:
-        atomic_write(self.path / "run.json", (json.dumps(info, indent=2) + "\n").encode())
+        files.write_json(self.path / "run.json", info)
 
     def set_status(self, status: str, **extra) -> None:
         info = {k: v for k, v in self.info().items() if k not in ("iteration", "reason")}
@@ -219,7 +170,7 @@ class RunDir(Observer):
             if len(cells) != ncol or int(float(cells[0])) > last_iteration:
                 break
             keep.append(ln)
-        atomic_write(f, ("\n".join(keep) + "\n").encode())
+        files.atomic_write(f, ("\n".join(keep) + "\n").encode())
 
     def point_path(self, iteration: int) -> Path:
         return self.path / "points" / f"{iteration:07d}.safetensors"
@@ -237,7 +188,7 @@ class RunDir(Observer):
     def on_checkpoint(self, iteration: int, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write(self.path / "checkpoint.pt", buf.getvalue())
+        files.atomic_write(self.path / "checkpoint.pt", buf.getvalue())
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         f = self.path / "checkpoint.pt"
@@ -249,7 +200,20 @@ class RunDir(Observer):
             raise CheckpointError(f"checkpoint {f} is unreadable ({type(e).__name__}); start over with --force") from None
 
     def on_summary(self, summary: dict) -> None:
-        atomic_write(self.path / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        files.write_json(self.path / "summary.json", summary)
+
+    def update_summary(self, extra: dict) -> dict:
+        """Merge ``extra`` into a finished run's summary.json (atomically) and return the result.
+
+        Analyses that certify a run (its straight line, its segments) add their
+        verdicts here. A run without a summary (still running, interrupted) is
+        left as it is and ``{}`` returned: ``resume`` would discard the fields.
+        """
+        if not (self.path / "summary.json").is_file():
+            return {}
+        summary = {**self.summary(), **extra}
+        files.write_json(self.path / "summary.json", summary)
+        return summary
 
     # ------------------------------------------------------------ reading
 

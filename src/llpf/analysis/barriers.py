@@ -17,17 +17,17 @@ their loss says more about the stale statistics than about the weights.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import Bundle, Split
+from ..data import Bundle, Split, prepare_data
 from ..errors import ModelMismatchError, RunDirError
-from ..store import RunDir, atomic_write, load_weights
+from ..files import load_weights, write_json
+from ..store import RunDir
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate, has_batchnorm, recompute_bn_stats
 
 
@@ -135,7 +135,6 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     """
     from tqdm.auto import tqdm
 
-    from ..runner import prepare_data
     from .runs import run_config
 
     rd = RunDir(run_dir)
@@ -175,13 +174,18 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
                          "train_accuracy": [r.get("train_accuracy") for r in rows],
                          "max_train_loss": losses[j], "t_at_max": ts[j]})
         prev_state, prev_row = state, end_row
+    pc = cfg.m2m if rd.info().get("kind", "m2m") == "m2m" else cfg.m2o
+    return segments_verdict(segments, k, recompute, pc.loss_threshold if pc is not None else None)
+
+
+def segments_verdict(segments: list[dict], points_per_segment: int, recompute_bn: bool,
+                     threshold: float | None) -> dict[str, Any]:
+    """The largest loss on the segments and where it is, against the largest at the saved points and L_thres."""
     worst = max(segments, key=lambda s: s["max_train_loss"])
     point_losses = [segments[0]["train_loss"][0]] + [s["train_loss"][-1] for s in segments]
-    pc = cfg.m2m if rd.info().get("kind", "m2m") == "m2m" else cfg.m2o
-    threshold = pc.loss_threshold if pc is not None else None
     out = {
-        "points_per_segment": k,
-        "recompute_bn": recompute,
+        "points_per_segment": points_per_segment,
+        "recompute_bn": recompute_bn,
         "segments": segments,
         "segment_max_train_loss": worst["max_train_loss"],
         "segment_max_at": {"from": worst["from"], "to": worst["to"], "t": worst["t_at_max"]},
@@ -195,9 +199,10 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
 
 def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
     """Training loss along the polygonal path (segments densely), saved points marked."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 3.2), constrained_layout=True)
+    fig = new_figure(figsize=(7, 3.2))
+    ax = fig.subplots()
     for s in result["segments"]:
         xs = [s["from"] + t * (s["to"] - s["from"]) for t in s["t"]]
         ax.plot(xs, s["train_loss"], "-", color="tab:blue", lw=1)
@@ -213,17 +218,14 @@ def segments_figure(result: dict, out: str | Path, title: str = "") -> Path:
 
 
 def write_segments(run_dir: str | Path, result: dict) -> Path:
-    """``RUN/segments.json``, ``RUN/figures/segments.png``, and ``segment_max_train_loss`` in summary.json (atomic)."""
+    """``RUN/segments.json``, ``RUN/figures/segments.png``, and ``segment_max_train_loss`` in the run's summary."""
     rd = RunDir(run_dir)
-    atomic_write(rd.path / "segments.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(rd.path / "segments.json", result)
     segments_figure(result, rd.path / "figures" / "segments.png")
-    f = rd.path / "summary.json"
-    if f.is_file():
-        s = json.loads(f.read_text())
-        s["segment_max_train_loss"] = result["segment_max_train_loss"]
-        if "continuous_below_threshold" in result:
-            s["segments_below_threshold"] = result["continuous_below_threshold"]
-        atomic_write(f, (json.dumps(s, indent=2) + "\n").encode())
+    verdicts = {"segment_max_train_loss": result["segment_max_train_loss"]}
+    if "continuous_below_threshold" in result:
+        verdicts["segments_below_threshold"] = result["continuous_below_threshold"]
+    rd.update_summary(verdicts)
     return rd.path / "segments.json"
 
 
@@ -232,9 +234,10 @@ def write_segments(run_dir: str | Path, result: dict) -> Path:
 
 def line_figure(rows: list[dict], out: str | Path, title: str = "") -> Path:
     """Loss (left axis, log) and accuracy (right axis) along a straight line, one curve per split."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax2 = ax.twinx()
     t = [r["t"] for r in rows]
     losses = [k for k in rows[0] if k.endswith("loss")]
@@ -260,7 +263,7 @@ def write_barrier(rows: list[dict], out_dir: str | Path, inputs: dict | None = N
     key = "train_loss" if "train_loss" in rows[0] else "loss"
     summary = line_summary(rows, key)
     data = {"inputs": inputs or {}, "points": len(rows), "summary": summary, "rows": rows}
-    atomic_write(out_dir / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
+    write_json(out_dir / f"{name}.json", data)
     title = f"straight line: max {key} {summary[f'max_{key}']:.4f} at t={summary['t_at_max']:.2f}"
     fig = Path(figure_dir or out_dir) / f"{name}.png"
     return {"json": out_dir / f"{name}.json", "figure": line_figure(rows, fig, title)}

@@ -35,7 +35,6 @@ as structural zeros.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 
 from ..data import BatchStream, Split
 from ..errors import ConfigError
+from ..files import write_json
 from ..schedule import select
 from ..flat import FlatParams
 from ..train import LossFn, TrainR, evaluate
@@ -276,13 +276,14 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
 
 def dimension_figure(result: dict, out: str | Path) -> Path:
     """Singular-value spectrum per layer (log scale), tolerances and structural zeros marked."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
     layers = result["layers"]
     n = len(layers)
     cols = min(5, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), constrained_layout=True, squeeze=False)
+    fig = new_figure(figsize=(3.2 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (name, rec) in zip(axes.flat, layers.items()):
@@ -309,12 +310,10 @@ def dimension_figure(result: dict, out: str | Path) -> Path:
 
 def write_dimension(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """``dimension.json`` and ``spectrum.png`` in ``out_dir``."""
-    from ..store import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     j = out_dir / "dimension.json"
-    atomic_write(j, (json.dumps(result, indent=1) + "\n").encode())
+    write_json(j, result)
     return {"json": j, "figure": dimension_figure(result, out_dir / "spectrum.png")}
 
 

@@ -10,12 +10,12 @@ validation split cut from train is the honest choice).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterable
 
 from ..errors import RunDirError
-from ..store import RunDir, atomic_write
+from ..files import write_json
+from ..store import RunDir
 from .runs import expand_runs, run_kind
 
 
@@ -52,10 +52,13 @@ def analyse_generalisation(runs: Iterable[str | Path]) -> dict:
 
 def generalisation_figure(result: dict, out: str | Path) -> Path:
     """Loss (top) and accuracy (bottom) against the mean variance ratio, selected point starred."""
-    from ..plots import plt, save_figure
+    from matplotlib import rcParams
 
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True, constrained_layout=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    from ..plots import new_figure, save_figure
+
+    fig = new_figure(figsize=(6.5, 6))
+    ax, bx = fig.subplots(2, 1, sharex=True)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, run in enumerate(result["runs"]):
         c = colors[i % len(colors)]
         x = run["curve"]["mean_variance_ratio"]
@@ -84,6 +87,6 @@ def generalisation_figure(result: dict, out: str | Path) -> Path:
 def write_generalisation(result: dict, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "generalisation.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(out_dir / "generalisation.json", result)
     return {"json": out_dir / "generalisation.json",
             "figure": generalisation_figure(result, out_dir / "generalisation.png")}

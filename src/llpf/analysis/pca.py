@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +34,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelMismatchError, RunDirError
+from ..files import atomic_write, write_json
 from ..schedule import select
-from ..store import RunDir, atomic_write
+from ..store import RunDir
 from .runs import expand_runs, parameter_names
 
 
@@ -169,13 +169,15 @@ def streamed_pca(ps: PointSet, k: int = 2, oversample: int = 10, power_iteration
 
 def pca_figure(ps: PointSet, result: dict[str, LayerPCA], out: str | Path, max_lines: int = 400) -> Path:
     """One panel per layer: each path a line, its points coloured by iteration (paper Figure 4)."""
-    from ..plots import plt, save_figure
     from matplotlib.colors import Normalize
+
+    from ..plots import new_figure, save_figure
 
     n = len(ps.layers)
     cols = min(5, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.0 * rows), constrained_layout=True, squeeze=False)
+    fig = new_figure(figsize=(3.3 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     its = torch.tensor(ps.iteration, dtype=torch.float64)
@@ -221,7 +223,7 @@ def write_pca(ps: PointSet, result: dict[str, LayerPCA], out_dir: str | Path, se
                        "singular_values": result[n].singular_values.tolist(),
                        "total_sum_squares": result[n].total_sum_squares} for n in ps.layers},
     }
-    atomic_write(out_dir / "pca.json", (json.dumps(meta, indent=1) + "\n").encode())
+    write_json(out_dir / "pca.json", meta)
     return {"figure": pca_figure(ps, result, out_dir / "pca.png"), "csv": out_dir / "pca.csv",
             "json": out_dir / "pca.json"}
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import RunDirError
-from ..store import RunDir, atomic_write
+from ..files import atomic_write
+from ..store import RunDir
 from .runs import is_run, run_kind
 
 ANALYSIS_FILES = ("dimension.json", "variance.json", "barrier.json", "pca.json", "generalisation.json")

@@ -86,77 +86,94 @@ def find_dead_units(model: nn.Module, batches: Iterable, device=None, train_mode
     model = copy.deepcopy(model)
     model.train(train_mode)
     device = device or next(model.parameters()).device
-    names = {m: n for n, m in model.named_modules()}
-    produced: dict[int, tuple[Tensor, list[str]]] = {}
-    act_max: dict[str, Tensor] = {}
-    in_max: dict[str, Tensor] = {}
-    units = Units()
-    handles = []
-
-    def on_output(module, inputs, output):
-        if not isinstance(output, Tensor):
-            return
-        known = produced.get(id(output))
-        if known is not None and known[0] is output:
-            return  # an outer module returning an inner one's output: keep the innermost
-        chain = [names[module]]
-        if isinstance(module, PASS_THROUGH) and inputs and isinstance(inputs[0], Tensor):
-            prev = produced.get(id(inputs[0]))
-            if prev is not None and prev[0] is inputs[0]:
-                chain = chain + prev[1]
-        produced[id(output)] = (output, chain)
-
-    def on_input(module, inputs):
-        if inputs and isinstance(inputs[0], Tensor) and inputs[0].dim() >= 2:
-            m = _per_unit_max(inputs[0], _unit_dim(module))
-            n = names[module]
-            in_max[n] = m if n not in in_max else torch.maximum(in_max[n], m)
-
-    def on_activation(module, inputs, output):
-        prev = produced.get(id(inputs[0])) if inputs else None
-        if prev is None or prev[0] is not inputs[0]:
-            units.unattributed += 1
-            return
-        chain = prev[1]
-        root = model.get_submodule(chain[-1])
-        dim = _unit_dim(root) % output.dim()
-        m = _per_unit_max(output, dim)
-        key = chain[0]
-        act_max[key] = m if key not in act_max else torch.maximum(act_max[key], m)
-        per_sample = (output.detach().movedim(dim, -1).reshape(output.shape[0], -1, output.shape[dim]) > 0).any(1)
-        n = per_sample.sum(0)
-        units.active[key] = n if key not in units.active else units.active[key] + n
-        units.chains[key] = chain
-
-    for module in model.modules():
-        if isinstance(module, ACTIVATIONS):
-            handles.append(module.register_forward_hook(on_activation))
-        elif isinstance(module, PASS_THROUGH) or any(True for _ in module.parameters(recurse=False)):
-            handles.append(module.register_forward_hook(on_output))
-        if isinstance(module, UNIT_MODULES):
-            handles.append(module.register_forward_pre_hook(on_input))
+    hooks = UnitHooks(model)
+    handles = hooks.attach()
     try:
         for x, _ in batches:
-            produced.clear()
+            hooks.produced.clear()
             out = model(x.to(device))
-            hit = produced.get(id(out))
+            hit = hooks.produced.get(id(out))
             if hit is not None and hit[0] is out:
-                units.output_module = hit[1][-1]
-            units.samples += len(x)
-        produced.clear()
+                hooks.units.output_module = hit[1][-1]
+            hooks.units.samples += len(x)
+        hooks.produced.clear()
     finally:
         for h in handles:
             h.remove()
-    order = list(names.values())
-    for key in sorted(act_max, key=order.index):
-        dead = (act_max[key] == 0).nonzero().flatten().tolist()
-        if dead:
-            units.dead[key] = dead
-    for key in sorted(in_max, key=order.index):
-        dead = (in_max[key] == 0).nonzero().flatten().tolist()
-        if dead:
-            units.dead_inputs[key] = dead
-    return units
+    return hooks.finish()
+
+
+class UnitHooks:
+    """Forward hooks that attribute every ReLU's output units to the module that produced its input.
+
+    ``produced`` maps a tensor's id to ``(tensor, chain)``: the chain names the
+    producing module and the pass-through modules after it, innermost first.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.names = {m: n for n, m in model.named_modules()}
+        self.produced: dict[int, tuple[Tensor, list[str]]] = {}
+        self.act_max: dict[str, Tensor] = {}
+        self.in_max: dict[str, Tensor] = {}
+        self.units = Units()
+
+    def attach(self) -> list:
+        handles = []
+        for module in self.model.modules():
+            if isinstance(module, ACTIVATIONS):
+                handles.append(module.register_forward_hook(self.on_activation))
+            elif isinstance(module, PASS_THROUGH) or any(True for _ in module.parameters(recurse=False)):
+                handles.append(module.register_forward_hook(self.on_output))
+            if isinstance(module, UNIT_MODULES):
+                handles.append(module.register_forward_pre_hook(self.on_input))
+        return handles
+
+    def on_output(self, module, inputs, output) -> None:
+        if not isinstance(output, Tensor):
+            return
+        known = self.produced.get(id(output))
+        if known is not None and known[0] is output:
+            return  # an outer module returning an inner one's output: keep the innermost
+        chain = [self.names[module]]
+        if isinstance(module, PASS_THROUGH) and inputs and isinstance(inputs[0], Tensor):
+            prev = self.produced.get(id(inputs[0]))
+            if prev is not None and prev[0] is inputs[0]:
+                chain = chain + prev[1]
+        self.produced[id(output)] = (output, chain)
+
+    def on_input(self, module, inputs) -> None:
+        if inputs and isinstance(inputs[0], Tensor) and inputs[0].dim() >= 2:
+            m = _per_unit_max(inputs[0], _unit_dim(module))
+            n = self.names[module]
+            self.in_max[n] = m if n not in self.in_max else torch.maximum(self.in_max[n], m)
+
+    def on_activation(self, module, inputs, output) -> None:
+        prev = self.produced.get(id(inputs[0])) if inputs else None
+        if prev is None or prev[0] is not inputs[0]:
+            self.units.unattributed += 1
+            return
+        chain = prev[1]
+        root = self.model.get_submodule(chain[-1])
+        dim = _unit_dim(root) % output.dim()
+        m = _per_unit_max(output, dim)
+        key = chain[0]
+        self.act_max[key] = m if key not in self.act_max else torch.maximum(self.act_max[key], m)
+        per_sample = (output.detach().movedim(dim, -1).reshape(output.shape[0], -1, output.shape[dim]) > 0).any(1)
+        n = per_sample.sum(0)
+        active = self.units.active
+        active[key] = n if key not in active else active[key] + n
+        self.units.chains[key] = chain
+
+    def finish(self) -> Units:
+        """The units (and unit inputs) whose largest value over the whole pass was zero, in model order."""
+        order = list(self.names.values())
+        for found, into in ((self.act_max, self.units.dead), (self.in_max, self.units.dead_inputs)):
+            for key in sorted(found, key=order.index):
+                dead = (found[key] == 0).nonzero().flatten().tolist()
+                if dead:
+                    into[key] = dead
+        return self.units
 
 
 @dataclass

@@ -11,7 +11,6 @@ of every layer.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -19,6 +18,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..files import write_json
+from ..geometry import Layout, Segments, distance_floor
 from ..schedule import normalisation_parameters
 
 Weights = nn.Module | Mapping[str, Tensor]
@@ -64,8 +65,14 @@ def check_variance_pair(start_model: Weights, dest_model: Weights, tolerance: fl
         rel = relative_difference(va, vb)
         if rel > tolerance:
             out.append({"layer": n, "start_variance": va, "dest_variance": vb, "relative_difference": rel,
-                        "distance_floor": math.sqrt(ta.numel()) * abs(math.sqrt(va) - math.sqrt(vb))})
+                        "distance_floor": layer_distance_floor(ta, b[n])})
     return out
+
+
+def layer_distance_floor(start: Tensor, dest: Tensor) -> float:
+    """``geometry.distance_floor`` of one layer given as two tensors of the same shape (in float64)."""
+    seg = Segments(Layout(("layer",), (tuple(start.shape),)), device=start.device, dtype=torch.float64)
+    return float(distance_floor(start.double().reshape(-1), dest.double().reshape(-1).to(start.device), seg)[0])
 
 
 def variance_table(models: Sequence[Weights], names: Sequence[str] | None = None) -> dict[str, list[float]]:
@@ -97,11 +104,11 @@ def analyse_variances(models: Sequence[nn.Module], labels: Sequence[str], includ
 
 def variance_figure(result: dict, out: str | Path) -> Path:
     """Figure 6: each layer's variance per model on a log scale, and each layer's spread."""
-    from ..plots import plt, save_figure
+    from ..plots import new_figure, save_figure
 
     table = result["variances"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True,
-                                 gridspec_kw={"width_ratios": [3, 2]})
+    fig = new_figure(figsize=(12, 4.5))
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for n, v in table.items():
         ax.plot(range(len(v)), v, marker="o", ms=3, lw=1, label=n)
     ax.set_yscale("log")
@@ -125,9 +132,7 @@ def variance_figure(result: dict, out: str | Path) -> Path:
 
 
 def write_variance(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    from ..store import atomic_write
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "variance.json", (json.dumps(result, indent=1) + "\n").encode())
+    write_json(out_dir / "variance.json", result)
     return {"json": out_dir / "variance.json", "figure": variance_figure(result, out_dir / "variance.png")}

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from ..config import DataConfig
+from ..config import Config, DataConfig
 from ..errors import ConfigError, DataError
 
 
@@ -126,3 +126,18 @@ def load_data(cfg: DataConfig, device=None) -> Bundle:
         if len(split) == 0:
             raise DataError(f"the {name} split of {cfg.name!r} is empty")
     return bundle.to(device) if device is not None else bundle
+
+
+def check_data_fits(data: Bundle, cfg: Config) -> None:
+    """Every label of the training and test splits must be an output of ``cfg.model``."""
+    for name, split in (("train", data.train), ("test", data.test)):
+        lo, hi = int(split.y.min()), int(split.y.max())
+        if lo < 0 or hi >= cfg.model.num_classes:
+            raise DataError(f"{name} labels span {lo}..{hi} but the model has {cfg.model.num_classes} outputs")
+
+
+def prepare_data(cfg: Config, device) -> Bundle:
+    """The dataset of ``cfg`` on ``device``, checked against the model's outputs."""
+    data = load_data(cfg.data, device)
+    check_data_fits(data, cfg)
+    return data

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torchvision
 from torch import nn
 
 from ..errors import CheckpointError
+from ..files import load_weights
 
 
 def _stem(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
@@ -45,26 +45,6 @@ def _one_line(e: Exception) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # every reader failure means the same thing to the user
-        raise CheckpointError(f"{path} is not a readable weights file ({_one_line(e)})") from None
-    for key in ("state_dict", "model"):  # training scripts often wrap the weights one level down
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors")
-    return state
-
-
 def load_torchvision_resnet18_weights(model: nn.Module, path: str | Path | None = None) -> nn.Module:
     """Load ImageNet ResNet18 weights into ``model`` (strictly) and return it.
 
@@ -84,7 +64,7 @@ def load_torchvision_resnet18_weights(model: nn.Module, path: str | Path | None 
                 f"offline, fetch {weights.url} elsewhere and pass the file") from None
         where = f"torchvision {weights.name}"
     else:
-        state = _read_state_dict(Path(path))
+        state = load_weights(path)
         where = str(path)
     from . import load_state
 

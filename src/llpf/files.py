@@ -1,0 +1,79 @@
+"""Files written whole or not at all, and weights read without unpickling code.
+
+Every llpf file except ``metrics.csv`` is written through ``atomic_write``: to
+a temporary name in the same folder, flushed, fsynced and renamed, so a kill
+leaves the old file or the new one, never half. Weights are safetensors;
+``load_weights`` also reads ``torch.save`` files, with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from .errors import CheckpointError, RunDirError
+
+WRAPPERS = ("state_dict", "model")  # training scripts often save the weights one level down, under these keys
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """``obj`` as indented JSON with a trailing newline, atomically."""
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load model weights from safetensors, or a torch file with ``weights_only=True`` (never unpickle code).
+
+    A state dict wrapped one level down (``{"state_dict": ...}`` or
+    ``{"model": ...}``) is unwrapped. Every failure is one CheckpointError line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights file is empty: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt file, a truncated one, or one whose unpickling was refused
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(f"cannot read weights from {path}: not a readable weights file "
+                              f"(corrupt, truncated or holding code: {why})") from None
+    for key in WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state

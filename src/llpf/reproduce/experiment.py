@@ -1,0 +1,25 @@
+"""The paper's experiments: the shipped configs that name one path method each, and how one is loaded."""
+from __future__ import annotations
+
+from .. import config as C
+from ..errors import ConfigError
+
+
+def experiments() -> list[str]:
+    """Names of the shipped experiment configs (every shipped config but the demo)."""
+    return [n for n in C.shipped_configs() if n != "demo"]
+
+
+def kind_of(cfg: C.Config) -> str:
+    """``"m2m"`` or ``"m2o"``: the one path table an experiment config holds."""
+    if (cfg.m2m is None) == (cfg.m2o is None):
+        raise ConfigError(f"config {cfg.name!r} must have exactly one of [m2m] and [m2o] to be reproduced")
+    return "m2m" if cfg.m2m is not None else "m2o"
+
+
+def load_experiment(name: str, data_dir: str | None) -> C.Config:
+    """The config ``name`` (shipped name or TOML file), reading its dataset from ``data_dir`` when given."""
+    cfg = C.load_config(name)
+    if data_dir:
+        cfg.data.root = str(data_dir)
+    return cfg
