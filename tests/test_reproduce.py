@@ -1,6 +1,7 @@
 """The paper's experiments: shipped configs, endpoint recipes, relative threshold, ``llpf reproduce``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,7 +17,7 @@ from llpf.paths import PathEngine
 from llpf.plots import moving_average
 from llpf.reproduce import dry_run, experiments
 from llpf.schedule import normalisation_parameters, resolve
-from llpf.train import endpoint_optimizer, evaluate, lr_factor, train_endpoint
+from llpf.train import endpoint_epochs, endpoint_optimizer, evaluate, lr_factor, train_endpoint
 from tiny import LENET5_ON_DIGITS
 
 torch.set_num_threads(1)
@@ -120,15 +121,36 @@ def test_dry_run_cli(capsys, monkeypatch):
 # ---------------------------------------------------------------- endpoint recipes (Table 3)
 
 
-def test_cosine_schedule_warmup_anneal_cooldown():
-    r = C.TrainConfig(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=2, warmup_lr=0.1, min_lr=0.01,
-                      cooldown_epochs=2)
-    f = lr_factor(r, steps_per_epoch=10)
-    assert f(0) == pytest.approx(0.1 + 0.9 * 1 / 20)
-    assert f(19) == pytest.approx(1.0)
-    assert f(20) == pytest.approx(1.0)
-    assert f(20 + 30) == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the annealing
-    assert f(80) == pytest.approx(0.01) and f(99) == pytest.approx(0.01)  # cooldown holds min_lr
+def test_cosine_schedule_is_timms_with_the_cooldown_after_the_epochs():
+    """CCT7's recipe (Table 3) in timm's CosineLRScheduler: 300 cosine epochs, then 10 at min_lr (310 in all)."""
+    r = C.load_config("cct7-cifar10-m2m").train
+    assert endpoint_epochs(r) == 310
+    f = lr_factor(r, steps_per_epoch=4)
+    lr = [r.lr * f(s) for s in range(310 * 4)]
+    assert all(len(set(lr[4 * k:4 * k + 4])) == 1 for k in range(310))  # set once per epoch (timm's default)
+
+    def e(epoch):
+        return lr[4 * epoch]
+    assert e(0) == pytest.approx(1e-5)  # warmup starts at warmup_lr
+    assert e(9) == pytest.approx(1e-5 + 9 * 54e-5 / 10)  # last warmup epoch: 49.6e-5, below the peak
+    assert e(10) == pytest.approx(54.8520912e-5)  # the cosine over 300 epochs taken at epoch 10: 1e-5 + 27e-5 (1 + cos(pi/30))
+    assert e(150) == pytest.approx(28e-5)  # half way through the 300: (peak + min) / 2
+    assert e(299) == pytest.approx(1.0014804e-5, rel=1e-7)  # 1e-5 + 27e-5 (1 - cos(pi/300)): ends at 300, not 290
+    assert e(300) == e(309) == pytest.approx(1e-5)  # ten cooldown epochs at min_lr after the 300
+    assert max(lr) < 55e-5  # the peak is never reached exactly (timm: warmup overrides the cosine's start)
+
+
+def test_cosine_cooldown_epochs_are_trained_after_the_epochs():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+    recipe = C.TrainConfig(epochs=3, batch_size=16, lr=0.1, schedule="cosine", warmup_epochs=1, warmup_lr=0.01,
+                           min_lr=0.001, cooldown_epochs=2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    assert len(train_endpoint(model, split, recipe, seed=0)) == 5
+    assert len(train_endpoint(model, split, dataclasses.replace(recipe, schedule="constant"), seed=0)) == 3
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        C.config_from_dict({"train": {"epochs": 3, "warmup_epochs": 4}})
+    C.config_from_dict({"train": {"epochs": 3, "warmup_epochs": 3, "cooldown_epochs": 10}})  # cooldown is extra
 
 
 def test_optimizer_and_augmentation_choices():
