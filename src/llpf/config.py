@@ -117,6 +117,9 @@ class PathConfig:
     target_variance_ratio: float = 0.0  # M2O: stop when the mean ratio reaches it (0: never)
     select_on: str = "test"  # M2O: split that picks the best point: "test" | "validation"
     select_by: str = "loss"  # M2O: "loss" (lowest) | "accuracy" (highest)
+    # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
+    # so off by default; true applies the dataset's default augmentation (data.augment) to them
+    augment: bool = False
     seed: int = 0
 
     @property
