@@ -114,7 +114,7 @@ class PathConfig:
     # M2M: also judge the path against relative x the larger endpoint's full training
     # loss: threshold = max(loss_threshold, relative x max(L(start), L(dest))); 0: off
     loss_threshold_relative: float = 0.0
-    target_variance_ratio: float = 0.0  # M2O: stop when the mean ratio reaches it (0: never)
+    target_variance_ratio: float = 0.0  # M2O: stop when mean Var(P_l)/v_l falls to it (0: never); paper Fig. 3's "0.76" is 1 - |P_l|/|P0_l|, not this
     select_on: str = "test"  # M2O: split that picks the best point: "test" | "validation"
     select_by: str = "loss"  # M2O: "loss" (lowest) | "accuracy" (highest)
     # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
