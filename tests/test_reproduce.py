@@ -99,16 +99,51 @@ def test_every_phase_pattern_resolves_against_its_model(name):
 SLOW = {"resnet18-cifar10-m2o", "resnet18-cifar100-m2o", "resnet18-imagenet-m2o", "cct7-cifar10-m2o"}
 
 
+# What each plan must say, worked out by hand from the paper's tables and the architectures:
+# (parameters, parameter tensors, batch size, [(iterations, tensors moved) per phase], steps_min, steps_max).
+# LeNet5: 10 tensors, 61,706 parameters. ResNet18: 62 tensors, of which 40 BatchNorm (bn1, two per block, one per
+# downsample), so M2O moves 22; layer1 holds 12, layer2-4 15 each; the 10- and 100-class heads give 11,173,962 and
+# 11,220,132 parameters, torchvision's 1000-class one 11,689,512. CCT-7/3x1: 85 tensors, 30 of them LayerNorm
+# (two per block, one before the pool), so M2O moves 55; Table 1's phase 1 moves 8 and each block adds 11.
+# Steps: T x r for a fixed r = 5; T x 1 to T x max_rounds for "until loss < L or r > max_rounds".
+R18_M2M = [(10000, 62), (5000, 5), (5000, 17), (5000, 32), (5000, 47), (5000, 62)]
+CCT_M2M = [(5000, 8)] + [(5000, 8 + 11 * k) for k in range(1, 7)] + [(5000, 85)]
+PLANS = {
+    "cct7-cifar10-m2m": (3_760_139, 85, 128, CCT_M2M, 40_000, 40_000 * 10_000),
+    "cct7-cifar10-m2o": (3_760_139, 85, 128, [(1000, 55)], 1000, 1000 * 5000),
+    "lenet5-fashion-mnist-m2m": (61_706, 10, 64, [(30000, 10)], 150_000, 150_000),
+    "lenet5-fashion-mnist-m2o": (61_706, 10, 64, [(1400, 10)], 1400, 1400 * 100),
+    "lenet5-mnist-m2m": (61_706, 10, 64, [(30000, 10)], 150_000, 150_000),
+    "lenet5-mnist-m2o": (61_706, 10, 64, [(1400, 10)], 1400, 1400 * 100),
+    "resnet18-cifar10-m2m": (11_173_962, 62, 256, R18_M2M, 35_000, 35_000 * 200),
+    "resnet18-cifar10-m2o": (11_173_962, 62, 256, [(1400, 22)], 1400, 1400 * 5000),
+    "resnet18-cifar100-m2o": (11_220_132, 62, 256, [(1400, 22)], 1400, 1400 * 5000),
+    "resnet18-imagenet-m2o": (11_689_512, 62, 128, [(1000, 22)], 1000, 1000 * 50000),
+}
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TEN])
 def test_dry_run(name, monkeypatch):
     monkeypatch.setattr("llpf.data.vision.DEBIAN_FASHION_MNIST", __import__("pathlib").Path("/nonexistent"))
     lines = []
     plan = dry_run(name, device="cpu", batch_size=2, log=lines.append)
-    assert plan["iterations"] == sum(p["iterations"] for p in plan["phases"])
+    params, tensors, batch, phases, steps_min, steps_max = PLANS[name]
+    assert (plan["name"], plan["kind"]) == (name, name.rsplit("-", 1)[1])
+    assert (plan["parameters"], plan["layers"], plan["batch_size"], plan["timed_batch_size"]) == \
+        (params, tensors, batch, 2)
+    assert [(ph["iterations"], ph["layers"]) for ph in plan["phases"]] == phases
+    ends = [sum(t for t, _ in phases[:k + 1]) for k in range(len(phases))]
+    assert [(ph["phase"], ph["first"], ph["last"]) for ph in plan["phases"]] == \
+        [(k + 1, 1 + (ends[k - 1] if k else 0), ends[k]) for k in range(len(phases))]
+    assert plan["iterations"] == ends[-1]
+    assert (plan["steps_min"], plan["steps_max"]) == (steps_min, steps_max)
     assert len(plan["iteration_s"]) == 2 and all(t > 0 for t in plan["iteration_s"])
+    assert plan["estimate_s"]["path_min"] == pytest.approx(steps_min * plan["iteration_s"][1])
+    assert plan["estimate_s"]["path_max"] == pytest.approx(steps_max * plan["iteration_s"][1])
     assert "random tensors" in plan["data"]
-    assert plan["estimate_s"]["path_min"] > 0
-    assert "phase 1:" in lines[-1]
+    text = lines[-1]
+    for k, ((_, moved), ph) in enumerate(zip(phases, plan["phases"])):
+        assert f"phase {k + 1}: iterations {ph['first']}-{ph['last']}, {moved} layers moved" in text
 
 
 def test_dry_run_cli(capsys, monkeypatch):
