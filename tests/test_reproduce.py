@@ -168,7 +168,7 @@ def test_cosine_schedule_is_timms_with_the_cooldown_after_the_epochs():
         return lr[4 * epoch]
     assert e(0) == pytest.approx(1e-5)  # warmup starts at warmup_lr
     assert e(9) == pytest.approx(1e-5 + 9 * 54e-5 / 10)  # last warmup epoch: 49.6e-5, below the peak
-    assert e(10) == pytest.approx(54.8520912e-5)  # the cosine over 300 epochs taken at epoch 10: 1e-5 + 27e-5 (1 + cos(pi/30))
+    assert e(10) == pytest.approx(54.8520912e-5)  # cosine over 300 epochs at epoch 10: 1e-5 + 27e-5 (1 + cos(pi/30))
     assert e(150) == pytest.approx(28e-5)  # half way through the 300: (peak + min) / 2
     assert e(299) == pytest.approx(1.0014804e-5, rel=1e-7)  # 1e-5 + 27e-5 (1 - cos(pi/300)): ends at 300, not 290
     assert e(300) == e(309) == pytest.approx(1e-5)  # ten cooldown epochs at min_lr after the 300
