@@ -57,8 +57,11 @@ def test_m2m_with_segments_and_the_demo_straight_line(runs, tmp_path, capsys):
     cfg, a, b = str(runs["config"]), str(runs["a"]), str(runs["b"])
     out = tmp_path / "m2m"
     assert main(["m2m", cfg, "--start", a, "--dest", b, "--out", str(out), "--segments",
-                 "--segment-points", "1", "--quiet"]) in (0, 1)
+                 "--segment-points", "1", "--quiet"]) == 0  # the run completes (exit 1 is a failed run)
     s = json.loads((out / "summary.json").read_text())
+    # random endpoints: the path completes but is not a low-loss path (training loss ~2.3 > 0.1)
+    assert s["status"] == "complete" and s["iterations"] == 6 and s["loss_ok"] is False and s["valid"] is False
+    assert s["max_train_loss"] > 2.0
     assert "segment_max_train_loss" in s and (out / "segments.json").is_file()
     assert "straight segments between saved points peak at" in capsys.readouterr().out
     c = load_config(cfg)

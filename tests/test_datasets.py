@@ -12,10 +12,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from llpf.config import DataConfig
-from llpf.data import load_data, vision
+from llpf import config as C
+from llpf.config import DataConfig, PathConfig
+from llpf.data import BatchStream, Split, load_data, vision
 from llpf.data import image_folder
-from llpf.data.augment import augment, crop_flip, default_augmentation, random_crop, random_flip
+from llpf.data.augment import augment, augmented, crop_flip, default_augmentation, random_crop, random_flip
 from llpf.data.idx import IDX_FILES, read_idx
 from llpf.data.imagenet import imagenet_loaders
 from llpf.errors import ConfigError, DataError
@@ -315,6 +316,14 @@ def test_imagenet_loaders_give_standard_batches(tmp_path):
     x, y = next(iter(train))
     assert x.shape == (3, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.long
     assert len(train) == 1  # 4 images, batches of 3, the partial one dropped
+    # resumable: a rebuilt loader given the state continues with the same images and the same random crops
+    state, later = train.state_dict(), [b for _ in range(3) for b in train]  # closes epoch 0, then 1 and 2
+    again, _ = imagenet_loaders(tmp_path, batch_size=3, eval_batch_size=4, workers=0)
+    again.load_state_dict(state)
+    assert state["epoch"] == 0 and state["batch"] == 1
+    resumed = [b for _ in range(3) for b in again]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(later, resumed))
+    assert len(later) == 2 and not torch.equal(later[0][0], later[1][0])
     x, y = next(iter(val))
     assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 1, 1] and type(x) is torch.Tensor
     black = (0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
@@ -356,3 +365,61 @@ def test_crop_flip_is_reproducible_with_a_generator():
     a = crop_flip(x, generator=torch.Generator().manual_seed(3))
     b = crop_flip(x, generator=torch.Generator().manual_seed(3))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def is_crop_flip_of(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Every sample of ``out`` is a 32x32 window of its 4-pixel reflect-padded ``x`` sample, maybe mirrored."""
+    padded = torch.nn.functional.pad(x, (4,) * 4, mode="reflect")
+    return all(any(torch.equal(o, padded[i, :, a:a + 32, b:b + 32].flip(2) if f else padded[i, :, a:a + 32, b:b + 32])
+                   for a in range(9) for b in range(9) for f in (0, 1)) for i, o in enumerate(out))
+
+
+def test_augmented_train_r_batches_keep_labels_and_the_sources_kind():
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(3)]
+    stream = BatchStream(Split(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])), 4)
+    assert augmented(batches, "none") is batches and augmented(stream, None) is stream  # the paper's default
+    assert PathConfig().augment is False
+    assert C.from_dict(PathConfig, {"augment": True}).augment is True and "augment" in C.to_dict(PathConfig())
+    with pytest.raises(ConfigError, match="augment"):
+        C.from_dict(PathConfig, {"augment": "crop-flip"})
+
+    over_list = augmented(batches, "crop-flip", torch.Generator().manual_seed(5))
+    first, second = list(over_list), list(over_list)  # a re-iterable source stays re-iterable: two passes
+    assert len(first) == len(second) == 3
+    for (x, y), (ax, ay), (bx, by) in zip(batches, first, second):
+        assert ay is y and by is y and is_crop_flip_of(ax, x) and is_crop_flip_of(bx, x)
+        assert not torch.equal(ax, x) and not torch.equal(ax, bx)  # fresh draws on every pass
+    # the draws are the augmentation's, in batch order, from the one generator
+    ref = torch.Generator().manual_seed(5)
+    assert all(torch.equal(ax, crop_flip(x, generator=ref)) for (x, _), (ax, _) in zip(batches, first))
+
+    over_stream = augmented(stream, "crop-flip", torch.Generator().manual_seed(5))
+    assert iter(over_stream) is over_stream  # a stream stays a stream
+    plain = BatchStream(stream.split, 4)
+    for _ in range(5):  # across an epoch boundary of the stream (3 batches per epoch)
+        (ax, ay), (x, y) = next(over_stream), next(plain)
+        assert torch.equal(ay, y) and is_crop_flip_of(ax, x)
+
+
+def test_augmented_batches_resume_with_the_same_draws():
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    source = [(x, torch.zeros(8, dtype=torch.long))] * 4
+    whole = [b[0] for b in augmented(source, "crop-flip", torch.Generator().manual_seed(2))]
+    a = augmented(source, "crop-flip", torch.Generator().manual_seed(2))
+    it = iter(a)
+    head = [next(it)[0] for _ in range(2)]
+    state = torch.load(_roundtrip(a.state_dict()), weights_only=True)
+    b = augmented(source[2:], "crop-flip", torch.Generator().manual_seed(99))
+    b.load_state_dict(state)
+    tail = [t[0] for t in b]
+    assert all(torch.equal(u, v) for u, v in zip(head + tail, whole)) and len(head + tail) == 4
+
+
+def _roundtrip(obj):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf

@@ -1,6 +1,7 @@
 """The paper's experiments: shipped configs, endpoint recipes, relative threshold, ``llpf reproduce``."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,7 +17,7 @@ from llpf.models import build_model
 from llpf.plots import moving_average
 from llpf.reproduce import dry_run, experiments
 from llpf.schedule import normalisation_parameters, resolve
-from llpf.train import endpoint_optimizer, evaluate, lr_factor, train_endpoint
+from llpf.train import endpoint_epochs, endpoint_optimizer, evaluate, lr_factor, train_endpoint
 from tiny import LENET5_ON_DIGITS
 
 torch.set_num_threads(1)
@@ -98,16 +99,51 @@ def test_every_phase_pattern_resolves_against_its_model(name):
 SLOW = {"resnet18-cifar10-m2o", "resnet18-cifar100-m2o", "resnet18-imagenet-m2o", "cct7-cifar10-m2o"}
 
 
+# What each plan must say, worked out by hand from the paper's tables and the architectures:
+# (parameters, parameter tensors, batch size, [(iterations, tensors moved) per phase], steps_min, steps_max).
+# LeNet5: 10 tensors, 61,706 parameters. ResNet18: 62 tensors, of which 40 BatchNorm (bn1, two per block, one per
+# downsample), so M2O moves 22; layer1 holds 12, layer2-4 15 each; the 10- and 100-class heads give 11,173,962 and
+# 11,220,132 parameters, torchvision's 1000-class one 11,689,512. CCT-7/3x1: 85 tensors, 30 of them LayerNorm
+# (two per block, one before the pool), so M2O moves 55; Table 1's phase 1 moves 8 and each block adds 11.
+# Steps: T x r for a fixed r = 5; T x 1 to T x max_rounds for "until loss < L or r > max_rounds".
+R18_M2M = [(10000, 62), (5000, 5), (5000, 17), (5000, 32), (5000, 47), (5000, 62)]
+CCT_M2M = [(5000, 8)] + [(5000, 8 + 11 * k) for k in range(1, 7)] + [(5000, 85)]
+PLANS = {
+    "cct7-cifar10-m2m": (3_760_139, 85, 128, CCT_M2M, 40_000, 40_000 * 10_000),
+    "cct7-cifar10-m2o": (3_760_139, 85, 128, [(1000, 55)], 1000, 1000 * 5000),
+    "lenet5-fashion-mnist-m2m": (61_706, 10, 64, [(30000, 10)], 150_000, 150_000),
+    "lenet5-fashion-mnist-m2o": (61_706, 10, 64, [(1400, 10)], 1400, 1400 * 100),
+    "lenet5-mnist-m2m": (61_706, 10, 64, [(30000, 10)], 150_000, 150_000),
+    "lenet5-mnist-m2o": (61_706, 10, 64, [(1400, 10)], 1400, 1400 * 100),
+    "resnet18-cifar10-m2m": (11_173_962, 62, 256, R18_M2M, 35_000, 35_000 * 200),
+    "resnet18-cifar10-m2o": (11_173_962, 62, 256, [(1400, 22)], 1400, 1400 * 5000),
+    "resnet18-cifar100-m2o": (11_220_132, 62, 256, [(1400, 22)], 1400, 1400 * 5000),
+    "resnet18-imagenet-m2o": (11_689_512, 62, 128, [(1000, 22)], 1000, 1000 * 50000),
+}
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TEN])
 def test_dry_run(name, monkeypatch):
     monkeypatch.setattr("llpf.data.vision.DEBIAN_FASHION_MNIST", __import__("pathlib").Path("/nonexistent"))
     lines = []
     plan = dry_run(name, device="cpu", batch_size=2, log=lines.append)
-    assert plan["iterations"] == sum(p["iterations"] for p in plan["phases"])
+    params, tensors, batch, phases, steps_min, steps_max = PLANS[name]
+    assert (plan["name"], plan["kind"]) == (name, name.rsplit("-", 1)[1])
+    assert (plan["parameters"], plan["layers"], plan["batch_size"], plan["timed_batch_size"]) == \
+        (params, tensors, batch, 2)
+    assert [(ph["iterations"], ph["layers"]) for ph in plan["phases"]] == phases
+    ends = [sum(t for t, _ in phases[:k + 1]) for k in range(len(phases))]
+    assert [(ph["phase"], ph["first"], ph["last"]) for ph in plan["phases"]] == \
+        [(k + 1, 1 + (ends[k - 1] if k else 0), ends[k]) for k in range(len(phases))]
+    assert plan["iterations"] == ends[-1]
+    assert (plan["steps_min"], plan["steps_max"]) == (steps_min, steps_max)
     assert len(plan["iteration_s"]) == 2 and all(t > 0 for t in plan["iteration_s"])
+    assert plan["estimate_s"]["path_min"] == pytest.approx(steps_min * plan["iteration_s"][1])
+    assert plan["estimate_s"]["path_max"] == pytest.approx(steps_max * plan["iteration_s"][1])
     assert "random tensors" in plan["data"]
-    assert plan["estimate_s"]["path_min"] > 0
-    assert "phase 1:" in lines[-1]
+    text = lines[-1]
+    for k, ((_, moved), ph) in enumerate(zip(phases, plan["phases"])):
+        assert f"phase {k + 1}: iterations {ph['first']}-{ph['last']}, {moved} layers moved" in text
 
 
 def test_dry_run_cli(capsys, monkeypatch):
@@ -120,15 +156,36 @@ def test_dry_run_cli(capsys, monkeypatch):
 # ---------------------------------------------------------------- endpoint recipes (Table 3)
 
 
-def test_cosine_schedule_warmup_anneal_cooldown():
-    r = C.TrainConfig(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=2, warmup_lr=0.1, min_lr=0.01,
-                      cooldown_epochs=2)
-    f = lr_factor(r, steps_per_epoch=10)
-    assert f(0) == pytest.approx(0.1 + 0.9 * 1 / 20)
-    assert f(19) == pytest.approx(1.0)
-    assert f(20) == pytest.approx(1.0)
-    assert f(20 + 30) == pytest.approx(0.01 + 0.99 * 0.5)  # half way through the annealing
-    assert f(80) == pytest.approx(0.01) and f(99) == pytest.approx(0.01)  # cooldown holds min_lr
+def test_cosine_schedule_is_timms_with_the_cooldown_after_the_epochs():
+    """CCT7's recipe (Table 3) in timm's CosineLRScheduler: 300 cosine epochs, then 10 at min_lr (310 in all)."""
+    r = C.load_config("cct7-cifar10-m2m").train
+    assert endpoint_epochs(r) == 310
+    f = lr_factor(r, steps_per_epoch=4)
+    lr = [r.lr * f(s) for s in range(310 * 4)]
+    assert all(len(set(lr[4 * k:4 * k + 4])) == 1 for k in range(310))  # set once per epoch (timm's default)
+
+    def e(epoch):
+        return lr[4 * epoch]
+    assert e(0) == pytest.approx(1e-5)  # warmup starts at warmup_lr
+    assert e(9) == pytest.approx(1e-5 + 9 * 54e-5 / 10)  # last warmup epoch: 49.6e-5, below the peak
+    assert e(10) == pytest.approx(54.8520912e-5)  # cosine over 300 epochs at epoch 10: 1e-5 + 27e-5 (1 + cos(pi/30))
+    assert e(150) == pytest.approx(28e-5)  # half way through the 300: (peak + min) / 2
+    assert e(299) == pytest.approx(1.0014804e-5, rel=1e-7)  # 1e-5 + 27e-5 (1 - cos(pi/300)): ends at 300, not 290
+    assert e(300) == e(309) == pytest.approx(1e-5)  # ten cooldown epochs at min_lr after the 300
+    assert max(lr) < 55e-5  # the peak is never reached exactly (timm: warmup overrides the cosine's start)
+
+
+def test_cosine_cooldown_epochs_are_trained_after_the_epochs():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g))
+    recipe = C.TrainConfig(epochs=3, batch_size=16, lr=0.1, schedule="cosine", warmup_epochs=1, warmup_lr=0.01,
+                           min_lr=0.001, cooldown_epochs=2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    assert len(train_endpoint(model, split, recipe, seed=0)) == 5
+    assert len(train_endpoint(model, split, dataclasses.replace(recipe, schedule="constant"), seed=0)) == 3
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        C.config_from_dict({"train": {"epochs": 3, "warmup_epochs": 4}})
+    C.config_from_dict({"train": {"epochs": 3, "warmup_epochs": 3, "cooldown_epochs": 10}})  # cooldown is extra
 
 
 def test_optimizer_and_augmentation_choices():

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llpf.config import ModelConfig
-from llpf.errors import CheckpointError, ModelMismatchError
+from llpf.errors import CheckpointError, ConfigError, ModelMismatchError
 from llpf.models import MODELS, build_model
 from llpf.models.cct import Attention, cct7_3x1
 from llpf.models.resnet18 import load_torchvision_resnet18_weights, resnet18_cifar, resnet18_imagenet
@@ -44,11 +44,38 @@ def n_params(model: nn.Module) -> int:
 # ---------------------------------------------------------------- registry
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet18", "resnet18-imagenet", "cct7-3x1"])
-def test_registered(name):
+# Parameter counts at 10 classes, worked out from the layer shapes: LeNet5 156 + 2416 + 48120 + 10164 + 850;
+# ResNet18-CIFAR and CCT-7/3x1 as the paper gives them (11.17M, 3.76M); torchvision's ResNet18 with its
+# 1000-class head (513,000 parameters) replaced by a 10-class one (5,130).
+COUNTS = {"lenet5": 61_706, "resnet18": 11_173_962, "resnet18-imagenet": 11_689_512 - 513_000 + 5_130,
+          "cct7-3x1": 3_760_139}
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_registered_models_have_known_sizes_and_train(name):
+    """Each zoo model: its parameter count, a head of the configured width, finite gradients on every parameter."""
     in_channels = 1 if name == "lenet5" else 3
-    model = build_model(ModelConfig(name, num_classes=10, in_channels=in_channels, image_size=32))
-    assert name in MODELS and isinstance(model, nn.Module)
+    assert n_params(build_model(ModelConfig(name, num_classes=10, in_channels=in_channels, image_size=32))) == \
+        COUNTS[name]
+    size = 16 if name == "cct7-3x1" else 32  # 64 tokens instead of 256: the same layers, faster
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name, num_classes=7, in_channels=in_channels, image_size=size)).train()
+    out = model(torch.randn(4, in_channels, size, size))
+    assert out.shape == (4, 7) and torch.isfinite(out).all()
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 3, 5, 6])).backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+
+
+def test_lenet5_layers_are_the_classic_ones():
+    model = build_model(ModelConfig("lenet5", num_classes=10, in_channels=1, image_size=32))
+    assert [(n, tuple(p.shape)) for n, p in model.named_parameters()] == [
+        ("conv1.weight", (6, 1, 5, 5)), ("conv1.bias", (6,)), ("conv2.weight", (16, 6, 5, 5)), ("conv2.bias", (16,)),
+        ("fc1.weight", (120, 400)), ("fc1.bias", (120,)), ("fc2.weight", (84, 120)), ("fc2.bias", (84,)),
+        ("fc3.weight", (10, 84)), ("fc3.bias", (10,))]
+    assert list(MODELS) == ["lenet5", "resnet18", "resnet18-imagenet", "cct7-3x1"]
+    with pytest.raises(ConfigError, match="unknown model 'lenet'"):
+        build_model(ModelConfig("lenet"))
 
 
 def test_lenet5_takes_mnist_sized_images():

@@ -49,9 +49,13 @@ class TrainConfig:
     """Endpoint training (paper Table 3): SGD with momentum, or AdamW (CCT7).
 
     ``lr`` is the constant rate, OneCycle's max lr, or cosine's initial (peak)
-    lr. The cosine schedule warms up linearly from ``warmup_lr`` to ``lr`` over
-    ``warmup_epochs``, anneals to ``min_lr``, and holds ``min_lr`` for the last
-    ``cooldown_epochs`` (the timm scheduler the paper's CCT7 recipe names).
+    lr. OneCycle is torch's ``OneCycleLR`` with its defaults, which also cycle
+    SGD's momentum between 0.85 and 0.95 (``momentum`` is then not used).
+    The cosine schedule is timm's, which the paper's CCT7 recipe names: set
+    once per epoch, it warms up linearly from ``warmup_lr`` toward ``lr`` over
+    the first ``warmup_epochs``, anneals to ``min_lr`` over ``epochs``, then
+    holds ``min_lr`` for ``cooldown_epochs`` more (``epochs + cooldown_epochs``
+    in all).
     ``augmentation`` "default" picks the dataset's usual one (crop-flip for
     CIFAR, none otherwise).
     """
@@ -115,9 +119,12 @@ class PathConfig:
     # Models with BatchNorm: recompute the running statistics on the training set (on a copy)
     # before each evaluation, so path points are measured as straight lines are; the path is unchanged
     recalibrate_bn: bool = True
-    target_variance_ratio: float = 0.0  # M2O: stop when the mean ratio reaches it (0: never)
+    target_variance_ratio: float = 0.0  # M2O: stop when mean Var(P_l)/v_l falls to it (0: never); paper Fig. 3's "0.76" is 1 - |P_l|/|P0_l|, not this
     select_on: str = "test"  # M2O: split that picks the best point: "test" | "validation"
     select_by: str = "loss"  # M2O: "loss" (lowest) | "accuracy" (highest)
+    # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
+    # so off by default; true applies the dataset's default augmentation (data.augment) to them
+    augment: bool = False
     seed: int = 0
 
     @property
@@ -252,9 +259,8 @@ def _check(cfg: Config) -> Config:
     tr = cfg.train
     if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {tr.betas}")
-    if tr.warmup_epochs + tr.cooldown_epochs > tr.epochs:
-        raise ConfigError(f"train.warmup_epochs + cooldown_epochs ({tr.warmup_epochs + tr.cooldown_epochs}) "
-                          f"exceed train.epochs ({tr.epochs})")
+    if tr.warmup_epochs > tr.epochs:
+        raise ConfigError(f"train.warmup_epochs ({tr.warmup_epochs}) exceeds train.epochs ({tr.epochs})")
     if not 0 <= cfg.data.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
     return cfg

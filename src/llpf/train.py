@@ -168,19 +168,30 @@ def endpoint_optimizer(model: nn.Module, recipe: TrainConfig) -> torch.optim.Opt
                            weight_decay=recipe.weight_decay)
 
 
+def endpoint_epochs(recipe: TrainConfig) -> int:
+    """Epochs an endpoint trains for: ``epochs``, plus ``cooldown_epochs`` at ``min_lr`` after a cosine schedule."""
+    return recipe.epochs + (recipe.cooldown_epochs if recipe.schedule == "cosine" else 0)
+
+
 def lr_factor(recipe: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Step -> multiple of ``recipe.lr`` for the cosine schedule (warmup, cosine annealing, cooldown)."""
-    total = steps_per_epoch * recipe.epochs
-    warm = recipe.warmup_epochs * steps_per_epoch
-    cool = recipe.cooldown_epochs * steps_per_epoch
-    anneal = max(1, total - warm - cool)
+    """Step -> multiple of ``recipe.lr`` for the cosine schedule, as timm's ``CosineLRScheduler`` computes it.
+
+    The learning rate is set once per epoch (timm's default, which the CCT7
+    recipe uses). In epoch ``e``: ``warmup_lr + e * (lr - warmup_lr) / warmup_epochs``
+    while ``e < warmup_epochs``; then ``min_lr + (lr - min_lr) * (1 + cos(pi e / epochs)) / 2``
+    (the cosine runs over ``epochs`` counted from 0, the warmup overriding its
+    start); then ``min_lr`` for the ``cooldown_epochs`` added after ``epochs``
+    (300 + 10 = 310 epochs for CCT7).
+    """
     lo, w0, peak = recipe.min_lr, recipe.warmup_lr, recipe.lr
 
     def factor(s: int) -> float:
-        if s < warm:
-            return (w0 + (peak - w0) * (s + 1) / warm) / peak
-        t = min(1.0, (s - warm) / anneal)
-        return (lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * t))) / peak
+        e = s // steps_per_epoch
+        if e < recipe.warmup_epochs:
+            return (w0 + e * (peak - w0) / recipe.warmup_epochs) / peak
+        if e >= recipe.epochs:
+            return lo / peak
+        return (lo + 0.5 * (peak - lo) * (1 + math.cos(math.pi * e / recipe.epochs))) / peak
     return factor
 
 
@@ -200,7 +211,8 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     device = device or next(model.parameters()).device
     stream = BatchStream(train_split, recipe.batch_size, seed=seed)
     steps_per_epoch = max(1, len(train_split) // stream.batch_size)
-    total = steps_per_epoch * recipe.epochs
+    epochs = endpoint_epochs(recipe)
+    total = steps_per_epoch * epochs
     opt = endpoint_optimizer(model, recipe)
     if recipe.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total)
@@ -213,7 +225,7 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     gen = torch.Generator(device=device).manual_seed(seed) if aug is not None else None
     model.train()
     losses = []
-    bar = tqdm(range(recipe.epochs), desc=f"train seed {seed}", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=f"train seed {seed}", disable=not progress, leave=False)
     for _ in bar:
         acc = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):

@@ -21,6 +21,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from ..errors import DataError
+from .sampler import ResumableLoader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,12 +48,16 @@ def imagenet_transforms(train: bool) -> v2.Compose:
 
 
 def imagenet_loaders(root: str | Path, batch_size: int = 128, eval_batch_size: int = 256, workers: int = 8,
-                     seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Training loader (shuffled with ``seed``, last partial batch dropped) and validation loader (in order)."""
+                     seed: int = 0) -> tuple[ResumableLoader, DataLoader]:
+    """Training loader (shuffled with ``seed``, last partial batch dropped) and validation loader (in order).
+
+    The training loader is a :class:`~llpf.data.sampler.ResumableLoader`: its
+    ``state_dict`` resumes the same epoch order and random crops mid-epoch.
+    """
     root = imagenet_root(root)
     common = dict(num_workers=workers, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
-    train = DataLoader(ImageFolder(str(root / "train"), imagenet_transforms(True)), batch_size=batch_size,
-                       shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed), **common)
+    train = ResumableLoader(ImageFolder(str(root / "train"), imagenet_transforms(True)), batch_size, seed=seed,
+                            drop_last=True, **common)
     val = DataLoader(ImageFolder(str(root / "val"), imagenet_transforms(False)), batch_size=eval_batch_size,
                      **common)
     return train, val
