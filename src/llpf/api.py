@@ -23,28 +23,31 @@ def find_path(method: str | type[Method], start: nn.Module, train_data, config: 
               *, dest: nn.Module | None = None, test_data=None, eval_sets: Mapping[str, Any] | None = None,
               loss_fn: LossFn | None = None, metrics: Mapping[str, MetricFn] | None = None, device=None,
               progress: bool = False, observer: Observer | None = None, keep_points: bool = False,
-              eval_batch_size: int = 1024) -> PathResult:
+              eval_batch_size: int = 1024, augmentation: str | None = None) -> PathResult:
     """Run ``method`` (a name or a Method class) from ``start`` (to ``dest``) and return the PathResult.
 
     ``train_data`` is a :class:`~llpf.data.Split` or any iterable of
     ``(input, target)`` batches; ``test_data`` and ``eval_sets`` are evaluated
     along the path. Without a ``train`` evaluation set, a re-iterable
     ``train_data`` (a Split, a DataLoader, a list) is evaluated as one; a
-    one-shot iterator is not, and the verdict rests on batch losses.
+    one-shot iterator (or a stateful loader, whose passes continue its
+    epoch) is not, and the verdict rests on batch losses. With
+    ``config.augment``, Train_r's batches get ``augmentation`` ("crop-flip").
     ``config`` is a PathConfig or a dict, checked as a TOML table is. Points
     are kept in memory with ``keep_points``, else read back from the
     observer's run directory when asked. The models passed in are not modified.
     """
     cls = method_class(method) if isinstance(method, str) else method
-    m = cls(start, config, train_data, dest=dest, loss_fn=loss_fn, device=device)
+    m = cls(start, config, train_data, dest=dest, loss_fn=loss_fn, device=device, augmentation=augmentation)
     sets = dict(eval_sets or {})
     if test_data is not None:
         sets.setdefault("test", test_data)
     if "train" not in sets:
-        if isinstance(train_data, Split) or iter(train_data) is not train_data:
+        if isinstance(train_data, Split) or (iter(train_data) is not train_data and not hasattr(train_data, "state_dict")):
             sets["train"] = train_data  # re-iterable (a DataLoader, a list): judged on the full training loss
         else:
-            warnings.warn("train_data is a one-shot iterator and no 'train' evaluation set was given: the path is "
+            warnings.warn("train_data is a one-shot iterator or a stateful loader and no 'train' evaluation set was "
+                          "given: the path is "
                           "judged on its batch losses (pass eval_sets={'train': ...} for the full training loss)",
                           PrerequisiteWarning, stacklevel=3)
     driver = Driver(m, eval_sets=sets, metrics=metrics, observers=None if observer is None else [observer],

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import config as C
 from .data import Bundle, Split, prepare_data
+from .data.augment import default_augmentation
 from .driver import Driver
 from .errors import ConfigError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
@@ -74,7 +75,8 @@ def _driver(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, da
     sets["test"] = data.test
     if data.validation is not None:
         sets["validation"] = data.validation
-    method = cls(start_model, pc, data.train, dest=dest_model, device=device)
+    method = cls(start_model, pc, data.train, dest=dest_model, device=device,
+                 augmentation=default_augmentation(cfg.data.name))
     return Driver(method, eval_sets=sets, observers=[observer], keep_points=False,
                   eval_batch_size=cfg.data.eval_batch_size)
 

@@ -116,6 +116,8 @@ class ResumableLoader:
         return len(self.loader)
 
     def __iter__(self):
+        if self.batch >= len(self.loader):  # stopped on the epoch's last batch (a checkpoint taken there)
+            self.epoch, self.batch = self.epoch + 1, 0
         self.sampler.epoch, self.sampler.position = self.epoch, min(self.batch * self.batch_size, self.sampler.n)
         for item in self.loader:
             self.batch += 1

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from ..config import PathConfig, path_config
 from ..data import BatchStream, Split
+from ..data.augment import augmented
 from ..errors import ConfigError
 from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
 from ..runtime import pick_device
@@ -140,7 +141,8 @@ class SinglePath(Method):
     """
 
     def __init__(self, start: nn.Module, cfg: PathConfig | dict | None, train_data, *,
-                 dest: nn.Module | None = None, loss_fn: LossFn | None = None, device=None):
+                 dest: nn.Module | None = None, loss_fn: LossFn | None = None, device=None,
+                 augmentation: str | None = None):
         self.cfg = path_config(cfg)
         self.device = pick_device(device)
         self.loss_fn = loss_fn or F.cross_entropy
@@ -158,13 +160,25 @@ class SinglePath(Method):
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
         self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)
-        if isinstance(train_data, Split):
-            self.stream = BatchStream(train_data.to(self.device), self.cfg.batch_size, seed=self.cfg.seed)
-            batches = self.stream
-        else:
-            self.stream, batches = None, cycle(train_data)
-        self.train_r = TrainR(self.fp, batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
+        self.batches = self._batches(train_data, augmentation)
+        self.train_r = TrainR(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
                               self.cfg.weight_decay, self.device)
+
+    def _batches(self, train_data, augmentation: str | None):
+        """Train_r's one continuing stream of batches, augmented when ``cfg.augment`` (with ``augmentation``)."""
+        self.stream = self.loader = None
+        if isinstance(train_data, Split):
+            self.stream = batches = BatchStream(train_data.to(self.device), self.cfg.batch_size, seed=self.cfg.seed)
+        else:
+            self.loader = train_data if hasattr(train_data, "state_dict") else None  # e.g. a ResumableLoader
+            batches = cycle(train_data)
+        self.augmenter = None
+        if self.cfg.augment:
+            if not augmentation:
+                raise ConfigError("augment = true needs an augmentation name (such as 'crop-flip')")
+            gen = torch.Generator(self.device if self.stream is not None else "cpu").manual_seed(self.cfg.seed)
+            self.augmenter = batches = augmented(batches, augmentation, gen)
+        return batches
 
     def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
         check_finite(start, "start")
@@ -205,12 +219,18 @@ class SinglePath(Method):
     # ------------------------------------------------------------ checkpoint
 
     def state_dict(self, k: int) -> dict:
+        """The weights, Train_r's state and the exact position of the batch stream (tensor Split or stateful loader)."""
+        source = self.stream if self.stream is not None else self.loader
         return {"model": {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()},
-                "stream": self.stream.state_dict() if self.stream is not None else None,
+                "stream": source.state_dict() if source is not None else None,
+                "augment": self.augmenter.state_dict() if self.augmenter is not None else None,
                 "train_r": self.train_r.state_dict()}
 
     def load_state_dict(self, k: int, state: dict) -> None:
         self.model.load_state_dict(state["model"])  # writes through the flat views
-        if self.stream is not None and state["stream"] is not None:
-            self.stream.load_state_dict(state["stream"])
+        source = self.stream if self.stream is not None else self.loader
+        if source is not None and state["stream"] is not None:
+            source.load_state_dict(state["stream"])
+        if self.augmenter is not None and state.get("augment") is not None:
+            self.augmenter.load_state_dict(state["augment"])
         self.train_r.load_state_dict(state["train_r"])
