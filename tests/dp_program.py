@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from llpf.config import DataConfig, ModelConfig, Phase
 from llpf.data import BatchStream, load_data
 from llpf.models import build_model
-from llpf.train import FlatParams
+from llpf.flat import FlatParams
 
 BATCH = 32  # the global batch: two ranks train on 16 rows each
 UNTIL = 1.6  # the last call trains until the batch loss is below this

@@ -52,7 +52,7 @@ def test_two_ranks_take_the_single_process_steps_at_the_same_global_batch(two_ra
 
 def start_flat():
     from dp_program import setup
-    from llpf.train import FlatParams
+    from llpf.flat import FlatParams
 
     return FlatParams(setup()[0]).flat
 

@@ -43,7 +43,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .errors import LLPFError
-from .train import DEFAULT_METRICS, FlatParams, LossFn, MetricFn, TrainR, evaluate
+from .flat import FlatParams
+from .runtime import pick_device
+from .train import DEFAULT_METRICS, LossFn, MetricFn, TrainR, evaluate
 
 
 class DistributedError(LLPFError):
@@ -99,7 +101,7 @@ def device_for_rank(device=None) -> torch.device:
     kind; an explicit GPU index is kept. Several ranks on CPU each use
     ``OMP_NUM_THREADS`` threads (torchrun sets 1), so they do not fight over cores.
     """
-    d = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = pick_device(device)
     if d.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0:
