@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dp_program import program  # noqa: E402
+from dp_program import bn_program, m2m_program, program  # noqa: E402
 
 from llpf import distributed as D  # noqa: E402
 
@@ -23,6 +23,9 @@ if D.rank() == 1:
 record["probe_in_sync"] = D.in_sync(probe)
 record["probe_repaired"] = D.ensure_synced_(probe)
 record["probe_equal_after"] = torch.equal(probe, fp.flat)
-torch.save(fp.flat, out / f"rank-{D.rank()}.pt")
+record["m2m_losses"], m2m_flat = m2m_program(D.DataParallelTrainR)
+running_mean, running_var = bn_program(D.DataParallelTrainR)
+torch.save({"flat": fp.flat, "m2m_flat": m2m_flat, "running_mean": running_mean, "running_var": running_var},
+           out / f"rank-{D.rank()}.pt")
 (out / f"rank-{D.rank()}.json").write_text(json.dumps(record))
 D.cleanup()

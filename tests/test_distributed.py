@@ -34,20 +34,23 @@ def two_ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process():
     sys.path.insert(0, str(HERE))
-    from dp_program import program
+    from dp_program import bn_program, m2m_program, program
 
     record, fp, model, data = program(TrainR)
     record["test"] = evaluate(model, data.test.batches(50), F.cross_entropy)
-    return record, fp.flat.detach().clone()
+    record["m2m_losses"], m2m_flat = m2m_program(TrainR)
+    running_mean, running_var = bn_program(TrainR)
+    return record, {"flat": fp.flat.detach().clone(), "m2m_flat": m2m_flat, "running_mean": running_mean,
+                    "running_var": running_var}
 
 
 def test_two_ranks_take_the_single_process_steps_at_the_same_global_batch(two_ranks, one_process):
-    ref, ref_flat = one_process
-    for rec, flat in two_ranks:
+    ref, ref_t = one_process
+    for rec, t in two_ranks:
         assert rec["world"] == 2
         assert rec["losses"] == pytest.approx(ref["losses"], rel=1e-5, abs=1e-6)
-        torch.testing.assert_close(flat, ref_flat, rtol=1e-4, atol=1e-5)
-    assert not torch.equal(ref_flat, start_flat())  # the weights did move
+        torch.testing.assert_close(t["flat"], ref_t["flat"], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(ref_t["flat"], start_flat())  # the weights did move
 
 
 def start_flat():
@@ -64,9 +67,26 @@ def test_until_loss_stops_every_rank_at_the_single_process_round(two_ranks, one_
     assert 1 < ref["rounds"][-1] < 40  # the until-loss call stopped on the loss, not at max_rounds
 
 
+def test_m2m_iterations_on_two_ranks_follow_the_single_process_path(two_ranks, one_process):
+    ref, ref_t = one_process
+    (a, ta), (b, tb) = two_ranks
+    assert torch.equal(ta["m2m_flat"], tb["m2m_flat"])  # Move and VarianceCorrection ran identically on each rank
+    for rec, t in two_ranks:
+        assert rec["m2m_losses"] == pytest.approx(ref["m2m_losses"], rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(t["m2m_flat"], ref_t["m2m_flat"], rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_running_means_are_the_whole_batch_ones_on_every_rank(two_ranks, one_process):
+    _, ref_t = one_process
+    (_, ta), (_, tb) = two_ranks
+    assert torch.equal(ta["running_mean"], tb["running_mean"]) and torch.equal(ta["running_var"], tb["running_var"])
+    torch.testing.assert_close(ta["running_mean"], ref_t["running_mean"], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ta["running_mean"], torch.zeros_like(ta["running_mean"]))
+
+
 def test_ranks_hold_bit_identical_weights_and_detect_drift(two_ranks):
-    (a, fa), (b, fb) = two_ranks
-    assert torch.equal(fa, fb)
+    (a, ta), (b, tb) = two_ranks
+    assert torch.equal(ta["flat"], tb["flat"])
     assert a["in_sync"] and b["in_sync"]
     assert not a["probe_in_sync"] and not b["probe_in_sync"]  # rank 1 alone was nudged: both ranks see it
     assert a["probe_repaired"] and b["probe_repaired"] and a["probe_equal_after"] and b["probe_equal_after"]
