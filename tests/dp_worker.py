@@ -14,7 +14,7 @@ from llpf import distributed as D  # noqa: E402
 out = Path(sys.argv[1])
 device = D.init("cpu", timeout_s=30)
 record, fp, model, data = program(D.DataParallelTrainR)
-record["rank"], record["world"] = D.rank(), D.world_size()
+record["rank"], record["world"], record["run_id"] = D.rank(), D.world_size(), D.shared_run_id()
 record["test"] = D.evaluate_sharded(model, data.test, 50, F.cross_entropy)
 record["in_sync"] = D.in_sync(fp.flat)
 probe = fp.flat.clone()

@@ -86,6 +86,7 @@ def test_batchnorm_running_means_are_the_whole_batch_ones_on_every_rank(two_rank
 
 def test_ranks_hold_bit_identical_weights_and_detect_drift(two_ranks):
     (a, ta), (b, tb) = two_ranks
+    assert (a["rank"], b["rank"]) == (0, 1) and a["run_id"] == b["run_id"] and len(a["run_id"]) == 32
     assert torch.equal(ta["flat"], tb["flat"])
     assert a["in_sync"] and b["in_sync"]
     assert not a["probe_in_sync"] and not b["probe_in_sync"]  # rank 1 alone was nudged: both ranks see it
