@@ -240,3 +240,32 @@ def test_a_retired_path_stays_where_it_is(split):
         for _ in range(3):
             m2m_iteration(ones[k].fp, dest[k], ones[k].v0, rp, cfg, ones[k].train_r, everything, everything)
         close(bp.flat[k], ones[k].fp.flat)
+
+
+def test_per_path_state_resumes_a_batched_run_exactly(split):
+    """Each path's point, buffers, stream and momentum, saved and loaded, continue the run bit for bit."""
+    cfg = PathConfig(batch_size=16, lr=0.05, momentum=0.9)
+    starts = [make("convbn", s) for s in SEEDS]
+    dest = BatchedParams([make("convbn", 10 + s) for s in SEEDS]).flat
+    layout = BatchedParams(starts[:1]).layout
+    schedule = schedule_for("convbn", layout.names)
+    masks = [layout.mask(rp.moved) for rp in schedule]
+
+    def iterate(bp, train_r, v0, first, last):
+        for i in range(first, last + 1):
+            rp = phase_at(schedule, i)
+            batched_m2m_iteration(bp, dest, v0, rp, cfg, train_r, masks[rp.index], masks[rp.index])
+
+    bp, train_r, v0 = batched(starts, split, cfg)
+    iterate(bp, train_r, v0, 1, 4)
+    saved = [(bp.state_dict(k), train_r.streams.state_dict(k), train_r.state_dict(k)) for k in range(3)]
+    iterate(bp, train_r, v0, 5, 7)
+    again, train_again, _ = batched(starts, split, cfg)  # a fresh process: built from the start models
+    for k, (point, stream, opt) in enumerate(saved):
+        again.load_(k, point)
+        train_again.streams.load_state_dict(k, stream)
+        train_again.load_state_dict(k, opt)
+    iterate(again, train_again, v0, 5, 7)
+    assert torch.equal(again.flat, bp.flat)
+    assert all(torch.equal(again.buffers[n], b) for n, b in bp.buffers.items())
+    assert torch.equal(train_again.buf, train_r.buf)
