@@ -108,7 +108,8 @@ def main():
     print(f"{'K':>4} {'sequential ms/it':>17} {'batched ms/it':>14} {'speed-up':>9}")
     for k in args.paths:
         starts, dests = models(k, 0, mc, device), models(k, 1000, mc, device)
-        rp = resolve([Phase(iterations=10 ** 9, step_a=0.01, rounds=args.rounds)], BatchedParams(starts[:1]).layout.names)[0]
+        layers = BatchedParams(starts[:1]).layout.names
+        rp = resolve([Phase(iterations=10 ** 9, step_a=0.01, rounds=args.rounds)], layers)[0]
         every = torch.ones(len(rp.moved), dtype=torch.bool, device=device)
         runners = {"sequential": Sequential(starts, dests, split, cfg), "batched": Batched(starts, dests, split, cfg)}
         times = {name: [] for name in runners}

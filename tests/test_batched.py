@@ -221,25 +221,39 @@ def test_batched_m2o_iterations_equal_one_path_each(split, kind):
 
 
 def test_a_retired_path_stays_where_it_is(split):
+    """Retired paths are left alone by Move, VarianceCorrection and both Train_r rules; the others go on."""
     cfg = PathConfig(batch_size=16, lr=0.05)
     starts = [make("convbn", s) for s in SEEDS]
     ones = [OnePath(m, split, s, cfg) for m, s in zip(starts, SEEDS)]
     bp, train_r, v0 = batched(starts, split, cfg)
     dest = BatchedParams([make("convbn", 10 + s) for s in SEEDS]).flat
-    rp = resolve([Phase(iterations=4, step_a=0.1, rounds=3)], bp.layout.names)[0]
+    fixed, until = resolve([Phase(iterations=3, step_a=0.1, rounds=3),
+                            Phase(iterations=1, step_a=0.1, until_loss=0.5, max_rounds=30)], bp.layout.names)
     everything = torch.ones(len(bp.layout), dtype=torch.bool)
-    batched_m2m_iteration(bp, dest, v0, rp, cfg, train_r, everything, everything)
+
+    def both(rp):
+        loss, rounds = batched_m2m_iteration(bp, dest, v0, rp, cfg, train_r, everything, everything)
+        for k in (0, 2):
+            _, r = m2m_iteration(ones[k].fp, dest[k], ones[k].v0, rp, cfg, ones[k].train_r, everything, everything)
+            assert rounds[k] == r
+        return loss, rounds
+
+    both(fixed)
     bp.retire(1)
     kept = (bp.flat[1].clone(), bp.buffers["norm.running_mean"][1].clone(), train_r.streams.state_dict(1))
-    for _ in range(2):
-        loss, rounds = batched_m2m_iteration(bp, dest, v0, rp, cfg, train_r, everything, everything)
-        assert rounds.tolist() == [3, 0, 3] and torch.isnan(loss[1]) and not torch.isnan(loss[0])
+    for rp in (fixed, fixed, until):
+        loss, rounds = both(rp)
+        assert rounds[1] == 0 and torch.isnan(loss[1]) and not torch.isnan(loss[[0, 2]]).any()
+    assert rounds[0] != 3  # the until-loss rule ran
     assert torch.equal(bp.flat[1], kept[0]) and torch.equal(bp.buffers["norm.running_mean"][1], kept[1])
     assert train_r.streams.state_dict(1)["pos"] == kept[2]["pos"]
     for k in (0, 2):
-        for _ in range(3):
-            m2m_iteration(ones[k].fp, dest[k], ones[k].v0, rp, cfg, ones[k].train_r, everything, everything)
         close(bp.flat[k], ones[k].fp.flat)
+    bp.retire(0)
+    bp.retire(2)
+    before = bp.flat.clone()
+    loss, rounds = batched_m2m_iteration(bp, dest, v0, until, cfg, train_r, everything, everything)
+    assert torch.isnan(loss).all() and rounds.tolist() == [0, 0, 0] and torch.equal(bp.flat, before)
 
 
 def test_per_path_state_resumes_a_batched_run_exactly(split):

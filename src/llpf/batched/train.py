@@ -85,20 +85,25 @@ class BatchedTrainR:
         bp = self.bp
         bp.scratch.train()
         lr_elem = self.lr if lr_per_layer is None else bp.seg.expand(lr_per_layer)
-        going_host = list(bp.active)
+        if not any(bp.active):
+            return self._no_losses(), torch.zeros(bp.paths, dtype=torch.long)
         if phase.until_loss <= 0:
             for _ in range(phase.rounds):
-                loss = self.step(lr_elem, bp.active_mask, going_host)
-            rounds = [phase.rounds if a else 0 for a in going_host]
-            return self._masked(loss, bp.active_mask), torch.tensor(rounds)
-        rounds = [0] * bp.paths
-        last = torch.full((bp.paths,), math.nan, device=bp.device, dtype=bp.flat.dtype)
-        going = bp.active_mask
+                loss = self.step(lr_elem, bp.active_mask, bp.active)
+            loss = loss if bp.active_mask is None else torch.where(bp.active_mask, loss, math.nan)
+            return loss, torch.tensor([phase.rounds if a else 0 for a in bp.active])
+        return self._until_loss(phase, lr_elem)
+
+    def _until_loss(self, phase: Phase, lr_elem: Tensor | float) -> tuple[Tensor, Tensor]:
+        """Train_r's "until loss < L" rule, applied to each path on its own (masked once met)."""
+        bp = self.bp
+        going_host, going = list(bp.active), bp.active_mask
+        rounds, last = [0] * bp.paths, self._no_losses()
         for r in range(1, phase.max_rounds + 1):
             loss = self.step(lr_elem, going, going_host)
             last = loss if going is None else torch.where(going, loss, last)
             if r >= phase.min_rounds:
-                stopped = self._stopped(loss.tolist(), phase.until_loss, going_host)
+                stopped = self._stopped(loss.tolist(), phase.until_loss, going_host)  # the one host sync
                 for k in stopped:
                     going_host[k], rounds[k] = False, r
                 if not any(going_host):
@@ -108,14 +113,13 @@ class BatchedTrainR:
         rounds = [phase.max_rounds if g else n for g, n in zip(going_host, rounds)]
         return last, torch.tensor(rounds)
 
+    def _no_losses(self) -> Tensor:
+        return torch.full((self.bp.paths,), math.nan, device=self.bp.device, dtype=self.bp.flat.dtype)
+
     @staticmethod
     def _stopped(values: list[float], threshold: float, going: list[bool]) -> list[int]:
         """Paths still going whose rule is met by this step's loss."""
         return [k for k, (v, g) in enumerate(zip(values, going)) if g and (v < threshold or not math.isfinite(v))]
-
-    @staticmethod
-    def _masked(loss: Tensor, mask: Tensor | None) -> Tensor:
-        return loss if mask is None else torch.where(mask, loss, math.nan)
 
     def state_dict(self, k: int) -> dict:
         """Path k's Train_r state in the format of ``TrainR.state_dict``."""
