@@ -26,9 +26,10 @@ from llpf.batched import BatchedParams, BatchedTrainR, StackedStreams, batched_m
 from llpf.config import ModelConfig, PathConfig, Phase
 from llpf.data import BatchStream, Split
 from llpf.models import build_model
-from llpf.paths import m2m_iteration
+from llpf.methods import m2m_iteration
 from llpf.schedule import resolve
-from llpf.train import FlatParams, TrainR
+from llpf.flat import FlatParams
+from llpf.train import TrainR
 
 
 def models(k, seed, mc, device):

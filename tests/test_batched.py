@@ -13,9 +13,10 @@ from llpf.data import BatchStream, Split
 from llpf.errors import ModelMismatchError
 from llpf.geometry import Layout, Segments, angle_conformal_lr, move_, variance_correction_
 from llpf.models.lenet5 import LeNet5
-from llpf.paths import m2m_iteration, m2o_iteration
+from llpf.methods import m2m_iteration, m2o_iteration
 from llpf.schedule import normalisation_parameters, phase_at, resolve
-from llpf.train import FlatParams, TrainR
+from llpf.flat import FlatParams
+from llpf.train import TrainR
 
 SEEDS = (0, 1, 2)
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelMismatchError
 from ..geometry import Segments
-from ..train import check_same_architecture, layout_of
+from ..flat import check_same_architecture, layout_of
 
 
 def _stacked(models: Sequence[nn.Module], named: str, device) -> dict[str, Tensor]:
