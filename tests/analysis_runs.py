@@ -38,7 +38,7 @@ def make_runs(root: Path) -> dict[str, Path]:
     from llpf.config import load_config
     from llpf.models import build_model
     from llpf.runner import prepare_data, run_path
-    from llpf.store import save_weights
+    from llpf.files import save_weights
 
     root.mkdir(parents=True, exist_ok=True)
     cfg_file = root / "tiny.toml"

@@ -5,7 +5,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from llpf.analysis.pca import PointSet, collect_points, run_pca, streamed_pca
-from llpf.store import save_weights
+from llpf.files import save_weights
 
 
 def random_walk_points(tmp_path, paths=3, points=8, dims=None, seed=0):

@@ -12,7 +12,8 @@ import llpf
 from llpf.config import PathConfig, Phase
 from llpf.data import Split
 from llpf.errors import DataError, PrerequisiteWarning
-from llpf.store import RunDir, load_weights
+from llpf.files import load_weights
+from llpf.store import RunDir
 from llpf.train import evaluate, recompute_bn_stats
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .store import atomic_write
+from .files import write_json
 
 UNFINISHED = ("pending", "running")
 
@@ -68,7 +68,7 @@ class RankStatus:
         self._write()
 
     def _write(self) -> None:
-        atomic_write(self.file, (json.dumps(self.data, indent=2) + "\n").encode())
+        write_json(self.file, self.data)
 
 
 def _one_line(e: BaseException) -> str:
