@@ -317,13 +317,13 @@ def test_imagenet_loaders_give_standard_batches(tmp_path):
     assert x.shape == (3, 3, 224, 224) and x.dtype == torch.float32 and y.dtype == torch.long
     assert len(train) == 1  # 4 images, batches of 3, the partial one dropped
     # resumable: a rebuilt loader given the state continues with the same images and the same random crops
-    state, later = train.state_dict(), [b for _ in range(3) for b in train]  # closes epoch 0, then 1 and 2
+    state, later = train.state_dict(), [b for _ in range(3) for b in train]  # epochs 1, 2 and 3
     again, _ = imagenet_loaders(tmp_path, batch_size=3, eval_batch_size=4, workers=0)
     again.load_state_dict(state)
     assert state["epoch"] == 0 and state["batch"] == 1
     resumed = [b for _ in range(3) for b in again]
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(later, resumed))
-    assert len(later) == 2 and not torch.equal(later[0][0], later[1][0])
+    assert len(later) == 3 and not torch.equal(later[0][0], later[1][0])
     x, y = next(iter(val))
     assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 1, 1] and type(x) is torch.Tensor
     black = (0 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
