@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llpf.analysis.barriers import straight_line
-from llpf.baselines.autoneb import (AutoNEB, AutoNEBConfig, Cycle, chain_points, insert_pivot, neb_force,
+from llpf.baselines.autoneb import (AutoNEB, AutoNEBConfig, Band, Cycle, chain_points, insert_pivot, neb_force,
                                     paper_cycles, redistribute, tangent)
 from llpf.baselines.bezier import Curve, CurveConfig, curve_point, lr_factor
 from llpf.baselines.functional import FlatModel
@@ -17,6 +17,17 @@ from llpf.errors import ConfigError
 
 def unit(v):
     return v / v.norm()
+
+
+def bn_mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def classes(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return Split(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
 
 
 # ---------------------------------------------------------------- the NEB force and tangent
@@ -47,6 +58,42 @@ def test_tangent_points_to_the_higher_neighbour_and_blends_at_an_extremum():
     torch.testing.assert_close(tangent(prev, cur, nxt, [0, 3, 1]), unit(torch.tensor([2.0, 3.0])))
     torch.testing.assert_close(tangent(prev, cur, nxt, [1, 3, 0]), unit(torch.tensor([3.0, 2.0])))
     torch.testing.assert_close(tangent(prev, cur, nxt, [1, 1, 1]), unit(torch.tensor([1.0, 1.0])))
+
+
+class Plain(nn.Module):
+    """A constant loss: no gradient, so only springs act."""
+
+    def __init__(self, *w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x):
+        return (0 * self.w.sum()).expand(len(x))
+
+
+def test_finite_springs_spread_the_pivots_evenly_along_the_band():
+    a, b = Plain(0.0, 0.0), Plain(4.0, 0.0)
+    fm = FlatModel(a, loss_fn=lambda out, y: out.mean())
+    band = Band(fm, fm.vector(a), fm.vector(b), interior=3, spring=1.0)
+    with torch.no_grad():
+        band.inner.copy_(torch.tensor([[0.4, 0.0], [0.8, 0.0], [1.2, 0.0]]))
+    opt = torch.optim.SGD([band.inner], lr=0.1)
+    x, y = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
+    for _ in range(300):
+        band.step(opt, x, y)
+    torch.testing.assert_close(band.chain(), torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [4, 0]]))
+
+
+def test_flat_model_gradient_equals_the_module_gradient():
+    m, data = bn_mlp(0), classes()
+    x, y = data.x[:32], data.y[:32]
+    fm = FlatModel(m)
+    loss, grad = fm.loss_and_grad(fm.vector(m), x, y)
+    m.train()
+    ref = F.cross_entropy(m(x), y)
+    ref.backward()
+    assert float(loss) == pytest.approx(float(ref.detach()))
+    torch.testing.assert_close(grad, torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
 
 
 # ---------------------------------------------------------------- pivot insertion and spacing
@@ -114,17 +161,6 @@ def test_curve_formulas_and_the_learning_rate_schedule():
     curve_point("bezier", a, bend, b, 0.3).sum().backward()
     torch.testing.assert_close(bend.grad, torch.full((2,), 2 * 0.3 * 0.7))
     assert [lr_factor(p) for p in (0.0, 0.5, 0.7, 0.9, 0.95)] == pytest.approx([1, 1, 0.505, 0.01, 0.01])
-
-
-def bn_mlp(seed):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
-
-
-def classes(n=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=g)
-    return Split(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
 
 
 @pytest.mark.parametrize("kind", ["bezier", "polychain"])
