@@ -57,7 +57,8 @@ Defaults (:class:`AutoNEBConfig`) and why:
 
 Cost is counted in gradient evaluations (one forward and backward pass on one
 batch at one pivot), the unit that also counts an LLPF Train_r step; a band
-step over ``n`` interior pivots costs ``n``.
+step over ``n`` interior pivots costs ``n`` (plus two forward passes at the
+ends, whose batch losses the tangents need, not counted).
 """
 from __future__ import annotations
 
@@ -167,10 +168,11 @@ def chain_points(chain: Tensor, per_segment: int) -> Iterator[tuple[float, Tenso
     done = 0.0
     yield 0.0, chain[0]
     for s, length in enumerate(seg):
-        for j in range(1, per_segment + 2):
+        for j in range(1, per_segment + 1):
             a = j / (per_segment + 1)
-            yield (done + a * length) / total, (chain[s + 1] if j == per_segment + 1 else torch.lerp(chain[s], chain[s + 1], a))
+            yield (done + a * length) / total, torch.lerp(chain[s], chain[s + 1], a)
         done += length
+        yield done / total, chain[s + 1]
 
 
 # ---------------------------------------------------------------- configuration
@@ -250,12 +252,13 @@ class Band:
         for i in range(n):
             losses[i + 1], grads[i] = self.fm.loss_and_grad(self.inner[i], x, y)
         values = losses.tolist()
-        chain = self.chain()
+        inner = self.inner.detach()
         k = 0.0 if math.isinf(self.spring) else self.spring
         force = torch.empty_like(grads)
         for i in range(n):
-            prev, cur, nxt = chain[i], chain[i + 1], chain[i + 2]
-            force[i] = neb_force(grads[i], tangent(prev, cur, nxt, values[i:i + 3]), prev, cur, nxt, k)
+            prev = inner[i - 1] if i > 0 else self.a
+            nxt = inner[i + 1] if i < n - 1 else self.b
+            force[i] = neb_force(grads[i], tangent(prev, inner[i], nxt, values[i:i + 3]), prev, inner[i], nxt, k)
         return losses, force
 
     def step(self, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Tensor:
