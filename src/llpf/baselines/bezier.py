@@ -22,19 +22,22 @@ Defaults (:class:`CurveConfig`) and why:
 - ``kind = "bezier"``: the paper's main curve; ``"polychain"`` is the other;
 - the bend starts at the midpoint of the endpoints (the paper's linear
   initialisation), so the untrained curve is the straight line;
-- SGD with momentum 0.9 and the paper's learning-rate schedule: constant for
-  the first half of the steps, then linearly down to 1% of it at 90%, then
-  constant (:func:`lr_factor`);
-- ``lr = 0.01``: the paper trains curves at about a third of the endpoints'
-  rate for ResNets and VGG (0.03 and 0.015 against 0.1 and 0.05); for the
-  paper's LeNet5 recipe (endpoints at 0.01) that third was too slow to bend the
-  curve within a few epochs on digits, and the endpoints' own rate was not
-  unstable there;
+- SGD with momentum 0.9 and the learning-rate schedule of the paper's code:
+  constant for the first half of the steps, then linearly down to 1% of it at
+  90%, then constant (:func:`lr_factor`);
+- ``lr = 0.015``: the published rate for VGG16 curves (a network without
+  BatchNorm, like LeNet5; the ResNet curves use 0.03). On the demo's LeNet5
+  endpoints over digits (straight-line peak 1.54, endpoint losses 0.005 and
+  0.003), 2000 steps of batch 64 left a peak training loss along the curve of
+  0.055 at lr 0.003, 0.010 at 0.01, 0.005 at 0.015 and 0.005 at 0.03;
 - ``weight_decay = 0``: the aim here is the loss along the curve, not the
   curve's generalisation, and a decay would pull the bend towards the origin,
   a direction no other method in the comparison is pushed;
-- ``steps = 2000`` minibatch steps: one bend costs one gradient evaluation per
-  step, so this is also the cost in the comparison's unit.
+- ``steps = 2000`` minibatch steps (about 90 epochs of digits at batch 64):
+  the published commands train curves for one to three times the endpoints'
+  epochs, so the right number depends on the endpoints and a comparison
+  should set it. One step is one gradient evaluation, the comparison's unit
+  of cost.
 """
 from __future__ import annotations
 
@@ -82,7 +85,7 @@ class CurveConfig:
 
     kind: str = "bezier"
     steps: int = 2000
-    lr: float = 0.01
+    lr: float = 0.015
     momentum: float = 0.9
     optimizer: str = "sgd"
     weight_decay: float = 0.0
