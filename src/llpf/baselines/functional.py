@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..analysis.barriers import evaluate_state, has_batchnorm, recompute_bn_stats
 from ..data import Split
 from ..errors import ConfigError
-from ..train import DEFAULT_METRICS, LossFn, MetricFn, check_same_architecture, layout_of
+from ..flat import check_same_architecture, layout_of
+from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm, recompute_bn_stats
 
 OPTIMIZERS = ("sgd", "adam")
 
