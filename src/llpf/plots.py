@@ -123,7 +123,7 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
     ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
     if distances:
         ax.set_yscale("log")
-    if len(layers) <= 12:
+    if 0 < len(layers) <= 12:
         ax.legend(fontsize=7, ncol=2)
 
     ax = axes[2]

@@ -52,8 +52,8 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
     return {"train": evaluate(model, data.train.batches(bs)), "test": evaluate(model, data.test.batches(bs))}
 
 
-def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
-    pc = getattr(cfg, kind)
+def _path_config(cfg: C.Config, kind: str):
+    pc = getattr(cfg, kind, None)
     if pc is None:
         raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
     return pc
@@ -131,7 +131,8 @@ def finish(rd: RunDir, driver: Driver, progress: bool) -> dict:
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary."""
+    """Run the path method ``kind`` (``m2m``, ``m2o``, ``autoneb``, ``bezier``, ``line``: the config table
+    of that name) into the run directory ``out``; return its summary. All but M2O need ``dest``."""
     pc = _path_config(cfg, kind)
     device = pick_device(device)
     if method_class(kind).needs_dest and dest is None:
@@ -141,9 +142,9 @@ def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | Non
     # Building the engine validates every input (weights, shapes, patterns, data) before the
     # run directory is touched.
     driver = _driver(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
-    if driver.method.needs_dest:
+    if kind == "m2m":
         warn_if_variances_differ(driver)
-    resolved = dataclasses.replace(cfg, **{"m2m": None, "m2o": None, kind: pc})
+    resolved = dataclasses.replace(cfg, **{**{t: None for t in C.METHOD_TABLES}, kind: pc})
     inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
     rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
     save_weights(rd.path / "start.safetensors", load_weights(start))
@@ -178,6 +179,7 @@ def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | 
         if it > last:
             p.unlink()
     (rd.path / "summary.json").unlink(missing_ok=True)
+    (rd.path / "path.json").unlink(missing_ok=True)
     if state is None:
         (rd.path / "metrics.csv").unlink(missing_ok=True)
     rd.set_status("running")

@@ -6,11 +6,15 @@ use to the class; ``llpf.methods.base`` documents what a method implements.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Method, Record, SinglePath
+from .autoneb import AutoNEBPath
+from .base import Knots, Method, Record, SinglePath, TrainBatches
+from .curve import CurvePath
+from .fixed_ends import FixedEnds
+from .line import Line
 from .m2m import M2M, m2m_iteration
 from .m2o import M2O, m2o_iteration
 
-METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O}
+METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O, "autoneb": AutoNEBPath, "bezier": CurvePath, "line": Line}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -27,5 +31,5 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "M2M", "M2O", "Method", "Record", "SinglePath", "m2m_iteration", "m2o_iteration",
-           "method_class", "register"]
+__all__ = ["METHODS", "M2M", "M2O", "AutoNEBPath", "CurvePath", "FixedEnds", "Knots", "Line", "Method", "Record",
+           "SinglePath", "TrainBatches", "m2m_iteration", "m2o_iteration", "method_class", "register"]
