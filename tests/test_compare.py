@@ -117,6 +117,9 @@ def test_compare_writes_its_files_and_every_path_stays_at_or_below_the_line_on_a
     assert got["line"]["max_train_loss"] == pytest.approx(max(ends))
     for name in METHODS:
         assert got[name]["max_train_loss"] <= got["line"]["max_train_loss"] + 1e-6, name
+        rows = json.loads((out / name / "profile.json").read_text())["rows"]  # from A all the way to B
+        assert (rows[0]["train_loss"], rows[-1]["train_loss"]) == pytest.approx(ends, rel=1e-6), name
+        assert rows[0]["position"] == 0 and rows[-1]["position"] == pytest.approx(1)
     for name in ("llpf", "autoneb", "bezier", "polychain"):  # and each went down into the bowl
         assert got[name]["mean_train_loss"] < got["line"]["mean_train_loss"], name
     # the line's profile is the straight line evaluated independently

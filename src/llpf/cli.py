@@ -43,27 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _quiet_arg(p)
 
-    for kind, helptext in (("m2m", "low-loss path between two models (Algorithm 1)"),
-                           ("m2o", "low-loss path toward the origin (Algorithm 2)"),
-                           ("autoneb", "baseline: AutoNEB between two models (Draxler et al. 2018; [autoneb] table)"),
-                           ("bezier", "baseline: a one-bend curve between two models (Garipov et al. 2018; [bezier])"),
-                           ("line", "baseline: the straight line between two models, as a run ([line] table)")):
-        p = sub.add_parser(kind, help=helptext)
-        p.add_argument("config", help="TOML file or shipped config name")
-        p.add_argument("--start", required=True, help="start model weights")
-        if kind != "m2o":
-            p.add_argument("--dest", required=True, help="destination model weights")
-        if kind == "m2m":
-            p.add_argument("--segments", action="store_true",
-                           help="afterwards, certify the straight segments between saved points (llpf segments)")
-            p.add_argument("--segment-points", type=int, default=5, help="interior points per segment (default 5)")
-        p.add_argument("--out", required=True, help="run directory to create")
-        p.add_argument("--force", action="store_true", help="replace an unfinished run in --out")
-        p.add_argument("--resume", action="store_true",
-                       help="continue the unfinished run in --out (start it when there is none)")
-        _device_arg(p)
-        _quiet_arg(p)
-
+    _path_parsers(sub)
     _compare_parser(sub)
 
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
@@ -91,6 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     _quiet_arg(p)
     _analysis_parsers(sub)
     return ap
+
+
+def _path_parsers(sub) -> None:
+    """One command per path method: M2M, M2O and the baselines."""
+    for kind, helptext in (("m2m", "low-loss path between two models (Algorithm 1)"),
+                           ("m2o", "low-loss path toward the origin (Algorithm 2)"),
+                           ("autoneb", "baseline: AutoNEB between two models (Draxler et al. 2018; [autoneb] table)"),
+                           ("bezier", "baseline: a one-bend curve between two models (Garipov et al. 2018; [bezier])"),
+                           ("line", "baseline: the straight line between two models, as a run ([line] table)")):
+        p = sub.add_parser(kind, help=helptext)
+        p.add_argument("config", help="TOML file or shipped config name")
+        p.add_argument("--start", required=True, help="start model weights")
+        if kind != "m2o":
+            p.add_argument("--dest", required=True, help="destination model weights")
+        if kind == "m2m":
+            p.add_argument("--segments", action="store_true",
+                           help="afterwards, certify the straight segments between saved points (llpf segments)")
+            p.add_argument("--segment-points", type=int, default=5, help="interior points per segment (default 5)")
+        p.add_argument("--out", required=True, help="run directory to create")
+        p.add_argument("--force", action="store_true", help="replace an unfinished run in --out")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the unfinished run in --out (start it when there is none)")
+        _device_arg(p)
+        _quiet_arg(p)
 
 
 def _compare_parser(sub) -> None:
@@ -209,7 +213,7 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
 
 def _print_baseline_summary(kind: str, s: dict, out) -> None:
     """A baseline's run: its cost, and its loss where the driver evaluated it."""
-    where = s.get("evaluated_point", "every point of the line")
+    where = s.get("evaluated_point") or f"its {s.get('points')} evaluated points"
     print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, {s.get('gradient_evals', 0)} gradient "
           f"evaluations; max training loss at {where}: {s['max_train_loss']:.4f}", file=out)
     if "band_max_loss" in s:
