@@ -337,3 +337,16 @@ def test_bezier_positions_follow_its_arc_length():
     for r in rows:  # the position of t is the arc length up to t, over the whole
         assert r["position"] == pytest.approx(float(cum[round(r["t"] * 2000)]), abs=1e-6)
         torch.testing.assert_close(r["w"], pts[round(r["t"] * 2000)])
+
+
+def test_the_command_prints_the_table_and_writes_the_files(pair, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["compare", str(pair / "c.toml"), "--start", str(pair / "a.safetensors"), "--dest",
+                 str(pair / "b.safetensors"), "--methods", "line,polychain", "--points", "5", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("method"))
+    assert lines[head].split()[:3] == ["method", "max_train_loss", "mean_train_loss"]
+    assert [ln.split()[0] for ln in lines[head + 1:head + 3]] == ["line", "polychain"]
+    assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()
+    assert json.loads((out / "comparison.json").read_text())["settings"]["batchnorm"] == "the model has no BatchNorm"
