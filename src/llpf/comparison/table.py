@@ -53,17 +53,19 @@ def table_columns(rows: list[dict]) -> list[str]:
 
 
 def _profile_band(ax, profiles: list[list[dict]], key: str, color, label: str) -> None:
-    """One method's profile: as measured for one pair; mean ± std over pairs on a common grid otherwise."""
+    """One method's profile: as measured for one pair; otherwise, on a common grid, the mean over pairs with
+    their range shaded and error bars of one std (cut at the range, so a log axis shows them)."""
     if len(profiles) == 1:
         p = profiles[0]
         ax.plot([r["position"] for r in p], [r[key] for r in p], "-", color=color, lw=1.3, label=label)
         return
     grid = np.linspace(0.0, 1.0, 101)
     ys = np.array([np.interp(grid, [r["position"] for r in p], [r[key] for r in p]) for p in profiles])
-    m, s = ys.mean(0), ys.std(0)
+    m, s, lo, hi = ys.mean(0), ys.std(0), ys.min(0), ys.max(0)
     ax.plot(grid, m, "-", color=color, lw=1.3, label=f"{label} (mean of {len(profiles)})")
-    ax.fill_between(grid, m - s, m + s, color=color, alpha=0.15)
-    ax.errorbar(grid[::10], m[::10], yerr=s[::10], fmt="none", ecolor=color, capsize=2, lw=0.8)
+    ax.fill_between(grid, lo, hi, color=color, alpha=0.15)
+    below = np.minimum(s, m - lo)
+    ax.errorbar(grid[::10], m[::10], yerr=[below[::10], s[::10]], fmt="none", ecolor=color, capsize=2, lw=0.8)
 
 
 def comparison_figure(results: list[dict], names: Sequence[str], out: Path, title: str) -> Path:
@@ -83,7 +85,8 @@ def comparison_figure(results: list[dict], names: Sequence[str], out: Path, titl
                    yerr=peaks.std() if len(peaks) > 1 else None, capsize=4)
         ax_max.plot(np.full(len(peaks), i), peaks, "o", color="k", ms=3)
     ax_loss.set_yscale("log")
-    ax_loss.set_ylabel("training loss")
+    ax_loss.set_ylabel("training loss" + (" (shaded: range over pairs)" if len({r["pair"] for r in results}) > 1
+                                         else ""))
     ax_loss.legend(fontsize=8)
     ax_acc.set_ylabel("test accuracy")
     ax_acc.set_xlabel("position along the path (fraction of its length)")
