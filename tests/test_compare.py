@@ -183,6 +183,24 @@ def test_rerunning_the_command_continues_and_another_command_is_refused(compared
                      device="cpu", log=lambda s: None)
 
 
+def test_an_interrupted_comparison_resumes_its_run_and_ends_as_an_uninterrupted_one(compared, pair, monkeypatch):
+    out, result = compared
+    again = pair / "cmp-interrupted"
+    kwargs = dict(start=pair / "a.safetensors", dest=pair / "b.safetensors", methods=["line", "bezier"], points=21,
+                  points_per_segment=2, device="cpu", log=lambda s: None)
+    interrupted_at_checkpoint(monkeypatch, 2, "bezier")
+    with pytest.raises(KeyboardInterrupt):
+        llpf.compare(pair / "c.toml", again, **kwargs)
+    assert RunDir(again / "bezier").info()["status"] == "running" and not (again / "comparison.csv").exists()
+    monkeypatch.setattr(RunDir, "on_checkpoint", RUNDIR_ON_CHECKPOINT)
+    said = []
+    done = by_method(llpf.compare(pair / "c.toml", again, **{**kwargs, "log": said.append}))
+    assert said == ["bezier: resuming the interrupted run"]  # the finished line is skipped
+    for name in ("line", "bezier"):
+        for key in ("max_train_loss", "mean_train_loss", "min_test_accuracy", "path_length", "gradient_steps"):
+            assert done[name][key] == by_method(result)[name][key], (name, key)
+
+
 def test_report_shows_a_comparison(compared, tmp_path):
     from llpf.analysis.report import build_report
 
@@ -230,14 +248,17 @@ def test_pairs_train_endpoints_and_report_mean_and_spread(pair, tmp_path):
 # ---------------------------------------------------------------- the methods through the driver
 
 
-def interrupted_at_checkpoint(monkeypatch, n):
-    """Make the n-th checkpoint of a run its last: written, then the process 'dies'."""
+RUNDIR_ON_CHECKPOINT = RunDir.on_checkpoint
+
+
+def interrupted_at_checkpoint(monkeypatch, n, run_name=None):
+    """Make the n-th checkpoint of a run (named ``run_name``, or any) its last: written, then the process 'dies'."""
     seen = {"n": 0}
     original = RunDir.on_checkpoint
 
     def on_checkpoint(self, iteration, state):
         original(self, iteration, state)
-        seen["n"] += 1
+        seen["n"] += run_name is None or self.path.name == run_name
         if seen["n"] == n:
             raise KeyboardInterrupt
 
