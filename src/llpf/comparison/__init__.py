@@ -81,12 +81,14 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
         from ..runner import load_model
 
         ends = (Path(start), Path(dest))
-        load_model(cfg, ends[0], "start"), load_model(cfg, ends[1], "destination")  # both must load, before DIR
+        for end, what in zip(ends, ("start", "destination")):
+            load_model(cfg, end, what)  # both must load before DIR is touched
     out = Path(out)
     command = {"config": C.to_dict(cfg), "methods": names, "pairs": pairs, "points": points,
                "points_per_segment": points_per_segment, "train_samples": train_samples, "recompute_bn": recompute_bn,
                **({"start": str(ends[0].resolve()), "dest": str(ends[1].resolve())} if ends else {})}
     ledger = CompareLedger(out, command)
+    ledger.data["device"] = str(device)
     return _run(cfg, names, out, ledger, ends, pairs, points, points_per_segment, train_samples, recompute_bn,
                 device, progress, log)
 
