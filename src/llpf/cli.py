@@ -188,27 +188,33 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import distributed as D
     from .config import load_config
     from .runner import train
 
     cfg = load_config(args.config)
     m = train(cfg, args.seed, args.out, device=args.device, progress=not args.quiet)
+    if not D.is_main():
+        return 0
     print(f"wrote {args.out}: train loss {m['train']['loss']:.4f} accuracy {m['train']['accuracy']:.4f}; "
           f"test loss {m['test']['loss']:.4f} accuracy {m['test']['accuracy']:.4f}")
     return 0
 
 
 def cmd_path(args) -> int:
+    from . import distributed as D
     from .config import load_config
     from .runner import resume, run_path
     from .store import RunDir
 
-    if args.resume and RunDir(args.out).exists:
+    if args.resume and D.on_main(lambda: RunDir(args.out).exists):
         s = resume(args.out, device=args.device, progress=not args.quiet)
     else:
         cfg = load_config(args.config)
         s = run_path(args.command, cfg, args.start, getattr(args, "dest", None), args.out, device=args.device,
                      force=args.force, progress=not args.quiet)
+    if not D.is_main():
+        return _exit_code(s)
     if getattr(args, "segments", False) and s and s["status"] == "complete":
         from .analysis.barriers import path_segments, write_segments
 
@@ -221,24 +227,31 @@ def cmd_path(args) -> int:
     return _report(args.command, s, args.out)
 
 
+def _exit_code(s: dict) -> int:
+    """130 for an interrupted run, 1 for a failed one, 0 for a complete one."""
+    return 130 if not s else 0 if s["status"] == "complete" else 1
+
+
 def _report(kind: str, s: dict, out) -> int:
     if not s:
         print(f"interrupted; continue with: llpf resume {out}")
-        return 130
-    _print_summary(kind, s)
-    print(f"run directory: {out}")
-    if s["status"] != "complete":
-        print(f"llpf: run failed: {s.get('reason')}", file=sys.stderr)
-        return 1
-    return 0
+    else:
+        _print_summary(kind, s)
+        print(f"run directory: {out}")
+        if s["status"] != "complete":
+            print(f"llpf: run failed: {s.get('reason')}", file=sys.stderr)
+    return _exit_code(s)
 
 
 def cmd_resume(args) -> int:
+    from . import distributed as D
     from .runner import resume
     from .store import RunDir
 
-    kind = RunDir(args.run).info().get("kind", "m2m")
-    return _report(kind, resume(args.run, device=args.device, progress=not args.quiet), args.run)
+    s = resume(args.run, device=args.device, progress=not args.quiet)
+    if not D.is_main():
+        return _exit_code(s)
+    return _report(RunDir(args.run).info().get("kind", "m2m"), s, args.run)
 
 
 def cmd_plot(args) -> int:
@@ -401,10 +414,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"llpf: warning: {message}", file=sys.stderr)
 
 
+SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce"}  # the commands that run under torchrun
+
+
+def _join_ranks(args) -> None:
+    """Under torchrun: join the process group and take this rank's device; only rank 0 shows progress and warnings."""
+    from . import distributed as D
+
+    if D.world_size() <= 1:
+        return
+    if args.command not in SEVERAL_RANKS:
+        raise D.DistributedError(f"llpf {args.command} runs in one process; launch it without torchrun "
+                                 f"(several ranks run: {', '.join(sorted(SEVERAL_RANKS))})")
+    args.device = str(D.init(args.device))
+    if not D.is_main():
+        args.quiet = True
+        warnings.showwarning = lambda *a, **k: None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed as D
+
     args = build_parser().parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
+        _join_ranks(args)
         return COMMANDS[args.command](args)
     except LLPFError as e:
         print(f"llpf: error: {e}", file=sys.stderr)
@@ -414,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
+        D.cleanup()
 
 
 if __name__ == "__main__":
