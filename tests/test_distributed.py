@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llpf import distributed as D
-from llpf.train import TrainR, evaluate
+from llpf.train import TrainR, evaluate, recompute_bn_stats
 
 HERE = Path(__file__).parent
 
@@ -34,14 +34,18 @@ def two_ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process():
     sys.path.insert(0, str(HERE))
-    from dp_program import bn_program, m2m_program, program
+    from dp_program import bn_program, bn_recalibration, endpoint_program, m2m_program, program
 
     record, fp, model, data = program(TrainR)
     record["test"] = evaluate(model, data.test.batches(50), F.cross_entropy)
     record["m2m_losses"], m2m_flat = m2m_program(TrainR)
     running_mean, running_var = bn_program(TrainR)
+    record["endpoint_losses"], endpoint_flat = endpoint_program()
+    # the two ranks' halves of the test rows (64 and 63) are the two batches of one process
+    recal_mean, recal_var = bn_recalibration(lambda model, split: recompute_bn_stats(model, split.batches(64)))
     return record, {"flat": fp.flat.detach().clone(), "m2m_flat": m2m_flat, "running_mean": running_mean,
-                    "running_var": running_var}
+                    "running_var": running_var, "endpoint_flat": endpoint_flat, "recal_mean": recal_mean,
+                    "recal_var": recal_var}
 
 
 def test_two_ranks_take_the_single_process_steps_at_the_same_global_batch(two_ranks, one_process):
@@ -97,6 +101,25 @@ def test_sharded_evaluation_equals_the_whole_split(two_ranks, one_process):
     ref, _ = one_process
     for rec, _ in two_ranks:
         assert rec["test"] == pytest.approx(ref["test"], rel=1e-5)
+        assert rec["test_batches"] == pytest.approx(ref["test"], rel=1e-5)  # a list of batches: every other one
+
+
+def test_endpoint_training_on_two_ranks_takes_the_single_process_steps(two_ranks, one_process):
+    ref, ref_t = one_process
+    (_, ta), (_, tb) = two_ranks
+    assert torch.equal(ta["endpoint_flat"], tb["endpoint_flat"])
+    for rec, t in two_ranks:
+        assert rec["endpoint_losses"] == pytest.approx(ref["endpoint_losses"], rel=1e-5)
+        torch.testing.assert_close(t["endpoint_flat"], ref_t["endpoint_flat"], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(ref_t["endpoint_flat"], start_flat())
+
+
+def test_sharded_batchnorm_recalibration_averages_the_ranks_batches(two_ranks, one_process):
+    _, ref_t = one_process
+    for _, t in two_ranks:
+        torch.testing.assert_close(t["recal_mean"], ref_t["recal_mean"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(t["recal_var"], ref_t["recal_var"], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ref_t["recal_var"], torch.ones_like(ref_t["recal_var"]))
 
 
 # ---------------------------------------------------------------- pure pieces, one process
