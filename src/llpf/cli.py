@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                            ("m2o", "low-loss path toward the origin (Algorithm 2)")):
         p = sub.add_parser(kind, help=helptext)
         p.add_argument("config", help="TOML file or shipped config name")
-        p.add_argument("--start", required=True, help="start model weights")
+        p.add_argument("--start", "--start-model", dest="start", required=True,
+                       help="start model weights (--start-model under torchrun, whose own --start-method takes --start)")
         if kind == "m2m":
-            p.add_argument("--dest", required=True, help="destination model weights")
+            p.add_argument("--dest", "--dest-model", dest="dest", required=True, help="destination model weights")
             p.add_argument("--segments", action="store_true",
                            help="afterwards, certify the straight segments between saved points (llpf segments)")
             p.add_argument("--segment-points", type=int, default=5, help="interior points per segment (default 5)")
@@ -71,11 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="run one of the paper's experiments with repetitions, aggregate figure and table")
     p.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file")
     p.add_argument("--list", action="store_true", help="list the paper's experiments")
-    p.add_argument("--reps", type=int, default=1, help="repetitions (default 1)")
+    p.add_argument("--reps", type=int, default=1, help="repetitions (default 1); under torchrun dealt to the ranks")
+    p.add_argument("--method", choices=("m2m", "m2o"), default=None,
+                   help="the path method, for a config that has both tables (such as demo)")
     p.add_argument("--out", default=None, help="output directory; re-running the same command continues it")
     p.add_argument("--data-dir", default=None, help="dataset folder (sets data.root)")
-    p.add_argument("--start", default=None, help="start model weights instead of training endpoints")
-    p.add_argument("--dest", default=None, help="M2M: destination model weights instead of training")
+    p.add_argument("--start", "--start-model", dest="start", default=None,
+                   help="start model weights instead of training endpoints (--start-model under torchrun)")
+    p.add_argument("--dest", "--dest-model", dest="dest", default=None,
+                   help="M2M: destination model weights instead of training")
     p.add_argument("--dry-run", action="store_true",
                    help="check the config on random tensors, time two iterations, print the plan; train nothing")
     p.add_argument("--dry-run-batch", type=int, default=None, help=argparse.SUPPRESS)
@@ -382,6 +387,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    from . import distributed as D
     from .config import load_config
     from .errors import ConfigError
     from .reproduce import dry_run, experiments, reproduce
@@ -393,15 +399,21 @@ def cmd_reproduce(args) -> int:
     if not args.name:
         raise ConfigError("name an experiment (llpf reproduce --list shows them)")
     if args.dry_run:
-        dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch)
+        if D.world_size() > 1:
+            raise ConfigError("--dry-run runs in one process; launch it without torchrun")
+        dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch,
+                method=args.method)
         return 0
     if not args.out:
         raise ConfigError("--out is required (the directory that holds the endpoints, repetitions and aggregate)")
     result = reproduce(args.name, args.reps, args.out, data_dir=args.data_dir, device=args.device,
-                       start=args.start, dest=args.dest, progress=not args.quiet)
+                       start=args.start, dest=args.dest, progress=not args.quiet, method=args.method)
+    if not result:  # a rank other than 0: its share is done, rank 0 reports
+        return 0
     print(Path(args.out, "summary.md").read_text(), end="")
-    print(f"figure: {Path(args.out, 'figure.png')}")
-    return 0 if result["aggregate"]["repetitions"] else 1
+    if (Path(args.out) / "figure.png").is_file():
+        print(f"figure: {Path(args.out, 'figure.png')}")
+    return 0 if result["aggregate"]["repetitions"] and not result["unfinished"] else 1
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
