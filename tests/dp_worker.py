@@ -28,6 +28,11 @@ record["m2m_losses"], m2m_flat = m2m_program(D.DataParallelTrainR)
 running_mean, running_var = bn_program(D.DataParallelTrainR)
 record["endpoint_losses"], endpoint_flat = endpoint_program()  # under a process group: data-parallel
 recal_mean, recal_var = bn_recalibration(lambda model, split: D.recompute_bn_stats_sharded(model, split, 64))
+try:  # a global batch that does not split over the ranks: refused before the path starts
+    from llpf.methods.m2m import M2M
+    M2M(model, {"batch_size": 31}, data.train, dest=model)
+except D.DistributedError as e:
+    record["uneven_batch"] = str(e)
 torch.save({"flat": fp.flat, "m2m_flat": m2m_flat, "running_mean": running_mean, "running_var": running_var,
             "endpoint_flat": endpoint_flat, "recal_mean": recal_mean, "recal_var": recal_var},
            out / f"rank-{D.rank()}.pt")

@@ -88,6 +88,11 @@ def test_batchnorm_running_means_are_the_whole_batch_ones_on_every_rank(two_rank
     assert not torch.equal(ta["running_mean"], torch.zeros_like(ta["running_mean"]))
 
 
+def test_a_path_whose_batch_does_not_split_over_the_ranks_is_refused_in_one_line(two_ranks):
+    for rec, _ in two_ranks:
+        assert rec["uneven_batch"] == "batch_size 31 does not split into 2 equal shards; use a batch size divisible by 2"
+
+
 def test_ranks_hold_bit_identical_weights_and_detect_drift(two_ranks):
     (a, ta), (b, tb) = two_ranks
     assert (a["rank"], b["rank"]) == (0, 1) and a["run_id"] == b["run_id"] and len(a["run_id"]) == 32
@@ -154,6 +159,17 @@ def test_one_process_is_not_distributed_and_collectives_are_identity(monkeypatch
     assert D.all_reduce_mean_(t) is t and t.tolist() == [1.0, 2.0]
     assert D.reduce_sums(t, 3) == (t, 3)
     assert D.in_sync(t)
+
+
+def test_commands_that_run_in_one_process_refuse_several_ranks_in_one_line(monkeypatch, capsys):
+    from llpf.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["configs"]) == 2
+    assert capsys.readouterr().err.strip() == ("llpf: error: llpf configs runs in one process; launch it without "
+                                               "torchrun (several ranks run: m2m, m2o, reproduce, resume, train)")
+    assert main(["reproduce", "demo", "--method", "m2m", "--dry-run"]) == 2
+    assert "llpf reproduce --dry-run runs in one process" in capsys.readouterr().err
 
 
 def test_a_torchrun_environment_without_a_rendezvous_is_a_one_line_error(monkeypatch):

@@ -387,7 +387,6 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from . import distributed as D
     from .config import load_config
     from .errors import ConfigError
     from .reproduce import dry_run, experiments, reproduce
@@ -399,8 +398,6 @@ def cmd_reproduce(args) -> int:
     if not args.name:
         raise ConfigError("name an experiment (llpf reproduce --list shows them)")
     if args.dry_run:
-        if D.world_size() > 1:
-            raise ConfigError("--dry-run runs in one process; launch it without torchrun")
         dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch,
                 method=args.method)
         return 0
@@ -435,8 +432,9 @@ def _join_ranks(args) -> None:
 
     if D.world_size() <= 1:
         return
-    if args.command not in SEVERAL_RANKS:
-        raise D.DistributedError(f"llpf {args.command} runs in one process; launch it without torchrun "
+    if args.command not in SEVERAL_RANKS or getattr(args, "dry_run", False):
+        what = "reproduce --dry-run" if args.command == "reproduce" else args.command
+        raise D.DistributedError(f"llpf {what} runs in one process; launch it without torchrun "
                                  f"(several ranks run: {', '.join(sorted(SEVERAL_RANKS))})")
     args.device = str(D.init(args.device))
     if not D.is_main():
