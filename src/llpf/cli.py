@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the shipped configs")
 
+    _reproduce_parser(sub)
+    _analysis_parsers(sub)
+    return ap
+
+
+def _reproduce_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="run one of the paper's experiments with repetitions, aggregate figure and table")
     p.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file")
     p.add_argument("--list", action="store_true", help="list the paper's experiments")
@@ -86,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run-batch", type=int, default=None, help=argparse.SUPPRESS)
     _device_arg(p)
     _quiet_arg(p)
-    _analysis_parsers(sub)
-    return ap
 
 
 def _analysis_parsers(sub) -> None:

@@ -210,6 +210,16 @@ def lr_factor(recipe: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
     return factor
 
 
+def endpoint_schedule(opt: torch.optim.Optimizer, recipe: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule of ``recipe`` (OneCycle, or cosine with warmup and cooldown), stepped once a step."""
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr,
+                                                   total_steps=steps_per_epoch * endpoint_epochs(recipe))
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe, steps_per_epoch))
+    return None
+
+
 def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int, device=None,
                    loss_fn: LossFn = F.cross_entropy, progress: bool = False,
                    dataset: str | None = None) -> list[float]:
@@ -237,14 +247,8 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     net = D.data_parallel_module(model, torch.device(device)) if parallel else model
     steps_per_epoch = max(1, len(train_split) // stream.batch_size)
     epochs = endpoint_epochs(recipe)
-    total = steps_per_epoch * epochs
     opt = endpoint_optimizer(model, recipe)
-    if recipe.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total)
-    elif recipe.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe, steps_per_epoch))
-    else:
-        sched = None
+    sched = endpoint_schedule(opt, recipe, steps_per_epoch)
     name = recipe.augmentation
     aug = augment(default_augmentation(dataset or "") if name == "default" else name)
     gen = torch.Generator(device=device).manual_seed(seed) if aug is not None else None
