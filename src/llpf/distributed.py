@@ -30,6 +30,16 @@ path switches them to per-layer reductions (:func:`deterministic_geometry_`).
 Models with BatchNorm see the statistics of their shard, as under
 DistributedDataParallel without SyncBatchNorm; the running statistics are
 averaged over the ranks after every Train_r (exact for the running means).
+
+Around the path (``llpf.driver``, ``llpf.runner``): evaluations are sharded
+(:func:`evaluate_sharded`, :func:`recompute_bn_stats_sharded`) and every rank
+gets the whole set's means; a stop request (a signal, which may reach one rank
+only) is acted on when :func:`any_rank` says some rank has one, so all ranks
+stop after the same iteration; rank 0 alone reads and writes the run
+directory, and :func:`on_main` hands what it read (a resume's checkpoint) or
+the one-line error it raised to every rank. Endpoint training
+(``train.train_endpoint``) is data-parallel the same way, through
+DistributedDataParallel (:func:`data_parallel_module`).
 """
 from __future__ import annotations
 
