@@ -41,7 +41,7 @@ def aggregate(out: str | Path, unfinished: dict[str, str] | None = None) -> dict
     write_json(out / "summary.json", result)
     atomic_write(out / "summary.md", markdown(result).encode())
     if runs:
-        paths_figure(runs, kind, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
+        paths_figure(runs, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
                                                      f"moving average over {SMOOTH} iterations", list(reps.values()))
     return result
 
