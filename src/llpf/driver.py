@@ -6,8 +6,9 @@ what all methods have in common: the iteration counter, evaluation every
 the host in one sync, saved points, checkpoints and resume, stop requests
 (from signal handlers), the progress bar, and stopping a path whose loss turns
 NaN. For a data-parallel method (``method.data_parallel``) it shards each
-evaluation over the ranks and makes every rank act on the same stop request. What it records goes to one observer per path (a run directory, or
-nothing); it knows nothing about files.
+evaluation over the ranks and makes every rank act on the same stop request.
+What it records goes to one observer per path (a run directory, or nothing);
+it knows nothing about files.
 """
 from __future__ import annotations
 
