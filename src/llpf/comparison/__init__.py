@@ -3,7 +3,8 @@
 ::
 
     DIR/compare.json                  the command that made it (re-running it continues), wall times
-    DIR/endpoints/seedS.safetensors   with --pairs N: endpoints trained from seeds 0 .. 2N-1 (Table 3 recipe)
+    DIR/endpoints/seedS.safetensors   with --pairs N: endpoints trained from seeds 0 .. 2N-1 (Table 3 recipe),
+                                      seedS.json their metrics and training time
     DIR/METHOD/                       one run directory per method (DIR/pair-XX/METHOD/ with --pairs)
     DIR/.../METHOD/profile.json       the dense evaluation of its path (llpf.comparison.profile)
     DIR/comparison.csv                one row per method: the numbers; mean and spread over pairs
@@ -100,7 +101,7 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
 
     data = prepare_data(cfg, device)
     ev = Evaluation(cfg, data, train_samples, recompute_bn, device)
-    exp = Experiment(cfg, "m2m", out, ledger, device, progress, log, cache={"data": data})
+    exp = Experiment(cfg, "m2m", out, device, progress, log, cache={"data": data})
     results: list[dict] = []
     for k in range(pairs or 1):
         a, b = ends if ends else (exp.endpoint(2 * k), exp.endpoint(2 * k + 1))

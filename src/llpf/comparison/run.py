@@ -17,7 +17,6 @@ from ..errors import ConfigError, DataError, RunDirError
 from ..files import write_json
 from ..flat import layout_of
 from ..models import build_model
-from ..reproduce import Ledger
 from ..store import RunDir
 from ..train import DEFAULT_METRICS, evaluate_state, has_batchnorm
 from .profile import profile_run
@@ -63,7 +62,7 @@ def method_config(cfg: C.Config, name: str, pair: int) -> C.Config:
     return dataclasses.replace(cfg, **{kind: table})
 
 
-class CompareLedger(Ledger):
+class CompareLedger:
     """DIR/compare.json: the command that made the comparison (re-running it continues), and the wall times."""
 
     def __init__(self, out: Path, command: dict):
@@ -82,8 +81,14 @@ class CompareLedger(Ledger):
                                   f"{', '.join(differ)}); re-run that command to continue it, or choose another --out")
             self.data = old
         else:
-            self.data = {"command": command, "endpoints": {}, "runs": {}}
+            self.data = {"command": command, "runs": {}}
         out.mkdir(parents=True, exist_ok=True)
+        write_json(self.file, self.data)
+
+    def add_time(self, key: str, seconds: float) -> None:
+        """Add ``seconds`` to run ``key``'s wall time (a resumed run adds each session's)."""
+        entry = self.data["runs"].setdefault(key, {})
+        entry["wall_s"] = entry.get("wall_s", 0.0) + seconds
         write_json(self.file, self.data)
 
 
@@ -139,7 +144,7 @@ def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: Co
                 p.rmdir() if p.is_dir() else p.unlink()
         log(f"{key}: {name} ({COMPARED[name]}) from {a.name} to {b.name}")
         summary = run_path(COMPARED[name], cfg, a, b, run, device=device, progress=progress, data=data)
-    ledger.record("runs", key, wall_s=time.perf_counter() - t0)
+    ledger.add_time(key, time.perf_counter() - t0)
     if not summary:
         raise KeyboardInterrupt
     return summary
