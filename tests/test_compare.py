@@ -371,3 +371,13 @@ def test_the_command_prints_the_table_and_writes_the_files(pair, tmp_path, capsy
     assert [ln.split()[0] for ln in lines[head + 1:head + 3]] == ["line", "polychain"]
     assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()
     assert json.loads((out / "comparison.json").read_text())["settings"]["batchnorm"] == "the model has no BatchNorm"
+
+
+def test_a_baseline_without_its_table_runs_with_the_defaults(pair, tmp_path):
+    cfg = load_config(pair / "c.toml")
+    cfg.line = None
+    run_path("line", cfg, pair / "a.safetensors", pair / "b.safetensors", tmp_path / "r", device="cpu")
+    assert load_config(tmp_path / "r" / "config.toml").line.points == 21  # LineConfig's default
+    with pytest.raises(ConfigError, match=r"no \[m2m\] table"):
+        cfg.m2m = None
+        run_path("m2m", cfg, pair / "a.safetensors", pair / "b.safetensors", tmp_path / "m", device="cpu")

@@ -405,6 +405,8 @@ def path_config(cfg: PathConfig | dict | None) -> PathConfig:
 
 
 METHOD_TABLES = ("m2m", "m2o", "autoneb", "bezier", "line")  # the Config fields that configure a path method
+# The baselines' tables; a config without one runs that baseline with the table's defaults.
+BASELINE_TABLES = {"autoneb": AutoNEBConfig, "bezier": CurveConfig, "line": LineConfig}
 
 
 def _check(cfg: Config) -> Config:

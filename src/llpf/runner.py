@@ -67,7 +67,10 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
 
 
 def _path_config(cfg: C.Config, kind: str):
+    """The table of method ``kind``; a baseline's defaults when the config has none."""
     pc = getattr(cfg, kind, None)
+    if pc is None and kind in C.BASELINE_TABLES:
+        return C.BASELINE_TABLES[kind]()
     if pc is None:
         raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
     return pc

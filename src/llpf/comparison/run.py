@@ -24,7 +24,6 @@ from .profile import profile_run
 # compare's method names -> the path method (and config table) each runs
 COMPARED = {"line": "line", "llpf": "m2m", "autoneb": "autoneb", "bezier": "bezier", "polychain": "bezier"}
 DEFAULT_METHODS = ("line", "llpf", "autoneb", "bezier")
-DEFAULT_TABLES = {"autoneb": C.AutoNEBConfig, "bezier": C.CurveConfig, "line": C.LineConfig}
 
 
 def parse_methods(methods: str | Sequence[str]) -> list[str]:
@@ -48,7 +47,7 @@ def with_tables(cfg: C.Config, names: Sequence[str]) -> C.Config:
         if getattr(cfg, kind) is None:
             if kind == "m2m":
                 raise ConfigError(f"llpf runs M2M with the config's [m2m] table, which {cfg.name!r} does not have")
-            setattr(cfg, kind, DEFAULT_TABLES[kind]())
+            setattr(cfg, kind, C.BASELINE_TABLES[kind]())
     return cfg
 
 
