@@ -369,6 +369,8 @@ def test_the_command_prints_the_table_and_writes_the_files(pair, tmp_path, capsy
     head = next(i for i, ln in enumerate(lines) if ln.startswith("method"))
     assert lines[head].split()[:3] == ["method", "max_train_loss", "mean_train_loss"]
     assert [ln.split()[0] for ln in lines[head + 1:head + 3]] == ["line", "polychain"]
+    assert lines[head + 3] == ("every path evaluated at 5 points or more: training loss on 256 samples, test on 128; "
+                               "the model has no BatchNorm")
     assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()
     assert json.loads((out / "comparison.json").read_text())["settings"]["batchnorm"] == "the model has no BatchNorm"
 

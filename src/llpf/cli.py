@@ -456,6 +456,9 @@ def cmd_compare(args) -> int:
                      train_samples=args.train_samples, recompute_bn=_recompute(args.recompute_bn),
                      data_dir=args.data_dir, device=args.device, progress=not args.quiet)
     _print_comparison(result["methods"])
+    st = result["settings"]
+    print(f"every path evaluated at {args.points} points or more: training loss on {st['train_samples']} samples, "
+          f"test on {st['test_samples']}; {st['batchnorm']}")
     print(f"wrote {result['files']['csv']}, {result['files']['figure']}")
     return 0 if all(r["failed"] == 0 for r in result["methods"]) else 1
 

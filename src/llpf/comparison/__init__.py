@@ -113,24 +113,28 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
         files = write_results(out, cfg, names, results, pairs, ev)
     rows = method_rows(results, names, pairs or 1)
     return {"methods": rows, "pairs": [{k: v for k, v in r.items() if k != "profile"} for r in results],
-            "files": files}
+            "files": files, "settings": settings(cfg, names, results, ev)}
+
+
+def settings(cfg: C.Config, names: Sequence[str], results: list[dict], ev: Evaluation) -> dict:
+    """How the paths were evaluated, for the reader of the tables."""
+    return {"config": cfg.name, "methods": list(names), "pairs": len({r["pair"] for r in results}),
+            "batchnorm": ev.batchnorm, "train_samples": len(ev.train), "test_samples": len(ev.data.test)}
 
 
 def write_results(out: Path, cfg: C.Config, names: Sequence[str], results: list[dict], pairs: int | None,
                   ev: Evaluation) -> dict[str, Path]:
     """comparison.csv, comparison_pairs.csv (with pairs), comparison.json and comparison.png from ``results``."""
-    n = len({r["pair"] for r in results})
     rows = method_rows(results, names, pairs or 1)
     files = {"csv": write_csv(out / "comparison.csv", rows, table_columns(rows))}
     flat = [{k: v for k, v in r.items() if k != "profile"} for r in results]
     if pairs is not None:
         files["pairs_csv"] = write_csv(out / "comparison_pairs.csv", flat, PAIR_COLUMNS)
-    settings = {"config": cfg.name, "methods": list(names), "pairs": n, "batchnorm": ev.batchnorm,
-                "train_samples": len(ev.train), "test_samples": len(ev.data.test)}
-    write_json(out / "comparison.json", {"settings": settings, "methods": rows, "pairs": flat})
+    st = settings(cfg, names, results, ev)
+    write_json(out / "comparison.json", {"settings": st, "methods": rows, "pairs": flat})
     files["json"] = out / "comparison.json"
-    title = (f"{cfg.name}: {n} pair(s); training loss on {len(ev.train)} samples, test on {len(ev.data.test)}; "
-             f"{ev.batchnorm}")
+    title = (f"{cfg.name}: {st['pairs']} pair(s); training loss on {st['train_samples']} samples, test on "
+             f"{st['test_samples']}; {st['batchnorm']}")
     files["figure"] = comparison_figure(results, names, out / "comparison.png", title)
     return files
 
