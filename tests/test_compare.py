@@ -383,3 +383,32 @@ def test_a_baseline_without_its_table_runs_with_the_defaults(pair, tmp_path):
     with pytest.raises(ConfigError, match=r"no \[m2m\] table"):
         cfg.m2m = None
         run_path("m2m", cfg, pair / "a.safetensors", pair / "b.safetensors", tmp_path / "m", device="cpu")
+
+
+def bn_net(c):
+    return nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(c.in_channels * (c.image_size // 8) ** 2, 8),
+                         nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, c.num_classes))
+
+
+@pytest.mark.parametrize("recompute", [None, False])
+def test_compare_evaluates_batchnorm_paths_with_statistics_recomputed_or_raw(pair, tmp_path, monkeypatch, recompute):
+    monkeypatch.setitem(MODELS, "bn-test", bn_net)
+    (tmp_path / "c.toml").write_text(CONVEX.replace('name = "logistic-test"', 'name = "bn-test"'))
+    cfg = load_config(tmp_path / "c.toml")
+    data = llpf.data.prepare_data(cfg, "cpu")
+    ends = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = bn_net(cfg.model)
+        m.train()
+        m(data.train.x[seed * 64:(seed + 1) * 64])  # statistics of its own
+        save_weights(tmp_path / f"{seed}.safetensors", m.state_dict())
+        ends.append(m)
+    result = llpf.compare(tmp_path / "c.toml", tmp_path / "out", start=tmp_path / "0.safetensors",
+                          dest=tmp_path / "1.safetensors", methods="line", points=5, points_per_segment=0, recompute_bn=recompute,
+                          device="cpu", log=lambda s: None)
+    rows = json.loads((tmp_path / "out" / "line" / "profile.json").read_text())["rows"]
+    ref = straight_line(*ends, data, points=5, recompute_bn=recompute)
+    assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in ref], rel=1e-5)
+    assert [r["test_accuracy"] for r in rows] == pytest.approx([r["test_accuracy"] for r in ref])
+    assert ("recomputed" if recompute is None else "raw") in result["settings"]["batchnorm"]
