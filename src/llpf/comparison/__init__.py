@@ -133,7 +133,7 @@ def write_results(out: Path, cfg: C.Config, names: Sequence[str], results: list[
     st = settings(cfg, names, results, ev)
     write_json(out / "comparison.json", {"settings": st, "methods": rows, "pairs": flat})
     files["json"] = out / "comparison.json"
-    title = (f"{cfg.name}: {st['pairs']} pair(s); training loss on {st['train_samples']} samples, test on "
+    title = (f"{cfg.name}: {st['pairs']} pair(s)\ntraining loss on {st['train_samples']} samples, test on "
              f"{st['test_samples']}; {st['batchnorm']}")
     files["figure"] = comparison_figure(results, names, out / "comparison.png", title)
     return files
