@@ -95,8 +95,9 @@ class Driver:
                           for name, data in (eval_sets or {}).items()}
         method.check_eval_sets(set(self.eval_sets))
         self.keep_points, self.eval_batch_size = keep_points, eval_batch_size
+        self._has_bn = has_batchnorm(method.model_of(0))  # asked once: model_of may share one module among paths
         self.records = [Record() for _ in range(method.paths)]
-        self.results = [PathResult(method.name, method.names) for _ in range(method.paths)]
+        self.results = [PathResult(method.kind or method.name, method.names) for _ in range(method.paths)]
         self.active = list(range(method.paths))
         self.iteration = 0
         self.pending: list[tuple[int, int, Tensor, Tensor | int]] = []
@@ -111,7 +112,7 @@ class Driver:
     @property
     def recalibrates_bn(self) -> bool:
         """Whether evaluations recompute BatchNorm statistics (on the ``train`` set, which must be given)."""
-        return self.cfg.recalibrate_bn and "train" in self.eval_sets and has_batchnorm(self.method.model_of(0))
+        return self.cfg.recalibrate_bn and "train" in self.eval_sets and self._has_bn
 
     def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
         """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
@@ -284,7 +285,7 @@ class Driver:
             if k not in self.active:
                 res.summary = self.summary(k)
                 self.observers[k].on_summary(res.summary)
-            res.model = m.model_of(k)
+            res.model = m.model_of(k) if m.paths == 1 else copy.deepcopy(m.model_of(k))  # one module per path
             res.best_model = m.best_model(k)
         return self.results
 
@@ -292,7 +293,7 @@ class Driver:
         rec = self.records[k]
         finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
         s: dict[str, Any] = {
-            "kind": self.method.name,
+            "kind": self.method.kind or self.method.name,
             "status": "failed" if rec.failure else "complete",
             "iterations": rec.iterations,
             "planned_iterations": self.method.total,

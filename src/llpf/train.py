@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import Phase, TrainConfig
 from .errors import DataError, NonFiniteError
+from .fast import FastPath
 from .flat import FlatParams
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -52,18 +53,25 @@ class TrainR:
     """
 
     def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, device=None):
+                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, fast: FastPath | None = None):
         self.fp, self.batches, self.loss_fn = fp, batches, loss_fn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buf = torch.zeros_like(fp.flat) if momentum else None
         self.device = device if device is not None else fp.flat.device
+        self.fast = fast or FastPath()
+        self.forward = torch.compile(self._forward) if self.fast.compile else self._forward
+
+    def _forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The batch loss (on the fast path when asked: bf16 autocast, channels_last inputs)."""
+        with self.fast.autocast(self.device):
+            return self.loss_fn(self.fp.model(self.fast.inputs(x)), y)
 
     def step(self, lr_elem: Tensor | float) -> Tensor:
         fp = self.fp
         x, y = next(self.batches)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         fp.zero_grad()
-        loss = self.loss_fn(fp.model(x), y)
+        loss = self.forward(x, y)
         loss.backward()
         with torch.no_grad():
             g = fp.grad

@@ -6,11 +6,12 @@ use to the class; ``llpf.methods.base`` documents what a method implements.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import Method, Record, SinglePath
-from .m2m import M2M, m2m_iteration
-from .m2o import M2O, m2o_iteration
+from .base import FlatPaths, Method, Record, SinglePath
+from .batched import BatchedM2M, BatchedM2O, BatchedPaths
+from .m2m import M2M, M2MRecords, m2m_iteration
+from .m2o import M2O, M2ORecords, m2o_iteration
 
-METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O}
+METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O, "m2m-batched": BatchedM2M, "m2o-batched": BatchedM2O}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -27,5 +28,11 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "M2M", "M2O", "Method", "Record", "SinglePath", "m2m_iteration", "m2o_iteration",
+def batched_class(kind: str) -> type[Method]:
+    """The method that runs many paths of ``kind`` ("m2m", "m2o") together (``KIND-batched``)."""
+    return method_class(f"{kind}-batched")
+
+
+__all__ = ["METHODS", "BatchedM2M", "BatchedM2O", "BatchedPaths", "FlatPaths", "M2M", "M2MRecords", "M2O",
+           "M2ORecords", "Method", "Record", "SinglePath", "batched_class", "m2m_iteration", "m2o_iteration",
            "method_class", "register"]

@@ -40,6 +40,11 @@ driver calls, in this order:
 ``best_model(k)``
     the point the method chose (M2O), or None.
 
+``model_of(k)`` may hand back one module that the next call for another path
+overwrites (a batched method's scratch module): the driver copies what it keeps.
+``kind`` names what each path is in summaries and run directories (a batched
+M2M's paths are ``m2m`` paths); empty, it is ``name``.
+
 A new method is one module with a subclass of :class:`Method` (or of
 :class:`SinglePath`) and one entry in ``llpf.methods.METHODS``.
 """
@@ -58,7 +63,9 @@ from ..config import PathConfig, path_config
 from ..data import BatchStream, Split
 from ..data.augment import augmented
 from ..errors import ConfigError
+from ..fast import fast_path
 from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
+from ..geometry import Segments
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, resolve
 from ..train import LossFn, TrainR, cycle
@@ -80,10 +87,16 @@ class Record:
     batch_losses_above: int = 0  # ... and of those, the ones above cfg.loss_threshold
 
 
+def ratio_to(x: Tensor, ref: Tensor) -> Tensor:
+    """``x / ref`` elementwise, 1 where ``ref`` is 0 (per-layer ratios to a start value)."""
+    return torch.where(ref > 0, x / torch.where(ref > 0, ref, 1.0), 1.0)
+
+
 class Method:
     """A path method: see the module docstring for what the driver calls and when."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
     needs_dest: ClassVar[bool] = False
     paths: int = 1
     cfg: PathConfig
@@ -130,7 +143,77 @@ class Method:
         raise NotImplementedError
 
 
-class SinglePath(Method):
+class FlatPaths(Method):
+    """What the paths of Algorithms 1 and 2 share, one path or K: flat points, start variances, phase masks.
+
+    A subclass keeps its points in ``flat`` (``[n]`` for one path, ``[K, n]``
+    for K) beside ``start_flat``, ``v0`` (the variance sphere S_var of each
+    start, taken once) and, with a destination, ``dest_flat``; ``of_path(t, k)``
+    is path k's part of any of them. Measurements and verdicts are written once
+    over these, for one path and for K.
+    """
+
+    seg: Segments
+    start_flat: Tensor
+    v0: Tensor
+    dest_flat: Tensor | None = None
+
+    def _setup(self, cfg: PathConfig | dict | None, device, loss_fn: LossFn | None) -> None:
+        self.cfg = path_config(cfg)
+        self.device = pick_device(device)
+        self.loss_fn = loss_fn or F.cross_entropy
+
+    def _resolve(self, layout, model: nn.Module) -> None:
+        """The phase schedule against ``model``'s layers, with one layer mask per phase."""
+        self.names = layout.names
+        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(model))
+        self.total = self.cfg.total_iterations
+        self.masks = [layout.mask(rp.moved, self.device) for rp in self.schedule]
+        self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
+        self.ever_moved = torch.stack(self.masks).any(0)
+
+    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
+        check_finite(start, "start")
+        if not self.needs_dest:
+            if dest is not None:
+                raise ConfigError(f"{self.name} takes no destination model")
+            return
+        if dest is None:
+            raise ConfigError(f"{self.name} needs a destination model")
+        check_same_architecture(start, dest)
+        check_finite(dest, "destination")
+
+    def excluded_layers(self, model: nn.Module) -> set[str]:
+        """Layers no phase moves, whatever its patterns say."""
+        return set()
+
+    @property
+    def flat(self) -> Tensor:
+        raise NotImplementedError
+
+    def of_path(self, t: Tensor, k: int) -> Tensor:
+        """Path k's row of a per-path tensor (``t`` itself for one path)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ measurements
+
+    def variance_ratio(self, k: int = 0) -> Tensor:
+        """Per-layer variance ratio Var(P_l) / v_l of path k (1 where v_l is 0)."""
+        return ratio_to(self.seg.variance(self.of_path(self.flat, k)), self.of_path(self.v0, k))
+
+    def ratio_layers(self) -> Tensor:
+        """The layers whose variance ratios the mean is taken over."""
+        return self.all_layers
+
+    def mean_variance_ratio(self, k: int = 0) -> Tensor:
+        return self.variance_ratio(k)[self.ratio_layers()].mean()
+
+    def measure(self, k: int) -> dict:
+        return {"distance_to_origin": float(self.of_path(self.flat, k).norm()),
+                "mean_variance_ratio": float(self.mean_variance_ratio(k))}
+
+
+class SinglePath(FlatPaths):
     """One path: a copy of the start model whose parameters are views of one flat vector.
 
     Holds what Algorithms 1 and 2 share: the start variances ``v0`` (the
@@ -143,26 +226,30 @@ class SinglePath(Method):
     def __init__(self, start: nn.Module, cfg: PathConfig | dict | None, train_data, *,
                  dest: nn.Module | None = None, loss_fn: LossFn | None = None, device=None,
                  augmentation: str | None = None):
-        self.cfg = path_config(cfg)
-        self.device = pick_device(device)
-        self.loss_fn = loss_fn or F.cross_entropy
+        self._setup(cfg, device, loss_fn)
         self._check_models(start, dest)
         torch.manual_seed(self.cfg.seed)
         self.model = copy.deepcopy(start).to(self.device)
         self.fp = FlatParams(self.model)
-        self.names = self.fp.layout.names
-        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(self.model))
-        self.total = self.cfg.total_iterations
-        self.masks = [self.fp.layout.mask(rp.moved, self.device) for rp in self.schedule]
-        self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
-        self.ever_moved = torch.stack(self.masks).any(0)
+        self.seg = self.fp.seg
+        self._resolve(self.fp.layout, self.model)
         self.start_flat = self.fp.flat.clone()
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
         self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)
         self.batches = self._batches(train_data, augmentation)
         self.train_r = TrainR(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                              self.cfg.weight_decay, self.device)
+                              self.cfg.weight_decay, self.device, fast_path(self.cfg, self.device, self.model))
+
+    @property
+    def flat(self) -> Tensor:
+        return self.fp.flat
+
+    def of_path(self, t: Tensor, k: int) -> Tensor:
+        return t
+
+    def dest_module(self, k: int) -> nn.Module:
+        return copy.deepcopy(self.dest_model).to(self.device)
 
     def _batches(self, train_data, augmentation: str | None):
         """Train_r's one continuing stream of batches, augmented when ``cfg.augment`` (with ``augmentation``)."""
@@ -180,41 +267,8 @@ class SinglePath(Method):
             self.augmenter = batches = augmented(batches, augmentation, gen)
         return batches
 
-    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
-        check_finite(start, "start")
-        if not self.needs_dest:
-            if dest is not None:
-                raise ConfigError(f"{self.name} takes no destination model")
-            return
-        if dest is None:
-            raise ConfigError(f"{self.name} needs a destination model")
-        check_same_architecture(start, dest)
-        check_finite(dest, "destination")
-
-    def excluded_layers(self, model: nn.Module) -> set[str]:
-        """Layers no phase moves, whatever its patterns say."""
-        return set()
-
-    # ------------------------------------------------------------ measurements
-
-    def variance_ratio(self) -> Tensor:
-        """Per-layer variance ratio Var(P_l) / v_l (1 where v_l is 0)."""
-        v = self.fp.seg.variance(self.fp.flat)
-        return torch.where(self.v0 > 0, v / torch.where(self.v0 > 0, self.v0, 1.0), 1.0)
-
-    def ratio_layers(self) -> Tensor:
-        """The layers whose variance ratios the mean is taken over."""
-        return self.all_layers
-
-    def mean_variance_ratio(self) -> Tensor:
-        return self.variance_ratio()[self.ratio_layers()].mean()
-
     def model_of(self, k: int) -> nn.Module:
         return self.model
-
-    def measure(self, k: int) -> dict:
-        return {"distance_to_origin": float(self.fp.flat.norm()),
-                "mean_variance_ratio": float(self.mean_variance_ratio())}
 
     # ------------------------------------------------------------ checkpoint
 
