@@ -78,7 +78,6 @@ M2M_CFG = PathConfig(
     batch_size=16, lr=0.05, eval_every=2, save_every=4, checkpoint_every=4, loss_threshold_relative=1.5)
 
 
-@pytest.mark.filterwarnings("ignore::llpf.errors.PrerequisiteWarning")
 def test_batched_m2m_paths_equal_the_paths_run_one_by_one(data):
     split, test = data
     starts, dests = [lenet(s) for s in SEEDS], [lenet(10 + s) for s in SEEDS]
@@ -143,7 +142,6 @@ def _batched_m2m(data, cfg, starts, dests, observers=None):
     return method, Driver(method, eval_sets={"train": data[0]}, observers=observers)
 
 
-@pytest.mark.filterwarnings("ignore::llpf.errors.PrerequisiteWarning")
 def test_a_batched_run_stopped_at_a_checkpoint_resumes_to_the_same_end(data):
     cfg = copy.deepcopy(M2M_CFG)
     cfg.momentum = 0.5  # the momentum buffers must travel in the checkpoint too

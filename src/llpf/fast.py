@@ -15,6 +15,7 @@ autocast does for them.
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +38,28 @@ class FastPath:
             return contextlib.nullcontext()
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
+    @staticmethod
+    def module(model: nn.Module) -> nn.Module:
+        """A copy of ``model`` whose BatchNorm layers take float32 inputs under autocast.
+
+        A vmapped BatchNorm needs its input in the dtype of its float32
+        statistics (a one-path BatchNorm takes bf16 inputs as they are).
+        """
+        model = copy.deepcopy(model)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(_float_inputs)
+        return model
+
     def inputs(self, x: Tensor) -> Tensor:
         """A batch of images in the memory format the step wants (NHWC with channels_last)."""
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def _float_inputs(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def _switch(value: str, default: bool) -> bool:

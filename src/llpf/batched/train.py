@@ -42,6 +42,7 @@ class BatchedTrainR:
         self.bp, self.streams, self.loss_fn = bp, streams, loss_fn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.fast = fast or FastPath()
+        self.module = self.fast.module(bp.scratch) if self.fast.bf16 else bp.scratch
         self.buf = torch.zeros_like(bp.flat) if momentum else None
         self.grad_fn = vmap(grad_and_value(self._loss, has_aux=True), randomness="different")
         if self.fast.compile:
@@ -55,7 +56,7 @@ class BatchedTrainR:
         """
         buffers = {n: b.clone() for n, b in buffers.items()}  # updated in place by the forward (BatchNorm)
         with self.fast.autocast(self.bp.device):
-            out = functional_call(self.bp.scratch, (self.bp.params(row), fixed, buffers), (x,))
+            out = functional_call(self.module, (self.bp.params(row), fixed, buffers), (x,))
             return self.loss_fn(out, y), buffers
 
     def step(self, lr_elem: Tensor | float, going: Tensor | None = None, drawing=None) -> Tensor:
@@ -92,7 +93,7 @@ class BatchedTrainR:
         not finite), the step ending when no path goes on or at ``max_rounds``.
         """
         bp = self.bp
-        bp.scratch.train()
+        self.module.train()
         lr_elem = self.lr if lr_per_layer is None else bp.seg.expand(lr_per_layer)
         if not any(bp.active):
             return self._no_losses(), torch.zeros(bp.paths, dtype=torch.long)
