@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     _fast_args(p)
     _quiet_arg(p)
     _analysis_parsers(sub)
+
+    p = sub.add_parser("bench", help="what llpf costs beyond its training steps, as ratios measured side by side")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 
@@ -421,10 +427,24 @@ def cmd_reproduce(args) -> int:
     return 0 if result["aggregate"]["repetitions"] else 1
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench
+    from .errors import ConfigError
+    from .files import write_json
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    result = bench(args.device, threads=args.threads, quick=args.quick)
+    if args.json:
+        write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
             "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
             "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
-            "generalisation": cmd_generalisation, "report": cmd_report}
+            "generalisation": cmd_generalisation, "report": cmd_report, "bench": cmd_bench}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

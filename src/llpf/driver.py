@@ -227,19 +227,25 @@ class Driver:
         bar = tqdm(total=m.total, initial=self.iteration, desc=m.name.upper(), disable=not progress,
                    dynamic_ncols=True, leave=False)
         while self.iteration < m.total and self.active and not self.stop_requested:
-            i = self.iteration + 1
-            rp = phase_at(m.schedule, i)
-            loss, rounds = m.iterate(i, rp)
-            self.iteration = i
-            self.pending.append((i, rp.index, loss, rounds))
-            bar.update(1)
-            finishing = {k for k in self.active if m.finished(k)}
-            if finishing or self._on_cadence(i):
-                self._record(i, finishing, bar)
-            if self.stop_requested and self.active:
-                self._checkpoint_active(i)
+            self.step(bar)
         bar.close()
         return self._results()
+
+    def step(self, bar=None) -> None:
+        """One iteration of every active path; its records when the cadence (or a path's end) asks for them."""
+        m = self.method
+        i = self.iteration + 1
+        rp = phase_at(m.schedule, i)
+        loss, rounds = m.iterate(i, rp)
+        self.iteration = i
+        self.pending.append((i, rp.index, loss, rounds))
+        if bar is not None:
+            bar.update(1)
+        finishing = {k for k in self.active if m.finished(k)}
+        if finishing or self._on_cadence(i):
+            self._record(i, finishing, bar)
+        if self.stop_requested and self.active:
+            self._checkpoint_active(i)
 
     def _on_cadence(self, i: int) -> bool:
         c = self.cfg
@@ -254,7 +260,7 @@ class Driver:
             last = i == self.method.total or k in finishing
             if rec.failure is None and (last or i % c.eval_every == 0):
                 self._evaluate_into(k, rows[-1])
-                if k == self.active[0]:
+                if k == self.active[0] and bar is not None:
                     bar.set_postfix(loss=f"{rows[-1].get('train_loss', rows[-1]['batch_loss']):.4f}")
             self._emit(k, rows)
             if rec.failure:
