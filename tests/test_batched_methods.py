@@ -109,8 +109,7 @@ def test_batched_m2o_paths_equal_the_paths_run_one_by_one(data):
     split, test = data
     starts = [convbn(0), convbn(1, 2.0), convbn(2, 0.7)]
     sets = {"train": split, "test": test}
-    method = BatchedM2O(starts, M2O_CFG, split, device="cpu")
-    results = Driver(method, eval_sets=sets, keep_points=True).run()
+    results = llpf.find_paths("m2o-batched", starts, split, M2O_CFG, eval_sets=sets, device="cpu", keep_points=True)
     for k, res in enumerate(results):
         alone = llpf.m2o(starts[k], split, with_seed(M2O_CFG, k), eval_sets=sets, device="cpu", keep_points=True)
         same_result(res, alone)
@@ -118,7 +117,6 @@ def test_batched_m2o_paths_equal_the_paths_run_one_by_one(data):
             torch.testing.assert_close(tb, ta, rtol=1e-9, atol=1e-9, msg=n)
         assert res.summary["kind"] == "m2o" and res.summary["stopped_at_target"]
     assert [r.summary["iterations"] for r in results] == [6, 8, 6]
-    assert method.last_lr.shape == (3, len(method.names))
 
 
 class StopAt(Observer):

@@ -7,11 +7,11 @@ spheres, analysis and figures.
 from .config import Config, PathConfig, Phase, load_config
 from .data import BatchStream, Bundle, Split, load_data
 from .models import build_model
-from .api import find_path, m2m, m2o
+from .api import find_path, find_paths, m2m, m2o
 from .driver import Driver, PathResult
 from .methods import METHODS, register
 
 __version__ = "0.1.0"
 
 __all__ = ["Config", "PathConfig", "Phase", "load_config", "BatchStream", "Bundle", "Split", "load_data",
-           "build_model", "Driver", "PathResult", "METHODS", "register", "find_path", "m2m", "m2o", "__version__"]
+           "build_model", "Driver", "PathResult", "METHODS", "register", "find_path", "find_paths", "m2m", "m2o", "__version__"]

@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the shipped configs")
 
+    _reproduce_parser(sub)
+    _analysis_parsers(sub)
+    return ap
+
+
+def _reproduce_parser(sub) -> None:
+    """``llpf reproduce`` (the paper's experiments) and ``llpf bench`` (what llpf costs)."""
     p = sub.add_parser("reproduce", help="run one of the paper's experiments with repetitions, aggregate figure and table")
     p.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file")
     p.add_argument("--list", action="store_true", help="list the paper's experiments")
@@ -106,14 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _fast_args(p)
     _quiet_arg(p)
-    _analysis_parsers(sub)
 
     p = sub.add_parser("bench", help="what llpf costs beyond its training steps, as ratios measured side by side")
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
-    return ap
 
 
 def _analysis_parsers(sub) -> None:
