@@ -206,8 +206,8 @@ class Experiment:
     def rep(self, k: int) -> Path:
         return self.out / f"rep-{k:02d}"
 
-    def resume_point(self, k: int) -> tuple[bool, int | None]:
-        """Whether repetition k has a run to resume, and the iteration of its checkpoint.
+    def prepare(self, k: int) -> bool:
+        """Whether repetition k has a run to resume.
 
         A run marked complete whose summary was lost is redone from its last
         checkpoint; a directory left without a run by a kill before the run
@@ -217,19 +217,23 @@ class Experiment:
         if rd.exists:
             if rd.info().get("status") == "complete":
                 rd.set_status("interrupted")
-            state = rd.load_checkpoint()
-            return True, None if state is None else int(state["iteration"])
+            return True
         if rd.path.exists():
             for p in sorted(rd.path.rglob("*"), reverse=True):
                 p.rmdir() if p.is_dir() else p.unlink()
-        return False, None
+        return False
 
     def groups(self, todo: list[int], n: int) -> list[list[int]]:
         """Repetitions in runs of up to ``n`` that can go together: new ones, or ones at one checkpoint."""
         out: list[list[int]] = []
         last = None
         for k in todo:
-            key = self.resume_point(k)
+            resuming = self.prepare(k)
+            if n == 1:
+                out.append([k])
+                continue
+            state = RunDir(self.rep(k)).load_checkpoint() if resuming else None
+            key = (resuming, None if state is None else int(state["iteration"]))
             if out and key == last and len(out[-1]) < n:
                 out[-1].append(k)
             else:
