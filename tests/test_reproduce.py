@@ -12,7 +12,7 @@ import llpf
 from llpf import config as C
 from llpf.cli import main
 from llpf.data import Split
-from llpf.errors import ConfigError
+from llpf.errors import ConfigError, RunDirError
 from llpf.models import build_model
 from llpf.plots import moving_average
 from llpf.store import read_metrics
@@ -353,6 +353,60 @@ def test_reproduce_with_given_weights(tiny_reproduction, tmp_path):
     assert json.loads((o2 / "summary.json").read_text())["reps"]["rep-00"]["status"] == "complete"
 
 
+def test_method_picks_one_table_of_a_config_that_has_both(capsys):
+    assert main(["reproduce", "demo", "--dry-run"]) == 2
+    assert "must have exactly one of [m2m] and [m2o] to be reproduced (pick one with --method)" in capsys.readouterr().err
+    assert main(["reproduce", "demo", "--method", "m2o", "--dry-run", "--dry-run-batch", "8", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("demo (M2O)")
+    assert main(["reproduce", "lenet5-mnist-m2m", "--method", "m2o", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == "llpf: error: config 'lenet5-mnist-m2m' has no [m2o] table"
+
+
+def test_the_ledger_counts_a_launch_once_however_often_it_is_merged(tmp_path):
+    from llpf.reproduce import Ledger
+
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "seed3.json").write_text('{"wall_s": 2.5, "metrics": {}}')
+    Ledger(tmp_path, "x", "m2m").save()
+    old = json.loads((tmp_path / "reproduce.json").read_text())
+    old["reps"]["rep-00"] = {"wall_s": 10.0}  # written before launches were kept apart
+    (tmp_path / "reproduce.json").write_text(json.dumps(old))
+    for _ in range(2):
+        Ledger(tmp_path, "x", "m2m").merge("A", {0: {"path_s": 1.0}, 1: {"path_s": 4.0}, 2: {"status": "failed"}},
+                                          tmp_path / "endpoints")
+    Ledger(tmp_path, "x", "m2m").merge("B", {1: {"path_s": 0.5}}, tmp_path / "endpoints")
+    data = json.loads((tmp_path / "reproduce.json").read_text())
+    assert {k: v["wall_s"] for k, v in data["reps"].items()} == {"rep-00": 11.0, "rep-01": 4.5}
+    assert data["endpoints"] == {"seed3": {"wall_s": 2.5, "metrics": {}}}
+    with pytest.raises(RunDirError, match=r"reproduction of 'x' \(m2m\), not 'x' \(m2o\)"):
+        Ledger(tmp_path, "x", "m2o")
+
+
+def test_a_repetition_that_raises_is_reported_failed_and_the_others_complete(tmp_path, monkeypatch, capsys):
+    import llpf.runner as runner
+
+    cfg, out = tmp_path / "tiny.toml", tmp_path / "out"
+    cfg.write_text(TINY)
+    real_run = runner.run_path
+
+    def broken(kind, c, a, b, rep, **k):
+        if rep.name == "rep-00":
+            raise RuntimeError("device lost\nmore")
+        return real_run(kind, c, a, b, rep, **k)
+    monkeypatch.setattr(runner, "run_path", broken)
+    args = ["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(args) == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["reps"]) == ["rep-01"] and s["reps"]["rep-01"]["status"] == "complete"
+    assert s["unfinished"] == {"rep-00": "failed on rank 0: RuntimeError: device lost"}
+    assert "- rep-00: failed on rank 0: RuntimeError: device lost" in capsys.readouterr().out
+
+    monkeypatch.setattr(runner, "run_path", real_run)
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert sorted(s["reps"]) == ["rep-00", "rep-01"] and s["unfinished"] == {}
+
+
 # ---------------------------------------------------------------- repetitions batched together
 
 
@@ -388,9 +442,9 @@ def test_batched_repetitions_equal_repetitions_run_one_at_a_time(tiny_reproducti
     """Each repetition's run directory reads as if it ran alone; its numbers equal those of the run alone
     up to float32 rounding (the batched steps sum in another order)."""
     one = tiny_reproduction[1]
-    ledger = json.loads((tiny_batched / "reproduce.json").read_text())
-    assert ledger["reps"]["rep-01"]["batched_with"] == ["rep-00", "rep-01"]
-    assert "batched_with" not in json.loads((one / "reproduce.json").read_text())["reps"]["rep-01"]
+    ranks = json.loads((tiny_batched / "ranks" / "rank-0.json").read_text())["reps"]
+    assert ranks["1"]["batched_with"] == ["rep-00", "rep-01"] and ranks["1"]["status"] == "complete"
+    assert "batched_with" not in json.loads((one / "ranks" / "rank-0.json").read_text())["reps"]["1"]
     for rep in ("rep-00", "rep-01"):
         a, b = tiny_batched / rep, one / rep
         assert sorted(p.relative_to(a) for p in a.rglob("*")) == sorted(p.relative_to(b) for p in b.rglob("*"))

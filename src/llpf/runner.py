@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import config as C
+from . import distributed as D
 from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
@@ -24,32 +26,44 @@ from .errors import ConfigError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
 from .methods import batched_class, method_class
 from .models import build_model, load_state
+from .observer import Observer
 from .runtime import pick_device
 from .store import RunDir
-from .train import evaluate, train_endpoint
+from .train import train_endpoint
 
 
 def load_model(cfg: C.Config, path: str | Path, what: str = "model") -> nn.Module:
     """Build ``cfg.model`` and load weights into it, naming any mismatch."""
-    model = build_model(cfg.model)
-    return load_state(model, load_weights(path), f"{what} {path} (model {cfg.model.name!r})")
+    return _model(cfg, load_weights(path), what, path)
+
+
+def _model(cfg: C.Config, state: dict, what: str, source) -> nn.Module:
+    return load_state(build_model(cfg.model), state, f"{what} {source} (model {cfg.model.name!r})")
 
 
 def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,
           data: Bundle | None = None) -> dict:
-    """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics."""
+    """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics.
+
+    Under torchrun the ranks train it together (``train_endpoint``) and rank 0 saves it.
+    """
     out = Path(out)
-    if out.exists():
-        raise C.ConfigError(f"{out} already exists; choose another --out")
+
+    def check():
+        if out.exists():
+            raise C.ConfigError(f"{out} already exists; choose another --out")
+    D.on_main(check)
     device = pick_device(device)
     data = data or prepare_data(cfg, device)
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
     train_endpoint(model, data.train, cfg.train, seed, device, progress=progress, dataset=cfg.data.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
+    if D.is_leader():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
     bs = cfg.data.eval_batch_size
-    return {"train": evaluate(model, data.train.batches(bs)), "test": evaluate(model, data.test.batches(bs))}
+    return {"train": D.evaluate_sharded(model, data.train, bs, F.cross_entropy),
+            "test": D.evaluate_sharded(model, data.test, bs, F.cross_entropy)}
 
 
 def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
@@ -57,6 +71,9 @@ def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
     if pc is None:
         raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
     return pc
+
+
+Weights = tuple[dict, Path]  # a state dict and the file it came from (named in errors)
 
 
 def _eval_sets(data: Bundle) -> dict:
@@ -79,23 +96,25 @@ def _shared_path_config(cfgs: list[C.Config], kind: str) -> C.PathConfig:
     return pc
 
 
-def _driver(kind: str, cfgs: list[C.Config], starts: list[Path], dests: list[Path | None], device,
-            data: Bundle | None, observers: list[RunDir]) -> Driver:
-    """Load the models and data of one path (the method ``kind``) or several (``kind``-batched), and build the
-    method and driver; every input is checked here."""
+def _driver(kind: str, cfgs: list[C.Config], starts: list[Weights], dests: list[Weights | None], device,
+            data: Bundle | None, observers: list[Observer]) -> Driver:
+    """Build the models, data, method and driver of one path (the method ``kind``) or of several run together
+    (``kind``-batched); every input is checked here."""
     pc = _shared_path_config(cfgs, kind)
-    cls = method_class(kind)
-    data = data or prepare_data(cfgs[0], device)
-    start_models = [load_model(cfgs[0], a, "start") for a in starts]
-    dest_models = [load_model(cfgs[0], b, "destination") for b in dests] if cls.needs_dest else None
+    cls, cfg = method_class(kind), cfgs[0]
+    data = data or prepare_data(cfg, device)
+    start_models = [_model(cfg, w, "start", src) for w, src in starts]
+    dest_models = [_model(cfg, w, "destination", src) for w, src in dests] if cls.needs_dest else None
     if len(starts) == 1:
         method = cls(start_models[0], pc, data.train, dest=dest_models[0] if dest_models else None, device=device,
-                     augmentation=default_augmentation(cfgs[0].data.name))
+                     augmentation=default_augmentation(cfg.data.name))
     else:
+        if D.is_distributed():
+            raise ConfigError("paths batched together run in one process; under torchrun use --batch-paths 1")
         method = batched_class(kind)(start_models, pc, data.train, dest=dest_models, device=device,
                                      seeds=[_path_config(c, kind).seed for c in cfgs])
     return Driver(method, eval_sets=_eval_sets(data), observers=observers, keep_points=False,
-                  eval_batch_size=cfgs[0].data.eval_batch_size)
+                  eval_batch_size=cfg.data.eval_batch_size)
 
 
 def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:
@@ -130,16 +149,20 @@ def _stop_on_signals(driver: Driver):
             signal.signal(s, h)
 
 
-def finish(rd: RunDir, driver: Driver, progress: bool) -> dict:
-    """Run the driver into ``rd``; mark the run complete, failed or interrupted; draw its figure."""
+def finish(rd: RunDir | None, driver: Driver, progress: bool) -> dict:
+    """Run the driver into ``rd``; mark the run complete, failed or interrupted; draw its figure.
+
+    ``rd`` is None on the ranks of a data-parallel run other than 0, which compute and write nothing.
+    """
     return finish_all([rd], driver, progress)[0]
 
 
-def finish_all(rds: list[RunDir], driver: Driver, progress: bool) -> list[dict]:
+def finish_all(rds: list[RunDir | None], driver: Driver, progress: bool) -> list[dict]:
     """Run the driver, path k into ``rds[k]``; each path's summary (``{}`` where interrupted)."""
     with _stop_on_signals(driver):
         results = driver.run(progress=progress)
-    return [_close(rd, driver, result.summary) for rd, result in zip(rds, results)]
+    return [result.summary if rd is None else _close(rd, driver, result.summary)
+            for rd, result in zip(rds, results)]
 
 
 def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
@@ -160,7 +183,11 @@ def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary."""
+    """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary.
+
+    Under torchrun the ranks compute the path together; every rank reads the
+    inputs, rank 0 alone checks and writes ``out``.
+    """
     return run_paths(kind, [cfg], [start], [dest], [out], device, force, progress, data)[0]
 
 
@@ -177,62 +204,76 @@ def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: 
     if method_class(kind).needs_dest and None in dests:
         raise ConfigError(f"{kind} needs --dest")
     rds = [RunDir(out) for out in outs]
-    for rd in rds:
-        rd.check_writable_for_new_run(force)
+    D.on_main(lambda: [rd.check_writable_for_new_run(force) for rd in rds])
+    start_w = [(load_weights(a), Path(a)) for a in starts]
+    dest_w = [None if b is None else (load_weights(b), Path(b)) for b in dests]
     # Building the engine validates every input (weights, shapes, patterns, data) before the
     # run directories are touched.
-    driver = _driver(kind, cfgs, [Path(a) for a in starts], [Path(b) if b else None for b in dests], device, data,
-                     rds)
+    leader = D.is_leader()
+    driver = _driver(kind, cfgs, start_w, dest_w, device, data, rds if leader else [Observer() for _ in rds])
+    if not leader:
+        return finish_all([None] * len(rds), driver, progress)
     if driver.method.needs_dest:
         warn_if_variances_differ(driver)
-    for rd, cfg, start, dest in zip(rds, cfgs, starts, dests):
+    for rd, cfg, start, dest, (a, _), b in zip(rds, cfgs, starts, dests, start_w, dest_w):
         resolved = dataclasses.replace(cfg, **{"m2m": None, "m2o": None, kind: _path_config(cfg, kind)})
         inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
         rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
-        save_weights(rd.path / "start.safetensors", load_weights(start))
-        if dest is not None:
-            save_weights(rd.path / "dest.safetensors", load_weights(dest))
+        save_weights(rd.path / "start.safetensors", a)
+        if b is not None:
+            save_weights(rd.path / "dest.safetensors", b[0])
     return finish_all(rds, driver, progress)
 
 
-def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Continue a run from its last checkpoint; the result equals an uninterrupted run."""
-    return resume_paths([run], device, progress, data)[0]
-
-
-def _resumable(run: str | Path) -> RunDir:
-    rd = RunDir(run)
+def _resumable(rd: RunDir) -> tuple[dict, C.Config, Weights, Weights | None, dict | None]:
+    """What a resume reads from the run directory (rank 0 alone under torchrun): run.json, config, inputs, checkpoint."""
     if not rd.exists:
-        raise RunDirError(f"{run} holds no llpf run")
+        raise RunDirError(f"{rd.path} holds no llpf run")
     info = rd.info()
     if info.get("status") == "complete":
-        raise RunDirError(f"{run} is already complete")
+        raise RunDirError(f"{rd.path} is already complete")
     if info.get("status") == "failed":
-        raise RunDirError(f"{run} failed ({info.get('reason')}); start it over with --force")
-    return rd
+        raise RunDirError(f"{rd.path} failed ({info.get('reason')}); start it over with --force")
+    cfg = C.load_config(rd.path / "config.toml")
+    start = rd.path / "start.safetensors"
+    dest = rd.path / "dest.safetensors"
+    dest_weights = (load_weights(dest), dest) if dest.is_file() else None
+    return info, cfg, (load_weights(start), start), dest_weights, rd.load_checkpoint()
+
+
+def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | None = None) -> dict:
+    """Continue a run from its last checkpoint; the result equals an uninterrupted run.
+
+    Under torchrun rank 0 reads the run directory (its config, weights and
+    checkpoint) and hands it to every rank, so the run directory need only be
+    visible to rank 0; the ranks may be more or fewer than those that started it.
+    """
+    return resume_paths([run], device, progress, data)[0]
 
 
 def resume_paths(runs: list, device=None, progress: bool = False, data: Bundle | None = None) -> list[dict]:
     """Continue runs of one kind together from their checkpoints (which must be at one iteration).
 
-    Path checkpoints do not depend on the company a path ran in: a path
+    A path's checkpoint does not depend on the company it ran in: a path
     interrupted in a batch resumes alone, and paths run alone resume together.
     """
-    rds = [_resumable(run) for run in runs]
-    kinds = {rd.info()["kind"] for rd in rds}
+    rds = [RunDir(run) for run in runs]
+    read = D.on_main(lambda: [_resumable(rd) for rd in rds])
+    kinds = {info["kind"] for info, *_ in read}
     if len(kinds) > 1:
         raise RunDirError(f"runs resumed together must be of one kind, got {', '.join(sorted(kinds))}")
-    kind = kinds.pop()
-    cfgs = [C.load_config(rd.path / "config.toml") for rd in rds]
-    device = pick_device(device or rds[0].info().get("device"))
-    dests = [rd.path / "dest.safetensors" if (rd.path / "dest.safetensors").is_file() else None for rd in rds]
-    driver = _driver(kind, cfgs, [rd.path / "start.safetensors" for rd in rds], dests, device, data, rds)
-    states = [rd.load_checkpoint() for rd in rds]
-    if len({None if s is None else int(s["iteration"]) for s in states}) > 1:
+    if len({None if r[4] is None else int(r[4]["iteration"]) for r in read}) > 1:
         raise RunDirError("runs resumed together must stand at one checkpoint iteration; resume them one by one")
-    for k, (rd, state) in enumerate(zip(rds, states)):
+    device = pick_device(device or read[0][0].get("device"))
+    leader = D.is_leader()
+    driver = _driver(kinds.pop(), [r[1] for r in read], [r[2] for r in read], [r[3] for r in read], device, data,
+                     rds if leader else [Observer() for _ in rds])
+    for k, (*_, state) in enumerate(read):
         if state is not None:
             driver.load_state_dict(state, k)
+    if not leader:
+        return finish_all([None] * len(rds), driver, progress)
+    for rd, (*_, state) in zip(rds, read):
         _rewind(rd, state, driver.iteration)
     return finish_all(rds, driver, progress)
 

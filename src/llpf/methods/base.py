@@ -45,6 +45,11 @@ overwrites (a batched method's scratch module): the driver copies what it keeps.
 ``kind`` names what each path is in summaries and run directories (a batched
 M2M's paths are ``m2m`` paths); empty, it is ``name``.
 
+A method with ``data_parallel`` set is computed by all ranks of a process
+group together: the driver then shards its evaluations over the ranks and
+makes every rank act on the same stop request, and the ranks' copies of
+everything above must stay equal.
+
 A new method is one module with a subclass of :class:`Method` (or of
 :class:`SinglePath`) and one entry in ``llpf.methods.METHODS``.
 """
@@ -62,6 +67,7 @@ from torch import Tensor, nn
 from ..config import PathConfig, path_config
 from ..data import BatchStream, Split
 from ..data.augment import augmented
+from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
 from ..fast import fast_path
 from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
@@ -99,6 +105,7 @@ class Method:
     kind: ClassVar[str] = ""
     needs_dest: ClassVar[bool] = False
     paths: int = 1
+    data_parallel: bool = False  # the ranks of a process group compute the paths together (evaluation sharded too)
     cfg: PathConfig
     device: torch.device
     loss_fn: LossFn
@@ -221,25 +228,36 @@ class SinglePath(FlatPaths):
     layer mask per phase, the batch stream and Train_r. ``train_data`` is a
     :class:`~llpf.data.Split` (drawn as a shuffled stream of ``cfg.batch_size``
     batches) or any iterable of ``(input, target)`` batches.
+
+    Built while a process group of several ranks is active (under
+    ``torchrun``), the path is data-parallel (``llpf.distributed``): every
+    rank draws the same global batch, trains on its share, and the gradients
+    are averaged; Move and VarianceCorrection run on every rank alike.
     """
 
     def __init__(self, start: nn.Module, cfg: PathConfig | dict | None, train_data, *,
                  dest: nn.Module | None = None, loss_fn: LossFn | None = None, device=None,
                  augmentation: str | None = None):
         self._setup(cfg, device, loss_fn)
+        self.data_parallel = is_distributed()
+        if self.data_parallel and isinstance(train_data, Split):
+            check_divisible(min(self.cfg.batch_size, len(train_data)))
         self._check_models(start, dest)
         torch.manual_seed(self.cfg.seed)
         self.model = copy.deepcopy(start).to(self.device)
         self.fp = FlatParams(self.model)
         self.seg = self.fp.seg
         self._resolve(self.fp.layout, self.model)
+        self.batches = self._batches(train_data, augmentation)
+        make = DataParallelTrainR if self.data_parallel else TrainR  # data-parallel: every rank takes rank 0's start
+        self.train_r = make(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
+                            self.cfg.weight_decay, self.device, fast=fast_path(self.cfg, self.device, self.model))
         self.start_flat = self.fp.flat.clone()
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
         self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)
-        self.batches = self._batches(train_data, augmentation)
-        self.train_r = TrainR(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                              self.cfg.weight_decay, self.device, fast_path(self.cfg, self.device, self.model))
+        if self.data_parallel and self.dest_flat is not None:
+            broadcast_(self.dest_flat)
 
     @property
     def flat(self) -> Tensor:

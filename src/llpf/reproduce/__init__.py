@@ -2,30 +2,40 @@
 
 ::
 
-    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics
+    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics and time
     OUT/rep-XX/                       one run directory per repetition (M2M or M2O)
+    OUT/ranks/rank-R.json             how each repetition went on the rank that ran it (``llpf.shards``)
     OUT/reproduce.json                the experiment, its inputs and the wall time of each piece
     OUT/figure.png                    paper Figure 2 (M2M) or 3 (M2O): mean and std over repetitions
-    OUT/summary.md, summary.json      per repetition and aggregated verdicts
+    OUT/summary.md, summary.json      per repetition and aggregated verdicts, and the repetitions not finished
 
 Repetition k of an M2M experiment runs from the endpoint of seed 2k to that of
-seed 2k+1; of an M2O experiment, from the endpoint of seed k. The aggregate is
-redrawn after every repetition (``aggregate``). Running the same command again
-skips the endpoints and repetitions already finished, resumes an interrupted
-repetition from its checkpoint, and redraws the aggregate.
+seed 2k+1; of an M2O experiment, from the endpoint of seed k. Running the same
+command again skips the endpoints and repetitions already finished, resumes an
+interrupted repetition from its checkpoint, and redraws the aggregate. A
+repetition that raises is reported failed and the others go on.
+
+Under ``torchrun`` the repetitions are dealt to the ranks (``llpf.shards``):
+each rank runs its share, endpoints included, on its own device, and the
+ranks do not talk while they work. Rank 0 alone writes ``reproduce.json`` and
+the aggregate, once, when every rank is done (in one process the aggregate is
+also redrawn after every repetition, so partial results are readable).
 
 ``batch_paths`` repetitions run together as one batched method
-(``m2m-batched``, ``m2o-batched``), each still in its own run directory that
-reads as if it had run alone; by default all of them on CUDA where the
-experiment allows it, and one at a time on the CPU (where vmap is slower than
-the same steps one by one).
+(``m2m-batched``, ``m2o-batched``; ``batching``), each still in its own run
+directory that reads as if it had run alone: by default all of a process's
+repetitions on CUDA where the experiment allows it, and one at a time on the
+CPU (where vmap is slower than the same steps one by one).
 ``dry_run`` (``estimate``) checks a config end to end on random tensors and estimates its cost.
 """
 from __future__ import annotations
 
 import copy
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,13 +43,16 @@ from typing import Any, Callable
 import torch
 
 from .. import config as C
+from .. import distributed as D
+from .. import shards
 from ..data import Bundle, prepare_data
 from ..errors import ConfigError, RunDirError
 from ..files import save_weights, write_json
-from ..models import STOCHASTIC_MODELS, build_model
+from ..models import build_model
 from ..runtime import pick_device
 from ..store import RunDir
 from .aggregate import aggregate
+from .batching import check_batch_paths, default_batch_paths, unbatchable
 from .estimate import dry_run, format_plan, random_bundle
 from .experiment import experiments, kind_of, load_experiment
 
@@ -49,101 +62,113 @@ __all__ = ["Ledger", "aggregate", "check_batch_paths", "default_batch_paths", "d
 
 def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None, device=None,
               start: str | Path | None = None, dest: str | Path | None = None, progress: bool = True,
-              log=print, batch_paths: int | None = None, fast: dict | None = None) -> dict:
+              log=print, method: str | None = None, batch_paths: int | None = None, fast: dict | None = None) -> dict:
     """Run (or continue) ``reps`` repetitions of experiment ``name`` into ``out``; return the aggregate.
 
-    ``batch_paths`` repetitions run together as one batched method (default:
-    :func:`default_batch_paths`); ``fast`` overrides the path table's fast-path
-    settings (``{"bf16": "off"}``).
+    ``method`` picks the path table of a config holding both (``demo``).
+    ``batch_paths`` repetitions run together (default: ``default_batch_paths``);
+    ``fast`` overrides the path table's fast-path settings (``{"bf16": "off"}``).
+    Under torchrun each rank runs its share and rank 0 returns the aggregate;
+    the other ranks return ``{}``.
     """
     if reps < 1:
         raise ConfigError(f"--reps must be at least 1, got {reps}")
-    cfg = load_experiment(name, data_dir)
+    cfg = load_experiment(name, data_dir, method)
     kind = kind_of(cfg)
     if dest is not None and kind == "m2o":
         raise ConfigError("--dest is for M2M experiments; M2O walks toward the origin")
     for key, value in (fast or {}).items():
         setattr(getattr(cfg, kind), key, value)
-    device = pick_device(device)
-    n = check_batch_paths(cfg, kind, device, reps, batch_paths)
+    world, rank = D.world_size(), D.rank()
+    device = D.init(device) if world > 1 else pick_device(device)
+    n = check_batch_paths(cfg, kind, device, len(shards.assign(reps, world, rank)) or 1, batch_paths)
+    _check_given(cfg, start, dest)
     out = Path(out)
-    (out / "endpoints").mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(out, cfg.name, kind)
-    ledger.data["device"] = str(device)
-    exp = Experiment(cfg, kind, out, ledger, device, progress, log)
-    todo = []
-    for k in range(reps):
-        if (out / f"rep-{k:02d}" / "summary.json").is_file():
-            log(f"rep {k}: finished, skipped")
-        else:
-            todo.append(k)
-    for group in exp.groups(todo, n):
-        t0 = time.perf_counter()
-        summaries = exp.repetitions(group, start, dest)
-        wall = (time.perf_counter() - t0) / len(group)  # the paths alone, not their endpoints
-        for k, summary in zip(group, summaries):
-            together = {"batched_with": [f"rep-{j:02d}" for j in group]} if len(group) > 1 else {}
-            ledger.record("reps", f"rep-{k:02d}", wall_s=wall, **together)
-        if not all(summaries):
-            raise KeyboardInterrupt
-        for k, summary in zip(group, summaries):
-            log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
-                                                        f"{summary.get('valid_relative')}" if kind == "m2m" else ""))
-        if group[-1] < reps - 1:
-            aggregate(out)  # partial results are readable while the next repetitions run
-    return aggregate(out)
+    say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
+    exp = Experiment(cfg, kind, out, device, progress, say)
+    D.on_main(lambda: exp.open(world, start))
+    run_id = D.shared_run_id()
+    D.cleanup()  # the ranks work apart from here: a repetition may outlast any collective's timeout
+
+    def run_group(ks: list[int]) -> dict[int, dict]:
+        infos = exp.run_group(ks, start, dest)
+        if world == 1 and ks[-1] < reps - 1:  # one process: partial results readable while the next ones run
+            entries = {**shards.collect(out, reps, 1, run_id).entries, **infos}
+            exp.report(reps, world, run_id, shards.Tally(entries=entries), partial=True)
+        return infos
+
+    with _signals_interrupt():
+        try:
+            if n == 1:
+                shards.run_shard(out, reps, world, rank, run_id, lambda k: run_group([k])[k], exp.finished, say)
+            else:
+                shards.run_shard(out, reps, world, rank, run_id, run_group, exp.finished, say,
+                                 together=lambda todo: exp.groups(todo, n))
+            if rank != 0:
+                return {}
+            tally = shards.wait_for_ranks(out, reps, world, run_id)
+        except KeyboardInterrupt:  # rank 0 reports what is finished on its way out
+            if rank == 0:
+                exp.report(reps, world, run_id, shards.collect(out, reps, world, run_id))
+            raise
+    return exp.report(reps, world, run_id, tally)
 
 
-def unbatchable(cfg: C.Config, kind: str) -> str | None:
-    """Why the repetitions of ``cfg`` cannot run as one batched method (None: they can)."""
-    if cfg.data.name == "imagenet":
-        return "ImageNet is read by a loader, and batched paths draw from a dataset held as tensors"
-    if getattr(cfg, kind).augment:
-        return "its Train_r augments batches, and batched paths draw plain ones"
-    if cfg.model.name in STOCHASTIC_MODELS:
-        return f"{cfg.model.name} draws random numbers in training (dropout), which a batch draws differently"
-    return None
+def _check_given(cfg: C.Config, start, dest) -> None:
+    """Given endpoints must load into the model: one line now, not a failed repetition on every rank."""
+    from ..runner import load_model
+
+    for path, what in ((start, "start"), (dest, "destination")):
+        if path is not None:
+            load_model(cfg, path, what)
 
 
-def default_batch_paths(cfg: C.Config, kind: str, device: torch.device, reps: int) -> int:
-    """All repetitions together on CUDA when the experiment allows it; one at a time elsewhere.
+@contextmanager
+def _signals_interrupt():
+    """SIGTERM (torchrun stopping the ranks) interrupts like SIGINT, so the repetition under way is marked."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
 
-    On the 2-core CPU this was measured on, vmap over 4-64 LeNet5 steps ran at
-    0.5-0.8x the speed of the same steps one by one.
-    """
-    return reps if device.type == "cuda" and unbatchable(cfg, kind) is None else 1
-
-
-def check_batch_paths(cfg: C.Config, kind: str, device: torch.device, reps: int, batch_paths: int | None) -> int:
-    """How many repetitions run together: ``batch_paths``, checked, or the default."""
-    if batch_paths is None:
-        return default_batch_paths(cfg, kind, device, reps)
-    if batch_paths < 1:
-        raise ConfigError(f"--batch-paths must be at least 1, got {batch_paths}")
-    why = unbatchable(cfg, kind)
-    if batch_paths > 1 and why:
-        raise ConfigError(f"--batch-paths {batch_paths}: {cfg.name} cannot batch its paths ({why}); use 1")
-    return batch_paths
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class Ledger:
-    """OUT/reproduce.json: what this output directory reproduces, and what it took."""
+    """OUT/reproduce.json: what this output directory reproduces, and what it took (written by rank 0 alone)."""
 
     def __init__(self, out: Path, name: str, kind: str):
         self.file = out / "reproduce.json"
         self.data: dict[str, Any] = {"name": name, "kind": kind, "endpoints": {}, "reps": {}}
         if self.file.is_file():
             old = json.loads(self.file.read_text())
-            if old.get("name") != name:
-                raise RunDirError(f"{out} holds a reproduction of {old.get('name')!r}, not {name!r}; "
-                                  f"choose another --out")
+            if (old.get("name"), old.get("kind", kind)) != (name, kind):
+                raise RunDirError(f"{out} holds a reproduction of {old.get('name')!r} ({old.get('kind')}), "
+                                  f"not {name!r} ({kind}); choose another --out")
             self.data.update(old)
 
-    def record(self, section: str, key: str, **values) -> None:
-        entry = self.data[section].setdefault(key, {})
-        if "wall_s" in values:
-            values["wall_s"] = entry.get("wall_s", 0.0) + values["wall_s"]
-        entry.update(values)
+    def merge(self, run_id: str, entries: dict[int, dict], endpoints: Path) -> None:
+        """Take in one launch's facts: each repetition's path time and the endpoints' records.
+
+        Path times are kept per launch (a resumed repetition adds the launches
+        it took), so merging the same launch twice counts it once.
+        """
+        for k, entry in entries.items():
+            if "path_s" in entry:
+                rep = self.data["reps"].setdefault(f"rep-{k:02d}", {})
+                launches = rep.setdefault("launches", {"earlier": rep["wall_s"]} if "wall_s" in rep else {})
+                launches[run_id] = entry["path_s"]
+                rep["wall_s"] = sum(launches.values())
+        for f in sorted(endpoints.glob("seed*.json")):
+            self.data["endpoints"][f.stem] = json.loads(f.read_text())
+        self.save()
+
+    def save(self) -> None:
         write_json(self.file, self.data)
 
 
@@ -154,11 +179,107 @@ class Experiment:
     cfg: C.Config
     kind: str
     out: Path
-    ledger: Ledger
     device: torch.device
     progress: bool
     log: Callable[[str], Any]
     cache: dict[str, Bundle] = field(default_factory=dict)
+
+    def open(self, world: int, start) -> None:
+        """Rank 0, before the ranks start: the folders, the ledger (refusing another experiment's), shared inputs."""
+        (self.out / "endpoints").mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(self.out, self.cfg.name, self.kind)
+        ledger.data.update(device=str(self.device), ranks=world)
+        ledger.save()
+        if self.cfg.data.name == "imagenet" and start is None:
+            self.torchvision_endpoint()  # fetched once, before any rank needs it
+
+    def rep_dir(self, k: int) -> Path:
+        return self.out / f"rep-{k:02d}"
+
+    def finished(self, k: int) -> bool:
+        done = (self.rep_dir(k) / "summary.json").is_file()
+        if done:
+            self.log(f"rep {k}: finished, skipped")
+        return done
+
+    def run(self, k: int, start, dest) -> dict:
+        """Repetition k, its endpoints included; the facts its rank keeps (the time the path alone took)."""
+        rep = self.rep_dir(k)
+        resuming = RunDir(rep).exists
+        if resuming and self.cfg.data.name != "imagenet":
+            a = b = None
+            self.log(f"rep {k}: resuming the interrupted run")
+        else:
+            a, b = self.endpoints(k, start, dest)
+            self.log(f"rep {k}: {'resuming ' if resuming else ''}{self.kind.upper()} from {a.name}"
+                     + (f" to {b.name}" if b else ""))
+        t0 = time.perf_counter()
+        summary = self.repetition(k, rep, a, b)
+        path_s = time.perf_counter() - t0
+        if not summary:
+            raise shards.Interrupted(path_s=path_s)
+        self.log_done(k, summary)
+        return {"path_s": path_s, "path_status": summary.get("status")}
+
+    def run_group(self, ks: list[int], start, dest) -> dict[int, dict]:
+        """Repetitions ``ks`` together as one batched run (new ones, or ones resumed at one checkpoint); the
+        facts each one's rank keeps (its share of the time the paths took)."""
+        from ..runner import resume_paths, run_paths
+
+        if len(ks) == 1:
+            return {ks[0]: self.run(ks[0], start, dest)}
+        reps = [self.rep_dir(k) for k in ks]
+        resuming = RunDir(reps[0]).exists
+        ends = [] if resuming else [self.endpoints(k, start, dest) for k in ks]
+        for i, k in enumerate(ks):
+            self.log(f"rep {k}: resuming the interrupted run" if resuming else
+                     f"rep {k}: {self.kind.upper()} from {ends[i][0].name}" + (f" to {ends[i][1].name}"
+                                                                               if ends[i][1] else ""))
+        self.log(f"reps {', '.join(map(str, ks))}: {len(ks)} paths batched together")
+        common = dict(device=self.device, progress=self.progress, data=self.data())
+        t0 = time.perf_counter()
+        if resuming:
+            summaries = resume_paths(reps, **common)
+        else:
+            summaries = run_paths(self.kind, [_rep_config(self.cfg, k) for k in ks], [a for a, _ in ends],
+                                  [b for _, b in ends], reps, **common)
+        share = (time.perf_counter() - t0) / len(ks)
+        if not all(summaries):
+            raise shards.Interrupted(path_s=share)
+        for k, summary in zip(ks, summaries):
+            self.log_done(k, summary)
+        return {k: {"path_s": share, "path_status": s.get("status"), "batched_with": [r.name for r in reps]}
+                for k, s in zip(ks, summaries)}
+
+    def groups(self, todo: list[int], n: int) -> list[list[int]]:
+        """Repetitions in runs of up to ``n`` that can go together: new ones, or ones at one checkpoint."""
+        out: list[list[int]] = []
+        last = None
+        for k in todo:
+            resuming = self.prepare(self.rep_dir(k))
+            state = RunDir(self.rep_dir(k)).load_checkpoint() if resuming else None
+            key = (resuming, None if state is None else int(state["iteration"]))
+            if out and key == last and len(out[-1]) < n:
+                out[-1].append(k)
+            else:
+                out.append([k])
+            last = key
+        return out
+
+    def log_done(self, k: int, summary: dict) -> None:
+        self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
+                                                         f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
+
+    def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
+        """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
+        Ledger(self.out, self.cfg.name, self.kind).merge(run_id, tally.entries, self.out / "endpoints")
+        if partial:
+            return aggregate(self.out)
+        unfinished = {self.rep_dir(k).name: _why_unfinished(k, world, tally) for k in range(reps)
+                      if not (self.rep_dir(k) / "summary.json").is_file()}
+        for rep, why in unfinished.items():
+            self.log(f"{rep}: not finished ({why})")
+        return aggregate(self.out, unfinished)
 
     def data(self) -> Bundle:
         if "data" not in self.cache:
@@ -186,7 +307,7 @@ class Experiment:
         self.log(f"training endpoint seed {seed} ({self.cfg.train.epochs} epochs)")
         t0 = time.perf_counter()
         metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data())
-        self.ledger.record("endpoints", f"seed{seed}", wall_s=time.perf_counter() - t0, metrics=metrics)
+        write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics})
         self.log(f"  seed {seed}: train loss {metrics['train']['loss']:.4f}, "
                  f"test accuracy {metrics['test']['accuracy']:.4f}")
         return path
@@ -203,70 +324,44 @@ class Experiment:
             save_weights(path, model.state_dict(), {"source": "torchvision ResNet18_Weights.IMAGENET1K_V1"})
         return path
 
-    def rep(self, k: int) -> Path:
-        return self.out / f"rep-{k:02d}"
+    def repetition(self, k: int, rep: Path, a: Path | None, b: Path | None) -> dict:
+        """Run repetition k into ``rep`` (new, or resumed after a kill); its summary, ``{}`` if interrupted."""
+        from ..runner import resume, run_path
 
-    def prepare(self, k: int) -> bool:
-        """Whether repetition k has a run to resume.
+        if self.prepare(rep):
+            return resume(rep, device=self.device, progress=self.progress, data=self.data())
+        return run_path(self.kind, _rep_config(self.cfg, k), a, b, rep, device=self.device, progress=self.progress,
+                        data=self.data())
+
+
+    @staticmethod
+    def prepare(rep: Path) -> bool:
+        """Whether ``rep`` holds a run to resume.
 
         A run marked complete whose summary was lost is redone from its last
         checkpoint; a directory left without a run by a kill before the run
         began is emptied.
         """
-        rd = RunDir(self.rep(k))
+        rd = RunDir(rep)
         if rd.exists:
             if rd.info().get("status") == "complete":
                 rd.set_status("interrupted")
             return True
-        if rd.path.exists():
-            for p in sorted(rd.path.rglob("*"), reverse=True):
+        if rep.exists():
+            for p in sorted(rep.rglob("*"), reverse=True):
                 p.rmdir() if p.is_dir() else p.unlink()
         return False
 
-    def groups(self, todo: list[int], n: int) -> list[list[int]]:
-        """Repetitions in runs of up to ``n`` that can go together: new ones, or ones at one checkpoint."""
-        out: list[list[int]] = []
-        last = None
-        for k in todo:
-            resuming = self.prepare(k)
-            if n == 1:
-                out.append([k])
-                continue
-            state = RunDir(self.rep(k)).load_checkpoint() if resuming else None
-            key = (resuming, None if state is None else int(state["iteration"]))
-            if out and key == last and len(out[-1]) < n:
-                out[-1].append(k)
-            else:
-                out.append([k])
-            last = key
-        return out
 
-    def repetitions(self, group: list[int], start, dest) -> list[dict]:
-        """Run the repetitions of ``group`` (new, or resumed after a kill) together; their summaries."""
-        from ..runner import resume, resume_paths, run_path, run_paths
-
-        reps = [self.rep(k) for k in group]
-        resuming = RunDir(reps[0]).exists
-        if resuming and self.cfg.data.name != "imagenet":
-            for k in group:
-                self.log(f"rep {k}: resuming the interrupted run")
-            ends = []
-        else:
-            ends = [self.endpoints(k, start, dest) for k in group]
-            for k, (a, b) in zip(group, ends):
-                self.log(f"rep {k}: {'resuming ' if resuming else ''}{self.kind.upper()} from {a.name}"
-                         + (f" to {b.name}" if b else ""))
-        if len(group) > 1:
-            self.log(f"reps {', '.join(map(str, group))}: {len(group)} paths batched together")
-        common = dict(device=self.device, progress=self.progress, data=self.data())
-        cfgs = [_rep_config(self.cfg, k) for k in group]
-        if len(group) == 1 and resuming:
-            return [resume(reps[0], **common)]
-        if len(group) == 1:
-            return [run_path(self.kind, cfgs[0], *ends[0], reps[0], **common)]
-        if resuming:
-            return resume_paths(reps, **common)
-        return run_paths(self.kind, cfgs, [a for a, _ in ends], [b for _, b in ends], reps, **common)
+def _why_unfinished(k: int, world: int, tally: shards.Tally) -> str:
+    status, rank = tally.statuses.get(k, "missing"), shards.owner(k, world)
+    if status == "failed":
+        return f"failed on rank {rank}: {tally.reasons.get(k)}"
+    if status == "interrupted":
+        return f"interrupted on rank {rank}; the same command continues it"
+    if rank in tally.gone:
+        return f"rank {rank} ended before finishing it; the same command runs it again"
+    return f"not run by rank {rank}; the same command runs it"
 
 
 def _rep_config(cfg: C.Config, k: int) -> C.Config:
