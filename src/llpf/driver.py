@@ -78,6 +78,11 @@ class PathResult:
         return [(r["iteration"], r[name]) for r in self.rows if r.get(name) is not None]
 
 
+def _state_of(model: nn.Module) -> dict[str, Tensor]:
+    """A model's parameters and buffers, on the CPU."""
+    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
+
+
 class Driver:
     """Runs ``method`` to the end of its schedule, recording each of its paths.
 
@@ -159,7 +164,7 @@ class Driver:
         if self.iteration == 0:
             rec.start_metrics = dict(ev)
         if self.method.after_evaluation(k, self.iteration, ev, rec, measured):
-            self.observers[k].on_best(self.iteration, self._state_of(measured))
+            self.observers[k].on_best(self.iteration, _state_of(measured))
         row.update(ev)
 
     # ------------------------------------------------------------ recording
@@ -190,13 +195,8 @@ class Driver:
             self.results[k].rows.extend(rows)
             self.observers[k].on_rows(rows)
 
-    @staticmethod
-    def _state_of(model: nn.Module) -> dict[str, Tensor]:
-        """A model's parameters and buffers, on the CPU."""
-        return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
-
     def _save_point(self, k: int) -> None:
-        state, obs = self._state_of(self.method.model_of(k)), self.observers[k]
+        state, obs = _state_of(self.method.model_of(k)), self.observers[k]
         obs.on_point(self.iteration, state)
         loader = obs.point_loader(self.iteration)
         if self.keep_points or loader is not None:
@@ -243,8 +243,7 @@ class Driver:
         return self._results()
 
     def step(self, bar=None) -> bool:
-        """One iteration of every active path, and its records when the cadence (or a path's end) asks for them;
-        True when a stop was requested (and agreed) and the paths still running were checkpointed."""
+        """One iteration of every path, recorded on cadence; True when a stop was agreed (and checkpointed)."""
         m = self.method
         i = self.iteration + 1
         rp = phase_at(m.schedule, i)
