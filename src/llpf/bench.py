@@ -77,7 +77,7 @@ class Settings:
     repeats: int = 5  # timed blocks of each side
     block_s: float = 1.0  # about how long one timed block lasts
     held: int = 10000  # examples held on a CPU (all of them on CUDA)
-    eval_examples: int = 1024
+    eval_examples: int = 256  # the slice the time per evaluated example is measured on
     batch_ks: tuple[int, ...] = (1, 10)
     cpu_batch: int = 0  # instead of each case's own (quick runs)
 
