@@ -85,14 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _force_arg(p):
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder (never a run directory)")
+
+
 def _analysis_parsers(sub) -> None:
-    """The analysis commands (llpf.analysis)."""
+    """The analysis commands (llpf.analysis); each refuses a non-empty --out folder unless --force."""
     p = sub.add_parser("pca", help="per-layer 2-D PCA of the saved points of paths (paper Figure 4)")
     p.add_argument("runs", nargs="+", help="run directories, or folders holding them")
     p.add_argument("--out", required=True, help="folder for pca.png, pca.csv, pca.json")
     p.add_argument("--layers", nargs="+", default=None, help="layer patterns (default: all)")
     p.add_argument("--power-iterations", type=int, default=2, help="randomized-SVD power iterations (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    _force_arg(p)
 
     p = sub.add_parser("dim", help="dimensionality of the low-loss space around a model (SVD of one-iteration moves)")
     p.add_argument("model", help="model weights")
@@ -106,6 +111,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
     p.add_argument("--seed", type=int, default=0, help="move i draws batches with seed SEED+i")
     p.add_argument("--out", required=True, help="folder for dimension.json and spectrum.png")
+    _force_arg(p)
     _device_arg(p)
     _quiet_arg(p)
 
@@ -116,6 +122,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--include-norm", action="store_true", help="include normalisation layers (Figure 6 leaves them out)")
     p.add_argument("--tolerance", type=float, default=0.25,
                    help="flag layers whose variance differs from the first model's by more than this (relative)")
+    _force_arg(p)
 
     p = sub.add_parser("barrier", help="loss and accuracy on the straight line between two models")
     p.add_argument("config", help="TOML file or shipped config name (model and data)")
@@ -125,6 +132,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--points", type=int, default=21, help="grid points including both ends (default 21)")
     p.add_argument("--recompute-bn", choices=("auto", "yes", "no"), default="auto",
                    help="recompute BatchNorm statistics at each point (auto: when the model has BatchNorm)")
+    _force_arg(p)
     _device_arg(p)
 
     p = sub.add_parser("segments", help="certify a path: training loss on the straight segments between saved points")
@@ -137,11 +145,13 @@ def _analysis_parsers(sub) -> None:
     p = sub.add_parser("generalisation", help="M2O: test metrics against the variance ratio (paper Figure 5)")
     p.add_argument("runs", nargs="+", help="M2O run directories, or folders holding them")
     p.add_argument("--out", required=True)
+    _force_arg(p)
 
     p = sub.add_parser("report", help="an offline HTML report of runs and analysis outputs")
     p.add_argument("inputs", nargs="+", help="run directories, folders of runs, outputs of dim/variance/barrier/pca")
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--no-pca", action="store_true", help="skip the PCA of the given paths")
+    _force_arg(p)
 
 
 def _print_summary(kind: str, s: dict, out=None) -> None:
@@ -264,7 +274,8 @@ def _recompute(choice: str):
 def cmd_pca(args) -> int:
     from .analysis.pca import run_pca
 
-    files = run_pca(args.runs, args.out, layers=args.layers, power_iterations=args.power_iterations, seed=args.seed)
+    files = run_pca(args.runs, args.out, layers=args.layers, power_iterations=args.power_iterations, seed=args.seed,
+                    force=args.force)
     print(f"wrote {files['figure']}, {files['csv']}, {files['json']}")
     return 0
 
@@ -273,8 +284,11 @@ def cmd_dim(args) -> int:
     from .analysis.dimension import MoveSettings, analyse_dimension, format_dimension, write_dimension
     from .config import load_config
     from .data import prepare_data
+    from .files import check_output_folder
     from .runner import load_model
     from .runtime import pick_device
+
+    check_output_folder(args.out, args.force)
 
     settings = MoveSettings(moves=args.moves, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             dtype=args.dtype, seed=args.seed, layers=args.layers)
@@ -299,7 +313,10 @@ def cmd_dim(args) -> int:
 def cmd_variance(args) -> int:
     from .analysis.variance import analyse_variances, check_variance_pair, write_variance
     from .config import load_config
+    from .files import check_output_folder
     from .runner import load_model
+
+    check_output_folder(args.out, args.force)
 
     cfg = load_config(args.config)
     models = [load_model(cfg, m) for m in args.models]
@@ -319,8 +336,11 @@ def cmd_barrier(args) -> int:
     from .analysis.barriers import straight_line, write_barrier
     from .config import load_config
     from .data import prepare_data
+    from .files import check_output_folder
     from .runner import load_model
     from .runtime import pick_device
+
+    check_output_folder(args.out, args.force)
 
     cfg = load_config(args.config)
     device = pick_device(args.device)
@@ -355,6 +375,9 @@ def cmd_segments(args) -> int:
 
 def cmd_generalisation(args) -> int:
     from .analysis.generalisation import analyse_generalisation, write_generalisation
+    from .files import check_output_folder
+
+    check_output_folder(args.out, args.force)
 
     files = write_generalisation(analyse_generalisation(args.runs), args.out)
     print(f"wrote {files['json']}, {files['figure']}")
@@ -364,7 +387,7 @@ def cmd_generalisation(args) -> int:
 def cmd_report(args) -> int:
     from .analysis.report import build_report
 
-    print(f"wrote {build_report(args.inputs, args.out, pca=not args.no_pca)}")
+    print(f"wrote {build_report(args.inputs, args.out, pca=not args.no_pca, force=args.force)}")
     return 0
 
 

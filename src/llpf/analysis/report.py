@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import RunDirError
-from ..files import atomic_write
+from ..files import atomic_write, check_output_folder
 from ..store import RunDir
 from .runs import is_run, run_kind
 
@@ -230,12 +230,16 @@ def classify(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
     return runs, outputs
 
 
-def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = True) -> Path:
-    """Write ``out_dir/index.html`` (and the figures it embeds, under ``out_dir``) and return its path."""
+def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = True, force: bool = False) -> Path:
+    """Write ``out_dir/index.html`` (and the figures it embeds, under ``out_dir``) and return its path.
+
+    A non-empty ``out_dir`` is refused unless ``force``.
+    """
     from .. import __version__
     from .generalisation import analyse_generalisation, write_generalisation
     from .pca import run_pca
 
+    check_output_folder(out_dir, force)
     runs, outputs = classify(paths)
     out_dir = Path(out_dir)
     work = out_dir / "figures"
@@ -245,7 +249,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
         sections.append(run_section(r, work))
     paths_for_pca = [r for r in runs if run_kind(r) == "m2m"] or runs
     if pca and paths_for_pca and sum(len(RunDir(r).points()) for r in paths_for_pca) >= 2:
-        run_pca(paths_for_pca, out_dir / "pca")
+        run_pca(paths_for_pca, out_dir / "pca", force=True)  # inside the folder claimed above
         sections.append(pca_section(out_dir / "pca"))
     if any(run_kind(r) == "m2o" for r in runs):
         write_generalisation(analyse_generalisation([r for r in runs if run_kind(r) == "m2o"]),
