@@ -147,8 +147,23 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     _force_arg(p)
 
+    p = sub.add_parser("m2o-baselines", help="M2O beside move-only and fine-tuning with weight decay, "
+                                             "same start and gradient steps, best point on validation")
+    p.add_argument("config", help="TOML file or shipped config name (with an [m2o] table)")
+    p.add_argument("--start", required=True, help="start model weights")
+    p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
+    p.add_argument("--decays", type=float, nargs="+", default=None,
+                   help="fine-tuning weight decays (default: 0 and 1/4, 1, 4 x the decay that shrinks as Move does)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training set held out for choosing points, when the config sets none "
+                        "(default 0.1; the start model should not have trained on it)")
+    _force_arg(p)
+    _device_arg(p)
+    _quiet_arg(p)
+
     p = sub.add_parser("report", help="an offline HTML report of runs and analysis outputs")
-    p.add_argument("inputs", nargs="+", help="run directories, folders of runs, outputs of dim/variance/barrier/pca")
+    p.add_argument("inputs", nargs="+",
+                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines")
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--no-pca", action="store_true", help="skip the PCA of the given paths")
     _force_arg(p)
@@ -384,6 +399,22 @@ def cmd_generalisation(args) -> int:
     return 0
 
 
+def cmd_m2o_baselines(args) -> int:
+    from .baselines import COLUMNS, m2o_baselines
+    from .config import load_config
+
+    r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
+                      validation_fraction=args.validation_fraction, device=args.device, force=args.force,
+                      progress=not args.quiet)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    shown = [c for c in COLUMNS if c not in ("status", "iterations")]
+    print("  ".join(shown))
+    for row in r["rows"]:
+        print("  ".join(fmt(row[c]) for c in shown))
+    print(f"best on validation ({r['select_by']}): {r['chosen_on_validation']}; wrote {Path(args.out) / 'm2o-baselines.csv'}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .analysis.report import build_report
 
@@ -417,7 +448,7 @@ def cmd_reproduce(args) -> int:
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
             "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
             "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
-            "generalisation": cmd_generalisation, "report": cmd_report}
+            "generalisation": cmd_generalisation, "m2o-baselines": cmd_m2o_baselines, "report": cmd_report}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -137,6 +137,6 @@ def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
     rd = RunDir(run)
     kind = rd.info().get("kind", "m2m")
     summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
-    best = summary.get("best_iteration") if kind == "m2o" else None
+    best = summary.get("best_iteration")  # M2O and its baselines
     return paths_figure([rd.metrics()], kind, Path(out) if out else rd.path / "figures" / "path.png",
                         f"{kind.upper()}: {rd.path.name}", [summary], smooth=False, best_iteration=best)

@@ -22,7 +22,7 @@ from .data.augment import default_augmentation
 from .driver import Driver
 from .errors import ConfigError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
-from .methods import method_class
+from .methods import config_table, method_class
 from .models import build_model, load_state
 from .runtime import pick_device
 from .store import RunDir
@@ -53,10 +53,17 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
 
 
 def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
-    pc = getattr(cfg, kind)
+    """The table method ``kind`` reads (``[m2o]`` for M2O and its baselines)."""
+    table = config_table(kind)
+    pc = getattr(cfg, table)
     if pc is None:
-        raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
+        raise ConfigError(f"config {cfg.name!r} has no [{table}] table")
     return pc
+
+
+def resolved_config(cfg: C.Config, kind: str) -> str:
+    """The config a run of ``kind`` records in its ``config.toml``: only the table it reads."""
+    return C.dumps(dataclasses.replace(cfg, **{"m2m": None, "m2o": None, config_table(kind): _path_config(cfg, kind)}))
 
 
 def _driver(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, data: Bundle | None,
@@ -131,8 +138,8 @@ def finish(rd: RunDir, driver: Driver, progress: bool) -> dict:
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary."""
-    pc = _path_config(cfg, kind)
+    """Run method ``kind`` (M2M needs ``dest``; M2O, or a baseline) into the run directory ``out``; return its summary."""
+    _path_config(cfg, kind)
     device = pick_device(device)
     if method_class(kind).needs_dest and dest is None:
         raise ConfigError(f"{kind} needs --dest")
@@ -143,13 +150,21 @@ def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | Non
     driver = _driver(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
     if driver.method.needs_dest:
         warn_if_variances_differ(driver)
-    resolved = dataclasses.replace(cfg, **{"m2m": None, "m2o": None, kind: pc})
     inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
-    rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
+    rd.create(kind, resolved_config(cfg, kind), inputs, str(device), force=force)
     save_weights(rd.path / "start.safetensors", load_weights(start))
     if dest is not None:
         save_weights(rd.path / "dest.safetensors", load_weights(dest))
     return finish(rd, driver, progress)
+
+
+def resolve_run(rd: RunDir, kind: str, cfg: C.Config, start: str | Path) -> None:
+    """Refuse a run directory that holds a run of another method, config or start model than these."""
+    info = rd.info()
+    same = (info.get("kind") == kind and info.get("inputs", {}).get("start") == str(start)
+            and (rd.path / "config.toml").is_file() and (rd.path / "config.toml").read_text() == resolved_config(cfg, kind))
+    if not same:
+        raise RunDirError(f"{rd.path} holds a run of other settings (method, config or start); choose another --out")
 
 
 def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | None = None) -> dict:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Method, Record, SinglePath
+from .baselines import FineTune, MoveOnly
 from .m2m import M2M, m2m_iteration
 from .m2o import M2O, m2o_iteration
 
-METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O}
+METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O, "finetune": FineTune, "move-only": MoveOnly}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -27,5 +28,11 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "M2M", "M2O", "Method", "Record", "SinglePath", "m2m_iteration", "m2o_iteration",
-           "method_class", "register"]
+def config_table(name: str) -> str:
+    """The config table (``m2m`` or ``m2o``) that method ``name`` reads its settings from."""
+    cls = method_class(name)
+    return cls.table or cls.name
+
+
+__all__ = ["METHODS", "M2M", "M2O", "FineTune", "Method", "MoveOnly", "Record", "SinglePath", "config_table",
+           "m2m_iteration", "m2o_iteration", "method_class", "register"]

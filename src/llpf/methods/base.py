@@ -41,7 +41,8 @@ driver calls, in this order:
     the point the method chose (M2O), or None.
 
 A new method is one module with a subclass of :class:`Method` (or of
-:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``.
+:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``. ``table``
+names the config table it reads (``[m2m]`` or ``[m2o]``; default its name).
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ class Method:
     """A path method: see the module docstring for what the driver calls and when."""
 
     name: ClassVar[str] = ""
+    table: ClassVar[str] = ""  # the config table this method reads; "" means the one named like the method
     needs_dest: ClassVar[bool] = False
     paths: int = 1
     cfg: PathConfig
