@@ -400,7 +400,7 @@ def cmd_generalisation(args) -> int:
 
 
 def cmd_m2o_baselines(args) -> int:
-    from .baselines import COLUMNS, m2o_baselines
+    from .baselines.m2o import COLUMNS, m2o_baselines
     from .config import load_config
 
     r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
@@ -411,7 +411,8 @@ def cmd_m2o_baselines(args) -> int:
     print("  ".join(shown))
     for row in r["rows"]:
         print("  ".join(fmt(row[c]) for c in shown))
-    print(f"best on validation ({r['select_by']}): {r['chosen_on_validation']}; wrote {Path(args.out) / 'm2o-baselines.csv'}")
+    print(f"best on validation ({r['select_by']}): {r['chosen_on_validation']}; "
+          f"wrote {Path(args.out) / 'm2o-baselines.csv'}")
     return 0
 
 

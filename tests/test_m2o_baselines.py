@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from llpf.baselines import finetune_config, m2o_baselines, matched_decay
+from llpf.baselines.m2o import finetune_config, m2o_baselines, matched_decay
 from llpf.cli import main
 from llpf.config import TrainConfig, load_config
 from llpf.data import Bundle, Split, prepare_data

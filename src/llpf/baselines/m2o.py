@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import config as C
-from .data import Bundle, prepare_data
-from .errors import ConfigError, RunDirError
-from .files import atomic_write, check_output_folder, write_json
-from .runner import resolve_run, resume, run_path
-from .runtime import pick_device
-from .store import RunDir
+from .. import config as C
+from ..data import Bundle, prepare_data
+from ..errors import ConfigError
+from ..files import atomic_write, check_output_folder, write_json
+from ..runner import resolve_run, resume, run_path
+from ..runtime import pick_device
+from ..store import RunDir
 
 COLUMNS = ["method", "weight_decay", "status", "gradient_steps", "iterations", "best_iteration",
            "best_fraction_to_origin", "validation_loss", "validation_accuracy", "test_loss", "test_accuracy",
@@ -185,7 +185,7 @@ def write_baselines(result: dict, out: Path) -> dict[str, Path]:
 
 def baselines_figure(result: dict, runs_dir: Path, path: Path) -> Path:
     """The selection metric on validation (top) and test (bottom) along each run, its chosen point starred."""
-    from .plots import new_figure, save_figure
+    from ..plots import new_figure, save_figure
 
     metric = result["select_by"]
     fig = new_figure(figsize=(7, 6))
@@ -195,7 +195,7 @@ def baselines_figure(result: dict, runs_dir: Path, path: Path) -> Path:
         if not rows:
             continue
         x = [m["iteration"] / max(1, r["iterations"]) for m in rows]
-        label = r["run"] if r["weight_decay"] is None or r["method"] == "m2o" else f"finetune wd {r['weight_decay']:.3g}"
+        label = f"finetune wd {r['weight_decay']:.3g}" if r["method"] == "finetune" else r["run"]
         for ax, split in zip(axes, ("validation", "test")):
             line, = ax.plot(x, [m[f"{split}_{metric}"] for m in rows], lw=1, label=label if split == "test" else None)
             ax.plot(r["best_iteration"] / max(1, r["iterations"]), r[f"{split}_{metric}"], "*", ms=11, mec="k",
