@@ -5,10 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from llpf.analysis.barriers import (interpolate_state, line_summary, path_segments, recompute_bn_stats,
-                                    straight_line, write_segments)
+from llpf.analysis.barriers import interpolate_state, line_summary, path_segments, straight_line, write_segments
 from llpf.data import Split
-from llpf.train import evaluate
+from llpf.train import evaluate, recompute_bn_stats
 
 
 def mlp(seed, bn=False):

@@ -54,7 +54,7 @@ def tiny():
     return Split(x, y), a, b
 
 
-def test_a_method_defined_in_a_test_runs_through_driver_store_and_plot(tmp_path, registered, tiny):
+def test_a_method_defined_in_a_test_runs_through_driver_store_and_plot(tmp_path, registered, tiny, monkeypatch):
     data, a, b = tiny
     cfg = PathConfig(phases=[Phase(iterations=20, step_a=0.2, step_f=0.0)], eval_every=5, save_every=10,
                      checkpoint_every=10)
@@ -73,8 +73,12 @@ def test_a_method_defined_in_a_test_runs_through_driver_store_and_plot(tmp_path,
     assert summary["kind"] == "move-only" and summary["status"] == "complete" and summary["iterations"] == 20
     assert set(summary["final_distance"]) == set(method.names)
     rd.set_status("complete")
+    drawn = []
+    monkeypatch.setattr("llpf.plots.save_figure", lambda fig, out: drawn.append(fig) or out)
     assert main(["plot", str(rd.path)]) == 0
-    assert (rd.path / "figures" / "path.png").stat().st_size > 0
+    layers_panel = drawn[0].axes[1]
+    assert sorted(line.get_label() for line in layers_panel.get_lines()) == sorted(method.names)
+    assert layers_panel.get_yscale() == "log"  # distances to the destination, drawn as M2M's are
 
 
 def test_find_path_runs_a_registered_method_by_name(registered, tiny):

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     out = Path(sys.argv[1])
     rows = [{"iteration": i, "batch_loss": 1.0 / (i + 1), "train_loss": 1.0 / (i + 1), "dist/w": 2.0 - i / 10,
              "test_loss": 0.5, "test_accuracy": 0.9} for i in range(12)]
-    paths_figure([rows, rows], "m2m", out / "path.png", "two runs")
+    paths_figure([rows, rows], out / "path.png", "two runs")
     line = [{"t": t / 4, "train_loss": 0.1 + t * (4 - t) / 8, "train_accuracy": 0.9} for t in range(5)]
     write_barrier(line, out, name="line")
     assert matplotlib.get_backend() == "svg", f"backend after drawing: {matplotlib.get_backend()}"

@@ -186,7 +186,7 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
               f"  final/initial distance: at most {s['final_relative_distance_max']:.3f} ({worst}); every layer "
               f"within {s['arrival_tolerance']:g} x its initial distance of its variance-sphere floor: "
               f"{'yes' if s['floor_reached'] else 'no'}; every final distance below {pc['distance_below']} "
-              f"(paper): {'yes' if pc['distance_ok'] else 'no'}", file=out)
+              f"(paper): {'yes' if pc['distance_ok'] else 'no'}{_farthest(s, pc['distance_below'])}", file=out)
         if "straight_line_max_train_loss" in s:
             print(f"  straight line between the same endpoints peaks at training loss "
                   f"{s['straight_line_max_train_loss']:.4f}", file=out)
@@ -199,6 +199,15 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
               f"  best  {sel} loss {s[f'best_{sel}_loss']:.4f}, accuracy {s.get(f'best_{sel}_accuracy', float('nan')):.4f}"
               f" at iteration {s['best_iteration']} (variance ratio {s['best_variance_ratio']:.3f}, "
               f"{s['best_fraction_to_origin']:.1%} of the way to the origin)", file=out)
+
+
+def _farthest(s: dict, below: float) -> str:
+    """The layer farthest from the destination, with its floor, when the paper's distance test fails."""
+    fd = s["final_distance"]
+    worst = max(fd, key=fd.get)
+    if fd[worst] < below:
+        return ""
+    return f" ({worst} ends at {fd[worst]:.3g}; the variance spheres alone keep it {s['distance_floor'][worst]:.3g} away)"
 
 
 def cmd_demo(args) -> int:

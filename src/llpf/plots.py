@@ -78,9 +78,15 @@ def save_figure(fig: Figure, out: str | Path) -> Path:
     return out
 
 
-def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summaries: list[dict] = (),
+def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list[dict] = (),
                  smooth: bool = True, best_iteration: int | None = None) -> Path:
-    """Paper Figure 2 (M2M) or Figure 3 (M2O) from the metric rows of one or more runs."""
+    """Paper Figure 2 (M2M) or Figure 3 (M2O) from the metric rows of one or more runs.
+
+    What is drawn follows the columns, not the method: per-layer distances to
+    the destination (``dist/``) when the rows have them, else per-layer
+    variance ratios (``var_ratio/``); loss thresholds and the best point when
+    the summaries name them.
+    """
     fig = new_figure(figsize=(7, 9))
     axes = fig.subplots(3, 1, sharex=True)
 
@@ -96,25 +102,26 @@ def paths_figure(runs: list[list[dict]], kind: str, path: Path, title: str, summ
     ax = axes[0]
     band(ax, "batch_loss", "batch loss (Train_r)", lw=0.6, alpha=0.6)
     band(ax, "train_loss", "training-set loss", lw=1.5, marker="o", ms=2)
-    if kind == "m2m":
-        th = [s["loss_threshold"] for s in summaries if s.get("loss_threshold")]
-        rel = [s["relative_threshold"] for s in summaries if s.get("relative_threshold")]
-        if th:
-            ax.axhline(th[0], color="red", ls="--", lw=1, label="L_thres")
-        if rel:
-            ax.axhline(float(np.mean(rel)), color="orange", ls=":", lw=1, label="relative threshold")
+    th = [s["loss_threshold"] for s in summaries if s.get("loss_threshold")]
+    rel = [s["relative_threshold"] for s in summaries if s.get("relative_threshold")]
+    if th:
+        ax.axhline(th[0], color="red", ls="--", lw=1, label="L_thres")
+    if rel:
+        ax.axhline(float(np.mean(rel)), color="orange", ls=":", lw=1, label="relative threshold")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=8)
 
     ax = axes[1]
-    prefix = "dist/" if kind == "m2m" else "var_ratio/"
-    layers = [k for k in (runs[0][0] if runs and runs[0] else {}) if k.startswith(prefix)]
+    columns = runs[0][0] if runs and runs[0] else {}
+    distances = any(k.startswith("dist/") for k in columns)
+    prefix = "dist/" if distances else "var_ratio/"
+    layers = [k for k in columns if k.startswith(prefix)]
     ax.set_prop_cycle(color=matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
                       if len(layers) > 10 else matplotlib.colormaps["tab10"](np.arange(10)))
     for k in layers:
         band(ax, k, k[len(prefix):], lw=1)
-    ax.set_ylabel("layer-wise L2 distance to D" if kind == "m2m" else "layer variance / start variance")
-    if kind == "m2m":
+    ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
+    if distances:
         ax.set_yscale("log")
     if len(layers) <= 12:
         ax.legend(fontsize=7, ncol=2)
@@ -137,6 +144,6 @@ def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
     rd = RunDir(run)
     kind = rd.info().get("kind", "m2m")
     summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
-    best = summary.get("best_iteration")  # M2O and its baselines
-    return paths_figure([rd.metrics()], kind, Path(out) if out else rd.path / "figures" / "path.png",
-                        f"{kind.upper()}: {rd.path.name}", [summary], smooth=False, best_iteration=best)
+    return paths_figure([rd.metrics()], Path(out) if out else rd.path / "figures" / "path.png",
+                        f"{kind.upper()}: {rd.path.name}", [summary], smooth=False,
+                        best_iteration=summary.get("best_iteration"))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import Phase, TrainConfig
 from .errors import DataError, NonFiniteError
+from .data import Split
 from .flat import FlatParams
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -154,6 +155,19 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, device=None) -> None
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         model.train(was_training)
+
+
+def evaluate_state(model: nn.Module, state: Mapping[str, Tensor], splits: Mapping[str, Split], loss_fn: LossFn,
+                   metrics: Mapping[str, MetricFn], batch_size: int, recompute_bn: bool, bn_data) -> dict:
+    """Load ``state`` into ``model`` (recomputing BatchNorm statistics if asked) and evaluate every split."""
+    model.load_state_dict(state)
+    if recompute_bn:
+        recompute_bn_stats(model, bn_data.batches(batch_size))
+    row: dict[str, float] = {}
+    for name, split in splits.items():
+        for k, v in evaluate(model, split.batches(batch_size), loss_fn, metrics).items():
+            row[f"{name}_{k}" if name else k] = v
+    return row
 
 
 # ---------------------------------------------------------------- endpoints (paper Table 3)

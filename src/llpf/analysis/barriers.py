@@ -28,7 +28,7 @@ from ..data import Bundle, Split, prepare_data
 from ..errors import ModelMismatchError, RunDirError
 from ..files import load_weights, write_json
 from ..store import RunDir
-from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate, has_batchnorm, recompute_bn_stats
+from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm
 
 
 
@@ -65,19 +65,6 @@ def _bn_split(splits: Mapping[str, Split], bn_data: Split | None) -> Split:
     if bn_data is not None:
         return bn_data
     return splits.get("train", splits.get("", next(iter(splits.values()))))
-
-
-def evaluate_state(model: nn.Module, state: Mapping[str, Tensor], splits: Mapping[str, Split], loss_fn: LossFn,
-                   metrics: Mapping[str, MetricFn], batch_size: int, recompute_bn: bool, bn_data: Split) -> dict:
-    """Load ``state`` into ``model`` (recomputing BatchNorm statistics if asked) and evaluate every split."""
-    model.load_state_dict(state)
-    if recompute_bn:
-        recompute_bn_stats(model, bn_data.batches(batch_size))
-    row: dict[str, float] = {}
-    for name, split in splits.items():
-        for k, v in evaluate(model, split.batches(batch_size), loss_fn, metrics).items():
-            row[f"{name}_{k}" if name else k] = v
-    return row
 
 
 def straight_line(model_a: nn.Module, model_b: nn.Module, data_split, points: int = 21,

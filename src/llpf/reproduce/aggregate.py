@@ -37,7 +37,7 @@ def aggregate(out: str | Path) -> dict:
     write_json(out / "summary.json", result)
     atomic_write(out / "summary.md", markdown(result).encode())
     if runs:
-        paths_figure(runs, kind, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
+        paths_figure(runs, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
                                                      f"moving average over {SMOOTH} iterations", list(reps.values()))
     return result
 

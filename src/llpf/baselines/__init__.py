@@ -1,0 +1,11 @@
+"""Other ways to connect two models, run on the same pairs as LLPF: AutoNEB and one-bend curves.
+
+The straight line is :func:`llpf.analysis.barriers.straight_line`.
+"""
+from .autoneb import (PAPER_CYCLES, AutoNEB, AutoNEBConfig, Band, Cycle, chain_points, insert_pivot, neb_force,
+                      paper_cycles, redistribute, tangent)
+from .bezier import Curve, CurveConfig, curve_point
+from .functional import FlatModel
+
+__all__ = ["AutoNEB", "AutoNEBConfig", "Band", "Curve", "CurveConfig", "Cycle", "FlatModel", "PAPER_CYCLES",
+           "chain_points", "curve_point", "insert_pivot", "neb_force", "paper_cycles", "redistribute", "tangent"]

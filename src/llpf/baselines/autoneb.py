@@ -1,0 +1,415 @@
+"""AutoNEB: a nudged elastic band between two fixed models, grown in cycles.
+
+Draxler et al. (2018), "Essentially no barriers in neural network energy
+landscape" (ICML), §3: the path is a chain of pivots ``p_0 .. p_{P-1}`` whose
+ends are the two given models, never moved. Every interior pivot feels the
+NEB force (Henkelman & Jónsson 2000)::
+
+    F_i = -(grad L(p_i) - (grad L(p_i) . tau_i) tau_i)          loss, perpendicular to the path
+          + k (|p_{i+1} - p_i| - |p_i - p_{i-1}|) tau_i          spring, along the path
+
+so the loss pulls pivots sideways, down into the valley, and the springs only
+keep them spread along it. ``tau_i`` is the improved tangent of Henkelman &
+Jónsson (2000), "Improved tangent estimate in the nudged elastic band method":
+the segment towards the higher neighbour, and at a local extremum a blend of
+both segments weighted by the loss differences (:func:`tangent`). The band is
+moved by SGD (with momentum) or Adam on minibatches, one batch shared by all
+pivots of a step.
+
+AutoNEB runs the band in cycles. Each cycle optimises it for a number of steps,
+then evaluates the loss at ``points_per_segment`` evenly spaced interior points
+of every segment between neighbouring pivots; before the next cycle a new
+pivot goes where the loss between pivots is highest (:func:`insert_pivot`).
+
+Defaults (:class:`AutoNEBConfig`) and why:
+
+- the cycle schedule is the one published with the paper's code for its CIFAR
+  ResNets (``PAPER_CYCLES``): 4 cycles of 1000 steps at learning rate 0.1,
+  2 of 2000 at 0.1, 4 of 1000 at 0.01, 4 of 1000 at 0.001, 14 cycles and
+  16,000 band steps, SGD with momentum (0.9, our choice: the published config
+  names "SGD-Momentum" without a value). :func:`paper_cycles` scales the step
+  counts and the learning rates and keeps the shape. The first rate 0.1 suits
+  the paper's BatchNorm networks; on LeNet5 over digits (the demo endpoints,
+  straight-line peak 1.54) it threw the band to chance-level loss (2.3) in the
+  first cycle, while ``paper_cycles(0.02, lr=0.01)`` (the endpoints' own rate;
+  320 band steps, 3,760 gradient evaluations) brought the peak to 0.015;
+- the band starts as the straight line with 3 equally spaced interior pivots
+  and 2 pivots are inserted per later cycle (as published), at most
+  ``max_pivots = 31`` pivots in all (what that schedule reaches);
+- 9 interior evaluation points per segment (as published), on the whole
+  evaluation split (the published code uses the training loss). These
+  evaluations, not the band steps, dominate the time of a small run: a grid
+  of ``(P-1) * 9 + P`` full passes per cycle. Pass a subset as ``eval_data``
+  to make them cheaper;
+- ``spring = inf`` (as published): no spring force; instead, after every step
+  the pivots are moved along the polygonal chain so that consecutive arc
+  lengths keep their target ratios (:func:`redistribute`). A finite spring
+  constant has to match the scale of the loss gradient to the distances
+  between models, which differs by architecture; redistribution has no such
+  scale. The ratios start equal and a pivot inserted at ``alpha`` of a segment
+  splits that segment's share into ``alpha`` and ``1 - alpha``, so it stays
+  where it was put;
+- a pivot is inserted only into a segment whose loss rises above the straight
+  chord between its two ends somewhere inside (a bump): where the loss between
+  two pivots is convex, a pivot in between cannot lower the path's maximum.
+  Among those, the segments with the highest interior loss win, the pivot goes
+  to that segment's highest evaluated point.
+
+Cost is counted in gradient evaluations (one forward and backward pass on one
+batch at one pivot), the unit that also counts an LLPF Train_r step; a band
+step over ``n`` interior pivots costs ``n`` (plus two forward passes at the
+ends, whose batch losses the tangents need, not counted).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import Split
+from ..errors import ConfigError, NonFiniteError
+from ..train import LossFn
+from .functional import OPTIMIZERS, FlatModel, make_optimizer
+
+
+# ---------------------------------------------------------------- the pure pieces
+
+
+def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) -> Tensor:
+    """Unit tangent at ``cur`` by the improved tangent estimate of Henkelman & Jónsson (2000).
+
+    ``losses`` are the losses at ``prev``, ``cur``, ``next``. If the loss rises
+    monotonically through ``cur`` the tangent is the segment towards the higher
+    neighbour; at a local maximum or minimum it is the sum of both segments,
+    the one towards the higher neighbour weighted by the larger loss difference.
+    """
+    l_prev, l_cur, l_next = (float(v) for v in losses)
+    fwd, back = next - cur, cur - prev
+    if l_next > l_cur > l_prev:
+        tau = fwd
+    elif l_next < l_cur < l_prev:
+        tau = back
+    else:
+        big = max(abs(l_next - l_cur), abs(l_prev - l_cur))
+        small = min(abs(l_next - l_cur), abs(l_prev - l_cur))
+        tau = fwd * big + back * small if l_next > l_prev else fwd * small + back * big
+    norm = tau.norm()
+    if norm == 0:  # all three losses equal
+        tau = fwd + back
+        norm = tau.norm()
+    return tau / norm
+
+
+def neb_force(grad: Tensor, tangent: Tensor, prev: Tensor, cur: Tensor, next: Tensor, k: float) -> Tensor:
+    """NEB force on pivot ``cur``: minus the loss gradient's part perpendicular to the unit ``tangent``,
+    plus the spring force ``k (|next - cur| - |cur - prev|)`` along it."""
+    perpendicular = grad - (grad @ tangent) * tangent
+    force = -perpendicular
+    if k:
+        force = force + k * ((next - cur).norm() - (cur - prev).norm()) * tangent
+    return force
+
+
+def redistribute(chain: Tensor, weights: Tensor) -> Tensor:
+    """Pivots moved along the polygonal ``chain`` ([P, D]) so that the arc lengths between consecutive
+    pivots are in the ratio ``weights`` ([P-1]). The ends stay bit-identical; the polygon is unchanged."""
+    seg = (chain[1:] - chain[:-1]).norm(dim=1)
+    cum = torch.cat([seg.new_zeros(1), seg.cumsum(0)])
+    share = weights.to(seg) / weights.sum()
+    target = share.cumsum(0)[:-1] * cum[-1]
+    j = (torch.searchsorted(cum, target, right=True) - 1).clamp(0, len(seg) - 1)
+    frac = ((target - cum[j]) / seg[j].clamp_min(torch.finfo(seg.dtype).tiny)).clamp(0, 1)
+    out = chain.clone()
+    out[1:-1] = chain[j] + frac[:, None] * (chain[j + 1] - chain[j])
+    return out
+
+
+def insert_pivot(chain: Tensor, weights: Tensor, losses: Tensor, alphas: Tensor, pivot_losses: Tensor,
+                 count: int = 1) -> tuple[Tensor, Tensor, list[tuple[int, float]]]:
+    """Insert up to ``count`` pivots where the loss between neighbouring pivots is highest.
+
+    ``losses`` [P-1, m] are the losses at the interior points ``alphas`` [m]
+    (fractions in (0, 1)) of each segment of ``chain`` [P, D]; ``pivot_losses``
+    [P] the losses at the pivots. Eligible segments have a bump: an interior
+    loss above the chord between the losses at its two ends. The ``count``
+    eligible segments with the highest interior loss each get one pivot, at
+    their highest point, by linear interpolation. Returns the new chain, the
+    new target arc-length ratios (the split segment's share divided at alpha)
+    and the (segment index in the old chain, alpha) of each insertion.
+    """
+    alphas = alphas.to(losses)
+    pivot_losses = pivot_losses.to(losses)
+    chord = pivot_losses[:-1, None] * (1 - alphas) + pivot_losses[1:, None] * alphas
+    bump = (losses > chord).any(dim=1)
+    peak, at = losses.max(dim=1)
+    order = [s for s in torch.argsort(peak, descending=True).tolist() if bump[s]][:max(count, 0)]
+    rows, ratios, inserted = [chain[:1]], [], []
+    for s in range(len(chain) - 1):
+        if s in order:
+            a = float(alphas[at[s]])
+            rows.append(torch.lerp(chain[s], chain[s + 1], a)[None])
+            ratios += [weights[s] * a, weights[s] * (1 - a)]
+            inserted.append((s, a))
+        else:
+            ratios.append(weights[s])
+        rows.append(chain[s + 1:s + 2])
+    return torch.cat(rows), torch.stack([torch.as_tensor(r) for r in ratios]).to(weights), inserted
+
+
+def chain_points(chain: Tensor, per_segment: int) -> Iterator[tuple[float, Tensor]]:
+    """Every pivot and ``per_segment`` evenly spaced points inside each segment, with their position in [0, 1]
+    as the fraction of the chain's Euclidean length travelled."""
+    seg = (chain[1:] - chain[:-1]).norm(dim=1).tolist()
+    total = sum(seg) or 1.0
+    done = 0.0
+    yield 0.0, chain[0]
+    for s, length in enumerate(seg):
+        for j in range(1, per_segment + 1):
+            a = j / (per_segment + 1)
+            yield (done + a * length) / total, torch.lerp(chain[s], chain[s + 1], a)
+        done += length
+        yield done / total, chain[s + 1]
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One AutoNEB cycle: ``steps`` band steps at learning rate ``lr``."""
+
+    steps: int
+    lr: float
+
+
+PAPER_CYCLES: tuple[Cycle, ...] = (
+    (Cycle(1000, 0.1),) * 4 + (Cycle(2000, 0.1),) * 2 + (Cycle(1000, 0.01),) * 4 + (Cycle(1000, 0.001),) * 4)
+
+
+def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> tuple[Cycle, ...]:
+    """The published schedule with every cycle's step count multiplied by ``scale`` (at least 1 step) and
+    its learning rates by ``lr / 0.1`` (so ``lr`` is the first cycle's; the decays stay 10x and 100x)."""
+    return tuple(Cycle(max(1, round(c.steps * scale)), c.lr * lr / 0.1) for c in PAPER_CYCLES)
+
+
+@dataclass(frozen=True)
+class AutoNEBConfig:
+    """AutoNEB's settings; the defaults are the published ones (module docstring)."""
+
+    cycles: tuple[Cycle, ...] = PAPER_CYCLES
+    initial_pivots: int = 3
+    insert_per_cycle: int = 2
+    max_pivots: int = 31
+    points_per_segment: int = 9
+    spring: float = math.inf
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+
+    def check(self) -> None:
+        if not self.cycles or any(c.steps < 1 or not c.lr > 0 for c in self.cycles):
+            raise ConfigError("autoneb needs at least one cycle, each with steps >= 1 and lr > 0")
+        if self.initial_pivots < 1 or self.max_pivots < self.initial_pivots + 2:
+            raise ConfigError("autoneb needs initial_pivots >= 1 and max_pivots >= initial_pivots + 2")
+        if self.insert_per_cycle < 0 or self.points_per_segment < 1:
+            raise ConfigError("autoneb needs insert_per_cycle >= 0 and points_per_segment >= 1")
+        if not self.spring >= 0:
+            raise ConfigError(f"autoneb spring constant must be >= 0 (inf: redistribute), got {self.spring}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+
+
+# ---------------------------------------------------------------- the band
+
+
+class Band:
+    """Interior pivots between two fixed end vectors, moved by NEB forces."""
+
+    def __init__(self, fm: FlatModel, a: Tensor, b: Tensor, interior: int, spring: float = math.inf):
+        self.fm, self.a, self.b, self.spring = fm, a, b, spring
+        ts = torch.linspace(0, 1, interior + 2, device=a.device, dtype=a.dtype)[1:-1]
+        self.inner = torch.stack([torch.lerp(a, b, float(t)) for t in ts]).requires_grad_(True)
+        self.weights = torch.ones(interior + 1, dtype=a.dtype, device=a.device)
+
+    @property
+    def pivots(self) -> int:
+        return len(self.inner) + 2
+
+    def chain(self) -> Tensor:
+        """All pivots, ends included ([P, D], detached)."""
+        return torch.cat([self.a[None], self.inner.detach(), self.b[None]])
+
+    def forces(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Batch losses at every pivot ([P]) and the NEB force on each interior pivot ([P-2, D])."""
+        n = len(self.inner)
+        grads = torch.empty_like(self.inner, requires_grad=False)
+        losses = self.a.new_empty(n + 2)
+        with torch.no_grad():
+            losses[0], losses[-1] = self.fm.loss(self.a, x, y), self.fm.loss(self.b, x, y)
+        for i in range(n):
+            losses[i + 1], grads[i] = self.fm.loss_and_grad(self.inner[i], x, y)
+        values = losses.tolist()
+        inner = self.inner.detach()
+        k = 0.0 if math.isinf(self.spring) else self.spring
+        force = torch.empty_like(grads)
+        for i in range(n):
+            prev = inner[i - 1] if i > 0 else self.a
+            nxt = inner[i + 1] if i < n - 1 else self.b
+            force[i] = neb_force(grads[i], tangent(prev, inner[i], nxt, values[i:i + 3]), prev, inner[i], nxt, k)
+        return losses, force
+
+    def step(self, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Tensor:
+        """One optimiser step along the NEB forces (then redistribution if the spring is infinite)."""
+        losses, force = self.forces(x, y)
+        self.inner.grad = -force
+        opt.step()
+        if math.isinf(self.spring):
+            with torch.no_grad():
+                self.inner.copy_(redistribute(self.chain(), self.weights)[1:-1])
+        return losses
+
+    def insert(self, losses: Tensor, alphas: Tensor, pivot_losses: Tensor, count: int) -> list[tuple[int, float]]:
+        chain, self.weights, inserted = insert_pivot(self.chain(), self.weights, losses, alphas, pivot_losses, count)
+        self.inner = chain[1:-1].clone().requires_grad_(True)
+        return inserted
+
+
+# ---------------------------------------------------------------- the cycles
+
+
+class AutoNEB:
+    """AutoNEB between ``start`` and ``dest`` (module docstring): ``run()`` or one band ``step()`` at a time.
+
+    ``batches`` is an endless iterator of training batches (e.g. a
+    :class:`llpf.data.BatchStream`); ``eval_data`` is the split whose loss
+    decides where pivots go (BatchNorm statistics are recomputed on it at every
+    evaluated point). ``records`` holds one row per finished cycle (cycle 0 is
+    the initial straight chain): its maximum loss on the evaluation grid,
+    cumulative band steps and gradient evaluations, pivots, and the insertions
+    made before it.
+    """
+
+    def __init__(self, start: nn.Module, dest: nn.Module, batches: Iterator, eval_data: Split,
+                 config: AutoNEBConfig = AutoNEBConfig(), *, loss_fn: LossFn = F.cross_entropy, device=None,
+                 eval_batch_size: int = 1024):
+        config.check()
+        self.config = config
+        self.fm = FlatModel(start, loss_fn, device)
+        a, b = self.fm.vector(start), self.fm.vector(dest)
+        self.band = Band(self.fm, a, b, config.initial_pivots, config.spring)
+        self.batches = batches
+        self.eval_data = eval_data.to(self.fm.device)
+        self.eval_batch_size = eval_batch_size
+        m = config.points_per_segment
+        self.alphas = torch.linspace(0, 1, m + 2, dtype=a.dtype, device=a.device)[1:-1]
+        self.cycle = self.cycle_step = self.band_steps = self.gradient_evals = 0
+        self.records: list[dict] = []
+        self.opt: torch.optim.Optimizer | None = None
+        self._grid: tuple[Tensor, Tensor] | None = None
+        self._inserted: list = []
+        self._end_losses: dict[int, float] = {}
+
+    @property
+    def finished(self) -> bool:
+        return self.cycle >= len(self.config.cycles)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(c.steps for c in self.config.cycles)
+
+    def loss_at(self, vec: Tensor) -> float:
+        """The evaluation split's loss at ``vec`` (eval mode, BatchNorm statistics recomputed)."""
+        return self.fm.evaluate(vec, {"": self.eval_data}, batch_size=self.eval_batch_size)["loss"]
+
+    def evaluate_grid(self) -> tuple[Tensor, Tensor]:
+        """Losses at the interior grid points of every segment ([P-1, m]) and at the pivots ([P])."""
+        chain = self.band.chain()
+        last = len(chain) - 1
+        for end in (0, last):
+            if end not in self._end_losses:
+                self._end_losses[end] = self.loss_at(chain[end])
+        pivots = [self._end_losses[0]] + [self.loss_at(p) for p in chain[1:-1]] + [self._end_losses[last]]
+        grid = [[self.loss_at(torch.lerp(chain[s], chain[s + 1], float(a))) for a in self.alphas]
+                for s in range(last)]
+        self._grid = (torch.tensor(grid, dtype=torch.float64), torch.tensor(pivots, dtype=torch.float64))
+        return self._grid
+
+    def _record(self) -> dict:
+        grid, pivots = self.evaluate_grid()
+        worst = max(float(grid.max()), float(pivots.max()))
+        if not math.isfinite(worst):
+            raise NonFiniteError(f"autoneb: the loss along the band is {worst} after cycle {self.cycle}")
+        cycle = self.config.cycles[self.cycle - 1] if self.cycle else None
+        row = {"cycle": self.cycle, "lr": cycle.lr if cycle else None, "steps": self.band_steps,
+               "gradient_evals": self.gradient_evals, "pivots": self.band.pivots, "max_loss": worst,
+               "pivot_max_loss": float(pivots.max()), "inserted": [list(i) for i in self._inserted]}
+        self.records.append(row)
+        return row
+
+    def _start_cycle(self) -> None:
+        cfg = self.config
+        self._inserted = []
+        if self.cycle > 0:
+            count = min(cfg.insert_per_cycle, cfg.max_pivots - self.band.pivots)
+            if count > 0:
+                self._inserted = self.band.insert(self._grid[0], self.alphas, self._grid[1], count)
+        c = cfg.cycles[self.cycle]
+        self.opt = make_optimizer([self.band.inner], cfg.optimizer, c.lr, cfg.momentum)
+
+    def step(self) -> Tensor:
+        """One band step (starting or finishing a cycle when due); the batch losses at every pivot."""
+        if not self.records:
+            self._record()
+        if self.finished:
+            raise RuntimeError("autoneb has run all its cycles")
+        if self.opt is None:
+            self._start_cycle()
+        losses = self.band.step(self.opt, *next(self.batches))
+        self.cycle_step += 1
+        self.band_steps += 1
+        self.gradient_evals += self.band.pivots - 2
+        if self.cycle_step >= self.config.cycles[self.cycle].steps:
+            self.cycle, self.cycle_step, self.opt = self.cycle + 1, 0, None
+            self._record()
+        return losses
+
+    def run(self, progress: bool = False) -> list[dict]:
+        """All remaining cycles; returns ``records``."""
+        from tqdm.auto import tqdm
+
+        done = sum(c.steps for c in self.config.cycles[:self.cycle]) + self.cycle_step
+        with tqdm(total=self.total_steps, initial=done, desc="autoneb", disable=not progress, leave=False) as bar:
+            while not self.finished:
+                losses = self.step()
+                bar.update()
+                bar.set_postfix(cycle=self.cycle, pivots=self.band.pivots, max_batch_loss=f"{float(losses.max()):.3f}")
+        if not self.records:
+            self._record()
+        return self.records
+
+    def path(self) -> Tensor:
+        """The pivots, ends included ([P, D])."""
+        return self.band.chain()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue (weights_only-loadable); the batch stream's state is the caller's."""
+        return {"inner": self.band.inner.detach().clone(), "weights": self.band.weights.clone(),
+                "cycle": self.cycle, "cycle_step": self.cycle_step, "band_steps": self.band_steps,
+                "gradient_evals": self.gradient_evals, "records": [dict(r) for r in self.records],
+                "inserted": list(self._inserted),
+                "grid": self._grid, "optimizer": None if self.opt is None else self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.band.inner = state["inner"].to(self.band.a).clone().requires_grad_(True)
+        self.band.weights = state["weights"].to(self.band.a)
+        self.cycle, self.cycle_step = state["cycle"], state["cycle_step"]
+        self.band_steps, self.gradient_evals = state["band_steps"], state["gradient_evals"]
+        self.records, self._inserted, self._grid = state["records"], state["inserted"], state["grid"]
+        self.opt = None
+        if state["optimizer"] is not None:
+            c = self.config.cycles[self.cycle]
+            self.opt = make_optimizer([self.band.inner], self.config.optimizer, c.lr, self.config.momentum)
+            self.opt.load_state_dict(state["optimizer"])

@@ -1,0 +1,309 @@
+"""AutoNEB and Bezier curves: the NEB force, pivot insertion, fixed endpoints, and paths with known answers."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llpf.analysis.barriers import straight_line
+from llpf.baselines.autoneb import (AutoNEB, AutoNEBConfig, Band, Cycle, chain_points, insert_pivot, neb_force,
+                                    paper_cycles, redistribute, tangent)
+from llpf.baselines.bezier import Curve, CurveConfig, curve_point, lr_factor
+from llpf.baselines.functional import FlatModel
+from llpf.data import BatchStream, Split
+from llpf.errors import ConfigError
+
+
+def unit(v):
+    return v / v.norm()
+
+
+def bn_mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def classes(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return Split(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
+
+
+# ---------------------------------------------------------------- the NEB force and tangent
+
+
+def test_neb_force_loss_part_is_perpendicular_to_the_tangent_and_spring_part_parallel():
+    g = torch.Generator().manual_seed(0)
+    prev, cur, nxt, grad = (torch.randn(50, generator=g, dtype=torch.float64) for _ in range(4))
+    tau = tangent(prev, cur, nxt, [0.0, 1.0, 2.0])
+    assert float(tau.norm()) == pytest.approx(1.0)
+    loss_part = neb_force(grad, tau, prev, cur, nxt, k=0.0)
+    assert abs(float(loss_part @ tau)) < 1e-12 * float(grad.norm())
+    # what was removed from -grad is exactly its component along the tangent
+    removed = loss_part + grad
+    assert float(unit(removed) @ tau) == pytest.approx(1.0) or float(unit(removed) @ tau) == pytest.approx(-1.0)
+    assert float(loss_part.norm()) > 0.5 * float(grad.norm())  # a random gradient is mostly perpendicular in 50-D
+    spring = neb_force(torch.zeros(50, dtype=torch.float64), tau, prev, cur, nxt, k=2.0)
+    stretch = float((nxt - cur).norm() - (cur - prev).norm())
+    torch.testing.assert_close(spring, 2.0 * stretch * tau)
+    torch.testing.assert_close(neb_force(grad, tau, prev, cur, nxt, k=2.0), loss_part + spring)
+
+
+def test_tangent_points_to_the_higher_neighbour_and_blends_at_an_extremum():
+    prev, cur, nxt = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])
+    torch.testing.assert_close(tangent(prev, cur, nxt, [0, 1, 2]), torch.tensor([0.0, 1.0]))  # uphill ahead
+    torch.testing.assert_close(tangent(prev, cur, nxt, [2, 1, 0]), torch.tensor([1.0, 0.0]))  # uphill behind
+    # a maximum: |dV| to next = 2, to prev = 3; next is higher, so fwd * 3 + back * 2
+    torch.testing.assert_close(tangent(prev, cur, nxt, [0, 3, 1]), unit(torch.tensor([2.0, 3.0])))
+    torch.testing.assert_close(tangent(prev, cur, nxt, [1, 3, 0]), unit(torch.tensor([3.0, 2.0])))
+    torch.testing.assert_close(tangent(prev, cur, nxt, [1, 1, 1]), unit(torch.tensor([1.0, 1.0])))
+
+
+class Plain(nn.Module):
+    """A constant loss: no gradient, so only springs act."""
+
+    def __init__(self, *w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x):
+        return (0 * self.w.sum()).expand(len(x))
+
+
+def test_finite_springs_spread_the_pivots_evenly_along_the_band():
+    a, b = Plain(0.0, 0.0), Plain(4.0, 0.0)
+    fm = FlatModel(a, loss_fn=lambda out, y: out.mean())
+    band = Band(fm, fm.vector(a), fm.vector(b), interior=3, spring=1.0)
+    with torch.no_grad():
+        band.inner.copy_(torch.tensor([[0.4, 0.0], [0.8, 0.0], [1.2, 0.0]]))
+    opt = torch.optim.SGD([band.inner], lr=0.1)
+    x, y = torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)
+    for _ in range(300):
+        band.step(opt, x, y)
+    torch.testing.assert_close(band.chain(), torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [4, 0]]))
+
+
+def test_flat_model_gradient_equals_the_module_gradient():
+    m, data = bn_mlp(0), classes()
+    x, y = data.x[:32], data.y[:32]
+    fm = FlatModel(m)
+    loss, grad = fm.loss_and_grad(fm.vector(m), x, y)
+    m.train()
+    ref = F.cross_entropy(m(x), y)
+    ref.backward()
+    assert float(loss) == pytest.approx(float(ref.detach()))
+    torch.testing.assert_close(grad, torch.cat([p.grad.reshape(-1) for p in m.parameters()]))
+
+
+# ---------------------------------------------------------------- pivot insertion and spacing
+
+
+def line_chain(n):
+    return torch.stack([torch.tensor([float(i), 0.0]) for i in range(n)])
+
+
+def test_insert_pivot_goes_to_the_segment_with_the_highest_loss_at_its_highest_point():
+    chain, weights = line_chain(4), torch.ones(3)
+    alphas = torch.tensor([0.25, 0.5, 0.75])
+    pivots = torch.tensor([0.0, 0.1, 0.1, 0.0])
+    losses = torch.tensor([[0.2, 0.3, 0.2], [0.5, 0.9, 0.6], [0.4, 0.3, 0.2]])
+    new, w, inserted = insert_pivot(chain, weights, losses, alphas, pivots, count=1)
+    assert inserted == [(1, 0.5)]
+    torch.testing.assert_close(new, torch.tensor([[0.0, 0], [1, 0], [1.5, 0], [2, 0], [3, 0]]))
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.5, 0.5, 1.0]))
+    new, w, inserted = insert_pivot(chain, weights, losses, alphas, pivots, count=2)
+    assert inserted == [(1, 0.5), (2, 0.25)]
+    torch.testing.assert_close(new[4], torch.tensor([2.25, 0.0]))
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.5, 0.5, 0.25, 0.75]))
+
+
+def test_insert_pivot_skips_segments_where_the_loss_stays_below_the_chord():
+    chain, weights, alphas = line_chain(4), torch.ones(3), torch.tensor([0.25, 0.5, 0.75])
+    pivots = torch.tensor([0.0, 2.0, 0.0, 0.0])
+    # segments 0 and 1 hold the highest losses but lie below their chords (0.5, 1, 1.5 and back)
+    losses = torch.tensor([[0.4, 0.9, 1.4], [1.4, 0.9, 0.4], [0.1, 0.2, 0.1]])
+    new, _, inserted = insert_pivot(chain, weights, losses, alphas, pivots, count=1)
+    assert inserted == [(2, 0.5)]
+    torch.testing.assert_close(new[3], torch.tensor([2.5, 0.0]))
+    _, _, none = insert_pivot(chain, weights, losses[:, :] * 0, alphas, torch.ones(4), count=2)
+    assert none == []
+
+
+def test_redistribute_moves_pivots_along_the_polygon_to_the_target_ratios():
+    chain = torch.tensor([[0.0, 0.0], [0.2, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    out = redistribute(chain, torch.tensor([1.0, 1.0, 2.0]))  # length 2: pivots at arc length 0.5 and 1
+    torch.testing.assert_close(out, torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [1.0, 1.0]]))
+    assert torch.equal(out[0], chain[0]) and torch.equal(out[-1], chain[-1])
+    out = redistribute(chain, torch.ones(3))  # thirds of the length: 2/3 along x, then 1/3 up
+    torch.testing.assert_close(out[1:3], torch.tensor([[2 / 3, 0.0], [1.0, 1 / 3]]))
+
+
+def test_chain_points_cover_every_segment_with_arc_length_positions():
+    chain = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 3.0]])
+    pts = list(chain_points(chain, per_segment=1))
+    assert [p for p, _ in pts] == pytest.approx([0, 0.125, 0.25, 0.625, 1.0])
+    torch.testing.assert_close(torch.stack([v for _, v in pts]),
+                               torch.tensor([[0.0, 0], [0.5, 0], [1, 0], [1, 1.5], [1, 3]]))
+
+
+# ---------------------------------------------------------------- curves
+
+
+def test_curve_formulas_and_the_learning_rate_schedule():
+    a, th, b = torch.tensor([0.0, 0.0]), torch.tensor([1.0, 2.0]), torch.tensor([4.0, 0.0])
+    torch.testing.assert_close(curve_point("bezier", a, th, b, 0.5), 0.25 * a + 0.5 * th + 0.25 * b)
+    torch.testing.assert_close(curve_point("polychain", a, th, b, 0.25), (a + th) / 2)
+    torch.testing.assert_close(curve_point("polychain", a, th, b, 0.75), (th + b) / 2)
+    assert curve_point("bezier", a, th, b, 0.0) is a and curve_point("bezier", a, th, b, 1.0) is b
+    # the gradient reaching the bend is 2 t (1 - t) times the gradient at the point
+    bend = th.clone().requires_grad_(True)
+    curve_point("bezier", a, bend, b, 0.3).sum().backward()
+    torch.testing.assert_close(bend.grad, torch.full((2,), 2 * 0.3 * 0.7))
+    assert [lr_factor(p) for p in (0.0, 0.5, 0.7, 0.9, 0.95)] == pytest.approx([1, 1, 0.505, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("kind", ["bezier", "polychain"])
+def test_curve_endpoints_stay_fixed_to_the_bit_while_the_bend_trains(kind):
+    a, b, data = bn_mlp(0), bn_mlp(1), classes()
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
+    curve = Curve(a, b, BatchStream(data, 32), CurveConfig(kind=kind, steps=40, lr=0.05))
+    va, vb = FlatModel(a).vector(a), FlatModel(b).vector(b)
+    mid = (va + vb) / 2
+    curve.run()
+    assert torch.equal(curve.point(0.0), va) and torch.equal(curve.point(1.0), vb)
+    assert torch.equal(curve.a, va) and torch.equal(curve.b, vb)
+    for m, saved in zip((a, b), before):
+        assert all(torch.equal(v, saved[k]) for k, v in m.state_dict().items())
+    moved = float((curve.bend.detach() - mid).norm())
+    assert moved > 1e-2 * float((vb - va).norm())
+
+
+def test_untrained_bezier_is_the_straight_line_evaluated_with_batchnorm_recomputed():
+    # with the bend at the midpoint, (1-t)^2 a + t(1-t)(a+b) + t^2 b = (1-t) a + t b
+    a, b, train, test = bn_mlp(0), bn_mlp(1), classes(seed=0), classes(seed=1)
+    curve = Curve(a, b, BatchStream(train, 32), CurveConfig())
+    ts = [0, 0.25, 0.5, 0.75, 1]
+    rows = curve.evaluate(ts, {"train": train, "test": test})
+    line = straight_line(a, b, {"train": train, "test": test}, points=5)
+    for r, l in zip(rows, line):
+        for k in ("train_loss", "test_loss", "test_accuracy"):
+            assert r[k] == pytest.approx(l[k], rel=1e-5, abs=1e-6)
+    m = curve.model_at(0.5, train)
+    assert not m.training and m[1].running_mean.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- paths with known answers
+
+
+def logistic_problem():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 5, generator=g)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 1.0]) + 0.3 * torch.randn(200, generator=g) > 0).long()
+    torch.manual_seed(10)
+    a, b = nn.Linear(5, 2), nn.Linear(5, 2)
+    with torch.no_grad():
+        a.weight.mul_(8), b.weight.mul_(8)  # two poor points far apart
+    return a, b, Split(x, y)
+
+
+def test_on_a_convex_loss_every_path_stays_at_or_below_the_straight_line():
+    a, b, data = logistic_problem()
+    line = straight_line(a, b, data, points=21)
+    line_max = max(r["loss"] for r in line)
+    assert line_max == pytest.approx(max(line[0]["loss"], line[-1]["loss"]))  # convex: the ends are the worst
+    cfg = AutoNEBConfig(cycles=(Cycle(40, 0.5),) * 3, points_per_segment=3)
+    neb = AutoNEB(a, b, BatchStream(data, 50, seed=0), data, cfg)
+    records = neb.run()
+    fm = neb.fm
+    profile = [fm.evaluate(v, {"": data})["loss"] for _, v in chain_points(neb.path(), 3)]
+    assert max(profile) <= line_max + 1e-6 and records[-1]["max_loss"] <= line_max + 1e-6
+    assert sum(profile) / len(profile) < sum(r["loss"] for r in line) / len(line)  # the band went into the bowl
+    for kind in ("bezier", "polychain"):
+        curve = Curve(a, b, BatchStream(data, 50, seed=0), CurveConfig(kind=kind, steps=150, lr=0.5)).run()
+        losses = [r["loss"] for r in curve.evaluate([i / 40 for i in range(41)], {"": data})]
+        assert max(losses) <= line_max + 1e-6
+        assert losses[20] < line[10]["loss"]  # and the middle went down
+
+
+class Valley(nn.Module):
+    """E(u, v) = (u^2 - 1)^2 + (v - (1 - u^2))^2: minima at (-1, 0) and (1, 0); the valley floor
+    v = 1 - u^2 crosses the ridge u = 0 at height 1, the straight line v = 0 at height 2."""
+
+    def __init__(self, u, v):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([u, v]))
+
+    def forward(self, x):
+        u, v = self.w
+        return ((u ** 2 - 1) ** 2 + (v - (1 - u ** 2)) ** 2).expand(len(x))
+
+
+def energy(out, y):
+    return out.mean()
+
+
+def test_on_a_valley_autoneb_and_the_curves_find_the_pass_below_the_straight_line():
+    a, b = Valley(-1.0, 0.0), Valley(1.0, 0.0)
+    data = Split(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+    line = straight_line(a, b, data, points=21, loss_fn=energy)
+    assert max(r["loss"] for r in line) == pytest.approx(2.0)
+    cfg = AutoNEBConfig(cycles=(Cycle(150, 0.02),) * 3, max_pivots=9, points_per_segment=4)
+    neb = AutoNEB(a, b, BatchStream(data, 2), data, cfg, loss_fn=energy)
+    assert neb.run()[-1]["max_loss"] == pytest.approx(1.0, abs=0.02)  # the minimum energy path crosses at 1
+    ts = [i / 40 for i in range(41)]
+    for kind, ceiling in (("bezier", 1.5), ("polychain", 1.6)):
+        # trained for the mean loss along them, one bend: below the line, not necessarily through the pass
+        curve = Curve(a, b, BatchStream(data, 2), CurveConfig(kind, steps=300, lr=0.01), loss_fn=energy).run()
+        peak = torch.tensor([r["loss"] for r in curve.evaluate(ts, {"": data})]).max()  # NaN-propagating
+        assert 1.0 - 0.02 <= float(peak) < ceiling
+
+
+def test_autoneb_records_its_cycles_and_resumes_exactly():
+    a, b = Valley(-1.0, 0.0), Valley(1.0, 0.0)
+    data = Split(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+    cfg = AutoNEBConfig(cycles=(Cycle(5, 0.02),) * 3, points_per_segment=2, initial_pivots=1, max_pivots=4)
+    full = AutoNEB(a, b, BatchStream(data, 2), data, cfg, loss_fn=energy)
+    records = full.run()
+    assert [r["cycle"] for r in records] == [0, 1, 2, 3]
+    assert [r["steps"] for r in records] == [0, 5, 10, 15]
+    assert [r["pivots"] for r in records] == [3, 3, 4, 4]  # one pivot per later cycle, within the budget of 4
+    assert records[-1]["gradient_evals"] == 5 * 1 + 5 * 2 + 5 * 2
+    part = AutoNEB(a, b, BatchStream(data, 2), data, cfg, loss_fn=energy)
+    for _ in range(7):
+        part.step()
+    state = part.state_dict()
+    resumed = AutoNEB(a, b, BatchStream(data, 2), data, cfg, loss_fn=energy)
+    resumed.load_state_dict(state)
+    assert resumed.run() == records
+    assert torch.equal(resumed.path(), full.path())
+
+
+def test_configuration_mistakes_are_one_line_errors():
+    with pytest.raises(ConfigError):
+        AutoNEBConfig(cycles=()).check()
+    with pytest.raises(ConfigError):
+        AutoNEBConfig(optimizer="lbfgs").check()
+    with pytest.raises(ConfigError):
+        CurveConfig(kind="spline").check()
+    assert sum(c.steps for c in paper_cycles()) == 16000
+    assert [c.lr for c in paper_cycles(0.1, lr=0.01)][::4] == pytest.approx([0.01, 0.01, 0.001, 1e-4])
+
+
+# ---------------------------------------------------------------- a real model
+
+
+def test_baselines_run_on_lenet5_with_a_tiny_budget(digits):
+    from llpf.models.lenet5 import LeNet5
+
+    train = Split(digits.train.x[:256], digits.train.y[:256])
+    torch.manual_seed(0)
+    a, b = LeNet5(), LeNet5()
+    cfg = AutoNEBConfig(cycles=paper_cycles(0.002, lr=0.01)[:2], points_per_segment=1)
+    neb = AutoNEB(a, b, BatchStream(train, 32), train, cfg)
+    records = neb.run()
+    assert len(records) == 3 and all(math.isfinite(r["max_loss"]) for r in records)
+    assert neb.path().shape == (records[-1]["pivots"], sum(p.numel() for p in a.parameters()))
+    curve = Curve(a, b, BatchStream(train, 32), CurveConfig(steps=3)).run()
+    row = curve.evaluate([0.5], {"train": train})[0]
+    assert math.isfinite(row["train_loss"]) and 0 <= row["train_accuracy"] <= 1
