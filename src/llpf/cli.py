@@ -192,7 +192,7 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
                   f"{s['straight_line_max_train_loss']:.4f}", file=out)
     else:
         sel = s["selected_on"]
-        print(f"M2O path: {s['status']}, {s['iterations']} iterations, final variance ratio "
+        print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, final variance ratio "
               f"{s['final_variance_ratio']:.3f}, norm ratio {s['norm_ratio']:.3f} "
               f"({s['fraction_to_origin']:.1%} of the way to the origin)\n"
               f"  start {sel} loss {s[f'start_{sel}_loss']:.4f}, accuracy {s.get(f'start_{sel}_accuracy', float('nan')):.4f}\n"
