@@ -82,11 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _quiet_arg(p)
     _analysis_parsers(sub)
+    _run_analysis_parsers(sub)
     return ap
 
 
-def _force_arg(p):
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder (never a run directory)")
+def _force_arg(p, help="write into a non-empty --out folder (never a run directory)"):
+    p.add_argument("--force", action="store_true", help=help)
 
 
 def _analysis_parsers(sub) -> None:
@@ -135,6 +136,9 @@ def _analysis_parsers(sub) -> None:
     _force_arg(p)
     _device_arg(p)
 
+
+def _run_analysis_parsers(sub) -> None:
+    """The commands that read run directories or run methods beside M2O (llpf.analysis, llpf.baselines.m2o)."""
     p = sub.add_parser("segments", help="certify a path: training loss on the straight segments between saved points")
     p.add_argument("run")
     p.add_argument("--points-per-segment", type=int, default=5, help="interior points per segment (default 5)")
@@ -157,7 +161,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the training set held out for choosing points, when the config sets none "
                         "(default 0.1; the start model should not have trained on it)")
-    _force_arg(p)
+    _force_arg(p, "use a non-empty --out: its finished runs of the same settings are kept, an interrupted one resumed")
     _device_arg(p)
     _quiet_arg(p)
 
