@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from llpf.config import TrainConfig, load_config
 from llpf.data import Bundle, Split, prepare_data
 from llpf.files import load_weights, save_weights
 from llpf.models import build_model
+from llpf.store import RunDir
 from llpf.train import train_endpoint
 from tiny import LENET5_ON_DIGITS
 
@@ -57,11 +59,11 @@ def setup(tmp_path_factory):
     data = Bundle(train, d.test, d.num_classes, Split(d.train.x[:64], (d.train.y[:64] + 1) % 10))
     result = m2o_baselines(cfg, root / "start.safetensors", root / "out", decays=[0.0, 0.5], device="cpu",
                            data=data, log=lambda line: None)
-    return root, cfg, result
+    return root, cfg, result, data
 
 
 def test_every_method_gets_the_same_gradient_steps(setup):
-    root, _, result = setup
+    root, _, result, _ = setup
     out = root / "out"
     steps = {run: int(sum(r["rounds"] for r in read_rows(out / run)))
              for run in ("m2o", "move-only", "finetune-wd0", "finetune-wd0.5")}
@@ -83,7 +85,7 @@ def test_every_method_gets_the_same_gradient_steps(setup):
 
 
 def test_move_only_is_the_move_schedule_alone(setup):
-    root, _, _ = setup
+    root, _, _, _ = setup
     start = load_weights(root / "start.safetensors")
     final = load_weights(root / "out" / "move-only" / "final.safetensors")
     for name, w in start.items():  # LeNet5: every layer moved, none trained
@@ -91,7 +93,7 @@ def test_move_only_is_the_move_schedule_alone(setup):
 
 
 def test_weight_decay_shrinks_the_fine_tuned_weights(setup):
-    root, _, _ = setup
+    root, _, _, _ = setup
     norm = {}
     for run in ("finetune-wd0", "finetune-wd0.5"):
         w = load_weights(root / "out" / run / "final.safetensors")
@@ -100,7 +102,7 @@ def test_weight_decay_shrinks_the_fine_tuned_weights(setup):
 
 
 def test_the_best_point_is_chosen_on_validation_then_read_on_test(setup):
-    root, _, result = setup
+    root, _, result, _ = setup
     for row in result["rows"][1:]:
         evaluated = [r for r in read_rows(root / "out" / row["run"]) if r.get("validation_loss") is not None]
         on_val = min(evaluated, key=lambda r: r["validation_loss"])
@@ -112,7 +114,7 @@ def test_the_best_point_is_chosen_on_validation_then_read_on_test(setup):
 
 
 def test_matched_decay_shrinks_as_the_move_schedule_does(setup):
-    _, cfg, result = setup
+    _, cfg, result, _ = setup
     steps = result["budget_gradient_steps"]
     wd = matched_decay(cfg.m2o, steps)
     assert (1 - cfg.m2o.lr * wd) ** steps == pytest.approx((1 - STEP_A) ** T, rel=1e-9)
@@ -122,7 +124,7 @@ def test_matched_decay_shrinks_as_the_move_schedule_does(setup):
 
 
 def test_cli_runs_refuses_a_used_folder_and_continues_with_force(setup, tmp_path, capsys):
-    root, _, _ = setup
+    root, _, _, _ = setup
     args = ["m2o-baselines", str(root / "tiny.toml"), "--start", str(root / "start.safetensors"),
             "--out", str(tmp_path / "b"), "--decays", "0", "--validation-fraction", "0.25", "--quiet"]
     assert main(args) == 0
@@ -143,8 +145,35 @@ def test_cli_runs_refuses_a_used_folder_and_continues_with_force(setup, tmp_path
 def test_report_shows_the_baselines_folder(setup, tmp_path):
     from llpf.analysis.report import build_report
 
-    root, _, result = setup
+    root, _, result, _ = setup
     page = build_report([root / "out"], tmp_path / "report").read_text()
     assert "M2O against its baselines" in page and "finetune-wd0.5" in page
     assert f"budget {result['budget_gradient_steps']} gradient steps" in page
     assert page.count("data:image/png;base64,") == 1
+
+
+def test_an_interrupted_baseline_resumes_with_force_and_ends_as_an_uninterrupted_one(setup, tmp_path, monkeypatch):
+    root, cfg, _, data = setup
+    original, stopped = RunDir.on_checkpoint, []
+
+    def stop_once(self, iteration, state):  # a SIGTERM after the fine-tuning's first checkpoint
+        original(self, iteration, state)
+        if self.path.name == "finetune-wd0.5" and not stopped:
+            stopped.append(iteration)
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(RunDir, "on_checkpoint", stop_once)
+    go = lambda force: m2o_baselines(cfg, root / "start.safetensors", tmp_path / "out", decays=[0.5],  # noqa: E731
+                                     device="cpu", data=data, force=force, log=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        go(False)
+    run = RunDir(tmp_path / "out" / "finetune-wd0.5")
+    assert stopped and run.info()["status"] == "interrupted"
+    m2o_done = (tmp_path / "out" / "m2o" / "final.safetensors").stat().st_mtime_ns
+    result = go(True)
+    assert run.info()["status"] == "complete"
+    assert (tmp_path / "out" / "m2o" / "final.safetensors").stat().st_mtime_ns == m2o_done  # kept, not rerun
+    resumed = load_weights(run.path / "final.safetensors")
+    whole = load_weights(root / "out" / "finetune-wd0.5" / "final.safetensors")
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert result["rows"][-1]["gradient_steps"] == result["budget_gradient_steps"]
