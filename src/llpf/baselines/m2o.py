@@ -202,6 +202,10 @@ def baselines_figure(result: dict, runs_dir: Path, path: Path) -> Path:
                     color=line.get_color())
     for ax, split in zip(axes, ("validation", "test")):
         ax.set_ylabel(f"{split} {metric}")
+        near = [r[f"{split}_{metric}"] for r in result["rows"] if r[f"{split}_{metric}"] is not None]
+        if near:  # zoom on the start and the chosen points, where the methods differ
+            pad = 1.5 * max(max(near) - min(near), 1e-3)
+            ax.set_ylim(min(near) - pad, max(near) + pad)
     axes[1].set_xlabel("share of the run (M2O and fine-tuning: the same gradient steps)")
     axes[1].legend(fontsize=7)
     fig.suptitle(f"{result['config']}: best point on validation (star), then read on test", fontsize=9)
