@@ -63,3 +63,26 @@ def bn_program(make_train_r):
     train_r = make_train_r(fp, BatchStream(data.train, BATCH, seed=5), F.cross_entropy, 0.05, 0.0, 0.0)
     train_r(Phase(rounds=1))
     return model[2].running_mean.clone(), model[2].running_var.clone()
+
+
+def endpoint_program():
+    """Endpoint training (paper Table 3 style: SGD with momentum, crop-flip) for one epoch of 8 global batches."""
+    from llpf.config import TrainConfig
+    from llpf.train import train_endpoint
+
+    model, data = setup()
+    recipe = TrainConfig(epochs=1, batch_size=BATCH, lr=0.05, momentum=0.9, weight_decay=1e-4,
+                         augmentation="crop-flip")
+    losses = train_endpoint(model, data.train, recipe, seed=6)
+    return losses, FlatParams(model).flat.detach().clone()
+
+
+def bn_recalibration(recompute):
+    """BatchNorm statistics recomputed on the 127 test rows in batches of 64 (two batches: 64 and 63 rows)."""
+    from torch import nn
+
+    _, data = setup()
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    recompute(model, data.test)
+    return model[2].running_mean.clone(), model[2].running_var.clone()

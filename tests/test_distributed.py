@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llpf import distributed as D
-from llpf.train import TrainR, evaluate
+from llpf.train import TrainR, evaluate, recompute_bn_stats
 
 HERE = Path(__file__).parent
 
@@ -34,14 +34,18 @@ def two_ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process():
     sys.path.insert(0, str(HERE))
-    from dp_program import bn_program, m2m_program, program
+    from dp_program import bn_program, bn_recalibration, endpoint_program, m2m_program, program
 
     record, fp, model, data = program(TrainR)
     record["test"] = evaluate(model, data.test.batches(50), F.cross_entropy)
     record["m2m_losses"], m2m_flat = m2m_program(TrainR)
     running_mean, running_var = bn_program(TrainR)
+    record["endpoint_losses"], endpoint_flat = endpoint_program()
+    # the two ranks' halves of the test rows (64 and 63) are the two batches of one process
+    recal_mean, recal_var = bn_recalibration(lambda model, split: recompute_bn_stats(model, split.batches(64)))
     return record, {"flat": fp.flat.detach().clone(), "m2m_flat": m2m_flat, "running_mean": running_mean,
-                    "running_var": running_var}
+                    "running_var": running_var, "endpoint_flat": endpoint_flat, "recal_mean": recal_mean,
+                    "recal_var": recal_var}
 
 
 def test_two_ranks_take_the_single_process_steps_at_the_same_global_batch(two_ranks, one_process):
@@ -84,6 +88,11 @@ def test_batchnorm_running_means_are_the_whole_batch_ones_on_every_rank(two_rank
     assert not torch.equal(ta["running_mean"], torch.zeros_like(ta["running_mean"]))
 
 
+def test_a_path_whose_batch_does_not_split_over_the_ranks_is_refused_in_one_line(two_ranks):
+    for rec, _ in two_ranks:
+        assert rec["uneven_batch"] == "batch_size 31 does not split into 2 equal shards; use a batch size divisible by 2"
+
+
 def test_ranks_hold_bit_identical_weights_and_detect_drift(two_ranks):
     (a, ta), (b, tb) = two_ranks
     assert (a["rank"], b["rank"]) == (0, 1) and a["run_id"] == b["run_id"] and len(a["run_id"]) == 32
@@ -97,6 +106,25 @@ def test_sharded_evaluation_equals_the_whole_split(two_ranks, one_process):
     ref, _ = one_process
     for rec, _ in two_ranks:
         assert rec["test"] == pytest.approx(ref["test"], rel=1e-5)
+        assert rec["test_batches"] == pytest.approx(ref["test"], rel=1e-5)  # a list of batches: every other one
+
+
+def test_endpoint_training_on_two_ranks_takes_the_single_process_steps(two_ranks, one_process):
+    ref, ref_t = one_process
+    (_, ta), (_, tb) = two_ranks
+    assert torch.equal(ta["endpoint_flat"], tb["endpoint_flat"])
+    for rec, t in two_ranks:
+        assert rec["endpoint_losses"] == pytest.approx(ref["endpoint_losses"], rel=1e-5)
+        torch.testing.assert_close(t["endpoint_flat"], ref_t["endpoint_flat"], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(ref_t["endpoint_flat"], start_flat())
+
+
+def test_sharded_batchnorm_recalibration_averages_the_ranks_batches(two_ranks, one_process):
+    _, ref_t = one_process
+    for _, t in two_ranks:
+        torch.testing.assert_close(t["recal_mean"], ref_t["recal_mean"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(t["recal_var"], ref_t["recal_var"], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ref_t["recal_var"], torch.ones_like(ref_t["recal_var"]))
 
 
 # ---------------------------------------------------------------- pure pieces, one process
@@ -131,6 +159,17 @@ def test_one_process_is_not_distributed_and_collectives_are_identity(monkeypatch
     assert D.all_reduce_mean_(t) is t and t.tolist() == [1.0, 2.0]
     assert D.reduce_sums(t, 3) == (t, 3)
     assert D.in_sync(t)
+
+
+def test_commands_that_run_in_one_process_refuse_several_ranks_in_one_line(monkeypatch, capsys):
+    from llpf.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["configs"]) == 2
+    assert capsys.readouterr().err.strip() == ("llpf: error: llpf configs runs in one process; launch it without "
+                                               "torchrun (several ranks run: m2m, m2o, reproduce, resume, train)")
+    assert main(["reproduce", "demo", "--method", "m2m", "--dry-run"]) == 2
+    assert "llpf reproduce --dry-run runs in one process" in capsys.readouterr().err
 
 
 def test_a_torchrun_environment_without_a_rendezvous_is_a_one_line_error(monkeypatch):

@@ -12,7 +12,7 @@ import llpf
 from llpf import config as C
 from llpf.cli import main
 from llpf.data import Split
-from llpf.errors import ConfigError
+from llpf.errors import ConfigError, RunDirError
 from llpf.models import build_model
 from llpf.plots import moving_average
 from llpf.reproduce import dry_run, experiments
@@ -372,3 +372,57 @@ def test_reproduce_with_given_weights(tiny_reproduction, tmp_path):
                  "--device", "cpu", "--quiet"]) == 0
     assert not list((o2 / "endpoints").glob("*.safetensors"))
     assert json.loads((o2 / "summary.json").read_text())["reps"]["rep-00"]["status"] == "complete"
+
+
+def test_method_picks_one_table_of_a_config_that_has_both(capsys):
+    assert main(["reproduce", "demo", "--dry-run"]) == 2
+    assert "must have exactly one of [m2m] and [m2o] to be reproduced (pick one with --method)" in capsys.readouterr().err
+    assert main(["reproduce", "demo", "--method", "m2o", "--dry-run", "--dry-run-batch", "8", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("demo (M2O)")
+    assert main(["reproduce", "lenet5-mnist-m2m", "--method", "m2o", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == "llpf: error: config 'lenet5-mnist-m2m' has no [m2o] table"
+
+
+def test_the_ledger_counts_a_launch_once_however_often_it_is_merged(tmp_path):
+    from llpf.reproduce import Ledger
+
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "seed3.json").write_text('{"wall_s": 2.5, "metrics": {}}')
+    Ledger(tmp_path, "x", "m2m").save()
+    old = json.loads((tmp_path / "reproduce.json").read_text())
+    old["reps"]["rep-00"] = {"wall_s": 10.0}  # written before launches were kept apart
+    (tmp_path / "reproduce.json").write_text(json.dumps(old))
+    for _ in range(2):
+        Ledger(tmp_path, "x", "m2m").merge("A", {0: {"path_s": 1.0}, 1: {"path_s": 4.0}, 2: {"status": "failed"}},
+                                          tmp_path / "endpoints")
+    Ledger(tmp_path, "x", "m2m").merge("B", {1: {"path_s": 0.5}}, tmp_path / "endpoints")
+    data = json.loads((tmp_path / "reproduce.json").read_text())
+    assert {k: v["wall_s"] for k, v in data["reps"].items()} == {"rep-00": 11.0, "rep-01": 4.5}
+    assert data["endpoints"] == {"seed3": {"wall_s": 2.5, "metrics": {}}}
+    with pytest.raises(RunDirError, match=r"reproduction of 'x' \(m2m\), not 'x' \(m2o\)"):
+        Ledger(tmp_path, "x", "m2o")
+
+
+def test_a_repetition_that_raises_is_reported_failed_and_the_others_complete(tmp_path, monkeypatch, capsys):
+    import llpf.runner as runner
+
+    cfg, out = tmp_path / "tiny.toml", tmp_path / "out"
+    cfg.write_text(TINY)
+    real_run = runner.run_path
+
+    def broken(kind, c, a, b, rep, **k):
+        if rep.name == "rep-00":
+            raise RuntimeError("device lost\nmore")
+        return real_run(kind, c, a, b, rep, **k)
+    monkeypatch.setattr(runner, "run_path", broken)
+    args = ["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(args) == 1
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["reps"]) == ["rep-01"] and s["reps"]["rep-01"]["status"] == "complete"
+    assert s["unfinished"] == {"rep-00": "failed on rank 0: RuntimeError: device lost"}
+    assert "- rep-00: failed on rank 0: RuntimeError: device lost" in capsys.readouterr().out
+
+    monkeypatch.setattr(runner, "run_path", real_run)
+    assert main(args) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert sorted(s["reps"]) == ["rep-00", "rep-01"] and s["unfinished"] == {}

@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                            ("m2o", "low-loss path toward the origin (Algorithm 2)")):
         p = sub.add_parser(kind, help=helptext)
         p.add_argument("config", help="TOML file or shipped config name")
-        p.add_argument("--start", required=True, help="start model weights")
+        p.add_argument("--start", "--start-model", dest="start", required=True,
+                       help="start model weights (--start-model under torchrun, whose own --start-method takes --start)")
         if kind == "m2m":
-            p.add_argument("--dest", required=True, help="destination model weights")
+            p.add_argument("--dest", "--dest-model", dest="dest", required=True, help="destination model weights")
             p.add_argument("--segments", action="store_true",
                            help="afterwards, certify the straight segments between saved points (llpf segments)")
             p.add_argument("--segment-points", type=int, default=5, help="interior points per segment (default 5)")
@@ -68,22 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("configs", help="list the shipped configs")
 
+    _reproduce_parser(sub)
+    _analysis_parsers(sub)
+    _run_analysis_parsers(sub)
+    return ap
+
+
+def _reproduce_parser(sub) -> None:
     p = sub.add_parser("reproduce", help="run one of the paper's experiments with repetitions, aggregate figure and table")
     p.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file")
     p.add_argument("--list", action="store_true", help="list the paper's experiments")
-    p.add_argument("--reps", type=int, default=1, help="repetitions (default 1)")
+    p.add_argument("--reps", type=int, default=1, help="repetitions (default 1); under torchrun dealt to the ranks")
+    p.add_argument("--method", choices=("m2m", "m2o"), default=None,
+                   help="the path method, for a config that has both tables (such as demo)")
     p.add_argument("--out", default=None, help="output directory; re-running the same command continues it")
     p.add_argument("--data-dir", default=None, help="dataset folder (sets data.root)")
-    p.add_argument("--start", default=None, help="start model weights instead of training endpoints")
-    p.add_argument("--dest", default=None, help="M2M: destination model weights instead of training")
+    p.add_argument("--start", "--start-model", dest="start", default=None,
+                   help="start model weights instead of training endpoints (--start-model under torchrun)")
+    p.add_argument("--dest", "--dest-model", dest="dest", default=None,
+                   help="M2M: destination model weights instead of training")
     p.add_argument("--dry-run", action="store_true",
                    help="check the config on random tensors, time two iterations, print the plan; train nothing")
     p.add_argument("--dry-run-batch", type=int, default=None, help=argparse.SUPPRESS)
     _device_arg(p)
     _quiet_arg(p)
-    _analysis_parsers(sub)
-    _run_analysis_parsers(sub)
-    return ap
 
 
 def _force_arg(p, help="write into a non-empty --out folder (never a run directory)"):
@@ -226,27 +235,33 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import distributed as D
     from .config import load_config
     from .runner import train
 
     cfg = load_config(args.config)
     m = train(cfg, args.seed, args.out, device=args.device, progress=not args.quiet)
+    if not D.is_main():
+        return 0
     print(f"wrote {args.out}: train loss {m['train']['loss']:.4f} accuracy {m['train']['accuracy']:.4f}; "
           f"test loss {m['test']['loss']:.4f} accuracy {m['test']['accuracy']:.4f}")
     return 0
 
 
 def cmd_path(args) -> int:
+    from . import distributed as D
     from .config import load_config
     from .runner import resume, run_path
     from .store import RunDir
 
-    if args.resume and RunDir(args.out).exists:
+    if args.resume and D.on_main(lambda: RunDir(args.out).exists):
         s = resume(args.out, device=args.device, progress=not args.quiet)
     else:
         cfg = load_config(args.config)
         s = run_path(args.command, cfg, args.start, getattr(args, "dest", None), args.out, device=args.device,
                      force=args.force, progress=not args.quiet)
+    if not D.is_main():
+        return _exit_code(s)
     if getattr(args, "segments", False) and s and s["status"] == "complete":
         from .analysis.barriers import path_segments, write_segments
 
@@ -259,24 +274,31 @@ def cmd_path(args) -> int:
     return _report(args.command, s, args.out)
 
 
+def _exit_code(s: dict) -> int:
+    """130 for an interrupted run, 1 for a failed one, 0 for a complete one."""
+    return 130 if not s else 0 if s["status"] == "complete" else 1
+
+
 def _report(kind: str, s: dict, out) -> int:
     if not s:
         print(f"interrupted; continue with: llpf resume {out}")
-        return 130
-    _print_summary(kind, s)
-    print(f"run directory: {out}")
-    if s["status"] != "complete":
-        print(f"llpf: run failed: {s.get('reason')}", file=sys.stderr)
-        return 1
-    return 0
+    else:
+        _print_summary(kind, s)
+        print(f"run directory: {out}")
+        if s["status"] != "complete":
+            print(f"llpf: run failed: {s.get('reason')}", file=sys.stderr)
+    return _exit_code(s)
 
 
 def cmd_resume(args) -> int:
+    from . import distributed as D
     from .runner import resume
     from .store import RunDir
 
-    kind = RunDir(args.run).info().get("kind", "m2m")
-    return _report(kind, resume(args.run, device=args.device, progress=not args.quiet), args.run)
+    s = resume(args.run, device=args.device, progress=not args.quiet)
+    if not D.is_main():
+        return _exit_code(s)
+    return _report(RunDir(args.run).info().get("kind", "m2m"), s, args.run)
 
 
 def cmd_plot(args) -> int:
@@ -448,15 +470,19 @@ def cmd_reproduce(args) -> int:
     if not args.name:
         raise ConfigError("name an experiment (llpf reproduce --list shows them)")
     if args.dry_run:
-        dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch)
+        dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch,
+                method=args.method)
         return 0
     if not args.out:
         raise ConfigError("--out is required (the directory that holds the endpoints, repetitions and aggregate)")
     result = reproduce(args.name, args.reps, args.out, data_dir=args.data_dir, device=args.device,
-                       start=args.start, dest=args.dest, progress=not args.quiet)
+                       start=args.start, dest=args.dest, progress=not args.quiet, method=args.method)
+    if not result:  # a rank other than 0: its share is done, rank 0 reports
+        return 0
     print(Path(args.out, "summary.md").read_text(), end="")
-    print(f"figure: {Path(args.out, 'figure.png')}")
-    return 0 if result["aggregate"]["repetitions"] else 1
+    if (Path(args.out) / "figure.png").is_file():
+        print(f"figure: {Path(args.out, 'figure.png')}")
+    return 0 if result["aggregate"]["repetitions"] and not result["unfinished"] else 1
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
@@ -469,10 +495,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"llpf: warning: {message}", file=sys.stderr)
 
 
+SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce"}  # the commands that run under torchrun
+
+
+def _join_ranks(args) -> None:
+    """Under torchrun: join the process group and take this rank's device; only rank 0 shows progress and warnings."""
+    from . import distributed as D
+
+    if D.world_size() <= 1:
+        return
+    if args.command not in SEVERAL_RANKS or getattr(args, "dry_run", False):
+        what = "reproduce --dry-run" if args.command == "reproduce" else args.command
+        raise D.DistributedError(f"llpf {what} runs in one process; launch it without torchrun "
+                                 f"(several ranks run: {', '.join(sorted(SEVERAL_RANKS))})")
+    args.device = str(D.init(args.device))
+    if not D.is_main():
+        args.quiet = True
+        warnings.showwarning = lambda *a, **k: None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed as D
+
     args = build_parser().parse_args(argv)
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
+        _join_ranks(args)
         return COMMANDS[args.command](args)
     except LLPFError as e:
         print(f"llpf: error: {e}", file=sys.stderr)
@@ -482,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
+        D.cleanup()
 
 
 if __name__ == "__main__":

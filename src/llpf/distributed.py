@@ -30,6 +30,16 @@ path switches them to per-layer reductions (:func:`deterministic_geometry_`).
 Models with BatchNorm see the statistics of their shard, as under
 DistributedDataParallel without SyncBatchNorm; the running statistics are
 averaged over the ranks after every Train_r (exact for the running means).
+
+Around the path (``llpf.driver``, ``llpf.runner``): evaluations are sharded
+(:func:`evaluate_sharded`, :func:`recompute_bn_stats_sharded`) and every rank
+gets the whole set's means; a stop request (a signal, which may reach one rank
+only) is acted on when :func:`any_rank` says some rank has one, so all ranks
+stop after the same iteration; rank 0 alone reads and writes the run
+directory, and :func:`on_main` hands what it read (a resume's checkpoint) or
+the one-line error it raised to every rank. Endpoint training
+(``train.train_endpoint``) is data-parallel the same way, through
+DistributedDataParallel (:func:`data_parallel_module`).
 """
 from __future__ import annotations
 
@@ -42,10 +52,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .data import Split
 from .errors import LLPFError
 from .flat import FlatParams
 from .runtime import pick_device
-from .train import DEFAULT_METRICS, LossFn, MetricFn, TrainR, evaluate
+from .train import DEFAULT_METRICS, LossFn, MetricFn, TrainR, evaluate, recompute_bn_stats
 
 
 class DistributedError(LLPFError):
@@ -92,6 +103,16 @@ def local_rank() -> int:
 def is_main() -> bool:
     """True on rank 0, the one rank that writes run directories and aggregates."""
     return rank() == 0
+
+
+def is_leader() -> bool:
+    """True in a single process and on rank 0 of a process group: the process that writes what the ranks compute.
+
+    Unlike :func:`is_main` (rank 0 of the launch), this is True on every rank
+    of ``reproduce`` once the ranks have left the group to run repetitions of
+    their own, each writing its own run directories.
+    """
+    return not is_distributed() or dist.get_rank() == 0
 
 
 def device_for_rank(device=None) -> torch.device:
@@ -157,6 +178,46 @@ def barrier() -> None:
     """Wait until every rank gets here (no-op in one process)."""
     if is_distributed():
         dist.barrier()
+
+
+def on_main(fn):
+    """Run ``fn`` on rank 0 alone and hand every rank its result, or raise its LLPFError on every rank.
+
+    For what only rank 0 may touch (the run directory: its checks, its
+    config, its checkpoint): the other ranks need neither see its filesystem
+    nor read a file rank 0 may be writing. The result travels pickled
+    (``broadcast_object_list``) from rank 0 of this launch, so it should be
+    plain data and CPU tensors; files themselves are read on rank 0 by
+    safetensors or ``torch.load(weights_only=True)``. In one process, ``fn()``.
+    """
+    if not is_distributed():
+        return fn()
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (fn(), None)
+        except LLPFError as e:  # a user mistake: every rank says the same one line
+            box[0] = (None, e)
+    dist.broadcast_object_list(box, src=0)
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank: one scalar all-reduce (``flag`` itself in one process).
+
+    Stop requests come from signal handlers, which can fire on one rank and
+    not another, or on each at a different iteration; the ranks act on this
+    agreed value only, so all of them stop at the same iteration.
+    """
+    if not is_distributed():
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def shared_run_id() -> str:
@@ -266,25 +327,65 @@ def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> s
     return slice(start, start + base + (1 if r < extra else 0))
 
 
-def evaluate_sharded(model: nn.Module, split, batch_size: int, loss_fn: LossFn,
+def shard_batches(data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's part of an evaluation set: its contiguous slice of a Split, or every W-th batch of an iterable."""
+    if isinstance(data, Split):
+        part = shard_range(len(data))
+        x, y = data.x[part], data.y[part]
+        for i in range(0, len(y), batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        return
+    w, r = world_size(), rank()
+    for i, batch in enumerate(data):
+        if i % w == r:
+            yield batch
+
+
+def evaluate_sharded(model: nn.Module, data, batch_size: int, loss_fn: LossFn,
                      metrics: Mapping[str, MetricFn] = DEFAULT_METRICS, device=None) -> dict[str, float]:
-    """``train.evaluate`` over a Split with each rank taking its part; every rank gets the whole-split means."""
+    """``train.evaluate`` over a Split (or any iterable of batches) with each rank taking its part.
+
+    Every rank gets the means over the whole set. In one process this is
+    ``train.evaluate`` itself (the same bits).
+    """
+    if not is_distributed():
+        return evaluate(model, data.batches(batch_size) if isinstance(data, Split) else data, loss_fn, metrics, device)
     device = device or next(model.parameters()).device
-    part = shard_range(len(split))
-    local = evaluate(model, _batches(split, part, batch_size), loss_fn, metrics, device)
+    count = [0]
+
+    def counted():
+        for x, y in shard_batches(data, batch_size):
+            count[0] += len(y)
+            yield x, y
+    local = evaluate(model, counted(), loss_fn, metrics, device)
     names = ["loss", *metrics]
-    count = part.stop - part.start
-    values = torch.tensor([local.get(k, 0.0) for k in names], dtype=torch.float64) * count
-    sums, total = reduce_sums(values.to(device), count)
+    values = torch.tensor([local.get(k, 0.0) for k in names], dtype=torch.float64) * count[0]
+    sums, total = reduce_sums(values.to(device), count[0])
     if total == 0:
         return {}
     return dict(zip(names, (sums / total).tolist()))
 
 
-def _batches(split, part: slice, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    x, y = split.x[part], split.y[part]
-    for i in range(0, len(y), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
+def recompute_bn_stats_sharded(model: nn.Module, data, batch_size: int, device=None) -> None:
+    """``train.recompute_bn_stats`` with each rank on its part of ``data``, then the statistics averaged over the ranks."""
+    if not is_distributed():
+        recompute_bn_stats(model, data.batches(batch_size) if isinstance(data, Split) else data, device)
+        return
+    recompute_bn_stats(model, shard_batches(data, batch_size), device)
+    sync_buffers_(model)
+
+
+def data_parallel_module(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel: its gradients averaged over the ranks during backward.
+
+    BatchNorm buffers are not broadcast from rank 0 at each forward (each rank
+    keeps the running statistics of its shards); :func:`sync_buffers_` averages
+    them when training ends.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
 
 
 # ---------------------------------------------------------------- Train_r over all ranks
@@ -332,33 +433,19 @@ class DataParallelTrainR(TrainR):
             for b in fp.model.buffers():
                 broadcast_(b)
 
-    def step(self, lr_elem: Tensor | float) -> Tensor:
-        fp = self.fp
+    def next_batch(self) -> tuple[Tensor, Tensor]:
         x, y = next(self.batches)
         if not self.presharded:
             x, y = shard(x, y)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        fp.zero_grad()
-        loss = self.loss_fn(fp.model(x), y)
-        loss.backward()
-        with torch.no_grad():
-            self.packed[-1] = loss.detach()
-            all_reduce_mean_(self.packed)  # gradient and loss, one collective
-            self._apply(fp.grad, lr_elem)
-        return self.packed[-1].clone()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _apply(self, g: Tensor, lr_elem: Tensor | float) -> None:
-        """The SGD update of TrainR.step, on the averaged gradient."""
-        fp = self.fp
-        if self.weight_decay:
-            g = g.add(fp.flat, alpha=self.weight_decay)
-        if self.buf is not None:
-            self.buf.mul_(self.momentum).add_(g)
-            g = self.buf
-        if isinstance(lr_elem, Tensor):
-            fp.flat.addcmul_(g, lr_elem, value=-1.0)
-        else:
-            fp.flat.add_(g, alpha=-lr_elem)
+    def gradient(self) -> Tensor:
+        """This rank's gradient and loss, then their means over the ranks in one collective."""
+        loss = super().gradient()
+        with torch.no_grad():
+            self.packed[-1] = loss
+            all_reduce_mean_(self.packed)
+        return self.packed[-1].clone()
 
     def __call__(self, phase, lr_per_layer: Tensor | None = None) -> tuple[Tensor, int]:
         loss, rounds = super().__call__(phase, lr_per_layer)
@@ -367,6 +454,7 @@ class DataParallelTrainR(TrainR):
 
 
 __all__ = ["DistributedError", "init", "cleanup", "is_distributed", "world_size", "rank", "local_rank", "is_main",
-           "barrier", "device_for_rank", "shared_run_id", "all_reduce_mean_", "reduced_loss", "broadcast_",
-           "reduce_sums", "in_sync", "ensure_synced_", "sync_buffers_", "shard", "check_divisible", "shard_range",
-           "evaluate_sharded", "deterministic_geometry_", "DataParallelTrainR"]
+           "is_leader", "on_main", "any_rank", "barrier", "device_for_rank", "shared_run_id", "all_reduce_mean_",
+           "reduced_loss", "broadcast_", "reduce_sums", "in_sync", "ensure_synced_", "sync_buffers_", "shard",
+           "check_divisible", "shard_range", "shard_batches", "evaluate_sharded", "recompute_bn_stats_sharded",
+           "data_parallel_module", "deterministic_geometry_", "DataParallelTrainR"]

@@ -5,8 +5,10 @@ what all methods have in common: the iteration counter, evaluation every
 ``eval_every`` iterations, batch losses buffered on the device and brought to
 the host in one sync, saved points, checkpoints and resume, stop requests
 (from signal handlers), the progress bar, and stopping a path whose loss turns
-NaN. What it records goes to one observer per path (a run directory, or
-nothing); it knows nothing about files.
+NaN. For a data-parallel method (``method.data_parallel``) it shards each
+evaluation over the ranks and makes every rank act on the same stop request.
+What it records goes to one observer per path (a run directory, or nothing);
+it knows nothing about files.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import Split
+from .distributed import any_rank, evaluate_sharded, recompute_bn_stats_sharded
 from .methods.base import Method, Record
 from .observer import Observer
 from .runtime import rng_state, set_rng_state
@@ -124,15 +127,22 @@ class Driver:
         whose running statistics were recomputed on the training set first. The
         random state is restored afterwards, so evaluating never changes the path.
         """
-        device = self.method.device
+        device, shared = self.method.device, self.method.data_parallel
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if self.recalibrates_bn:
                 model = copy.deepcopy(model)
-                recompute_bn_stats(model, self._batches("train"), device)
+                if shared:
+                    recompute_bn_stats_sharded(model, self.eval_sets["train"], self.eval_batch_size, device)
+                else:
+                    recompute_bn_stats(model, self._batches("train"), device)
             row: dict[str, Any] = {}
             for name in self.eval_sets:
                 if sets is None or name in sets:
-                    ev = evaluate(model, self._batches(name), self.method.loss_fn, self.metrics, device)
+                    if shared:  # each rank evaluates its part; every rank gets the whole set's means
+                        ev = evaluate_sharded(model, self.eval_sets[name], self.eval_batch_size, self.method.loss_fn,
+                                              self.metrics, device)
+                    else:
+                        ev = evaluate(model, self._batches(name), self.method.loss_fn, self.metrics, device)
                     row.update({f"{name}_{key}": v for key, v in ev.items()})
         return row, model
 
@@ -225,7 +235,8 @@ class Driver:
                 self._save_point(k)
         bar = tqdm(total=m.total, initial=self.iteration, desc=m.name.upper(), disable=not progress,
                    dynamic_ncols=True, leave=False)
-        while self.iteration < m.total and self.active and not self.stop_requested:
+        stop = self._stop_agreed()
+        while self.iteration < m.total and self.active and not stop:
             i = self.iteration + 1
             rp = phase_at(m.schedule, i)
             loss, rounds = m.iterate(i, rp)
@@ -235,10 +246,20 @@ class Driver:
             finishing = {k for k in self.active if m.finished(k)}
             if finishing or self._on_cadence(i):
                 self._record(i, finishing, bar)
-            if self.stop_requested and self.active:
+            stop = self._stop_agreed()
+            if stop and self.active:
                 self._checkpoint_active(i)
         bar.close()
         return self._results()
+
+    def _stop_agreed(self) -> bool:
+        """The stop request acted on: read once per iteration; data-parallel, requested on any rank (one all-reduce).
+
+        A signal can reach one rank and not the others, or each at another
+        iteration; acting on the agreed value, every rank stops after the same
+        iteration, so none waits in a collective the others have left.
+        """
+        return any_rank(self.stop_requested) if self.method.data_parallel else self.stop_requested
 
     def _on_cadence(self, i: int) -> bool:
         c = self.cfg

@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import config as C
+from . import distributed as D
 from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
@@ -24,32 +26,44 @@ from .errors import ConfigError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
 from .methods import config_table, method_class
 from .models import build_model, load_state
+from .observer import Observer
 from .runtime import pick_device
 from .store import RunDir
-from .train import evaluate, train_endpoint
+from .train import train_endpoint
 
 
 def load_model(cfg: C.Config, path: str | Path, what: str = "model") -> nn.Module:
     """Build ``cfg.model`` and load weights into it, naming any mismatch."""
-    model = build_model(cfg.model)
-    return load_state(model, load_weights(path), f"{what} {path} (model {cfg.model.name!r})")
+    return _model(cfg, load_weights(path), what, path)
+
+
+def _model(cfg: C.Config, state: dict, what: str, source) -> nn.Module:
+    return load_state(build_model(cfg.model), state, f"{what} {source} (model {cfg.model.name!r})")
 
 
 def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,
           data: Bundle | None = None) -> dict:
-    """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics."""
+    """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics.
+
+    Under torchrun the ranks train it together (``train_endpoint``) and rank 0 saves it.
+    """
     out = Path(out)
-    if out.exists():
-        raise C.ConfigError(f"{out} already exists; choose another --out")
+
+    def check():
+        if out.exists():
+            raise C.ConfigError(f"{out} already exists; choose another --out")
+    D.on_main(check)
     device = pick_device(device)
     data = data or prepare_data(cfg, device)
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
     train_endpoint(model, data.train, cfg.train, seed, device, progress=progress, dataset=cfg.data.name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
+    if D.is_leader():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
     bs = cfg.data.eval_batch_size
-    return {"train": evaluate(model, data.train.batches(bs)), "test": evaluate(model, data.test.batches(bs))}
+    return {"train": D.evaluate_sharded(model, data.train, bs, F.cross_entropy),
+            "test": D.evaluate_sharded(model, data.test, bs, F.cross_entropy)}
 
 
 def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
@@ -66,9 +80,12 @@ def resolved_config(cfg: C.Config, kind: str) -> str:
     return C.dumps(dataclasses.replace(cfg, **{"m2m": None, "m2o": None, config_table(kind): _path_config(cfg, kind)}))
 
 
-def _driver(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, data: Bundle | None,
-            observer: RunDir) -> Driver:
-    """Load the models and data a run needs and build its method and driver; every input is checked here.
+Weights = tuple[dict, Path]  # a state dict and the file it came from (named in errors)
+
+
+def _driver(kind: str, cfg: C.Config, start: Weights, dest: Weights | None, device, data: Bundle | None,
+            observer: Observer) -> Driver:
+    """Build the models, data, method and driver of a run; every input is checked here.
 
     The training split is evaluated as ``train`` when it is a tensor Split (a
     loader, as for ImageNet, is only drawn from); test and validation always.
@@ -76,8 +93,8 @@ def _driver(kind: str, cfg: C.Config, start: Path, dest: Path | None, device, da
     pc = _path_config(cfg, kind)
     cls = method_class(kind)
     data = data or prepare_data(cfg, device)
-    start_model = load_model(cfg, start, "start")
-    dest_model = load_model(cfg, dest, "destination") if cls.needs_dest else None
+    start_model = _model(cfg, start[0], "start", start[1])
+    dest_model = _model(cfg, dest[0], "destination", dest[1]) if cls.needs_dest else None
     sets = {"train": data.train} if isinstance(data.train, Split) else {}
     sets["test"] = data.test
     if data.validation is not None:
@@ -118,10 +135,15 @@ def _stop_on_signals(driver: Driver):
             signal.signal(s, h)
 
 
-def finish(rd: RunDir, driver: Driver, progress: bool) -> dict:
-    """Run the driver into ``rd``; mark the run complete, failed or interrupted; draw its figure."""
+def finish(rd: RunDir | None, driver: Driver, progress: bool) -> dict:
+    """Run the driver into ``rd``; mark the run complete, failed or interrupted; draw its figure.
+
+    ``rd`` is None on the ranks of a data-parallel run other than 0, which compute and write nothing.
+    """
     with _stop_on_signals(driver):
         (result,) = driver.run(progress=progress)
+    if rd is None:
+        return result.summary
     if not result.summary:
         rd.set_status("interrupted", iteration=driver.iteration)
         return {}
@@ -138,55 +160,77 @@ def finish(rd: RunDir, driver: Driver, progress: bool) -> dict:
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run method ``kind`` (M2M needs ``dest``; M2O, or a baseline) into the run directory ``out``; return its summary."""
+    """Run method ``kind`` (M2M needs ``dest``; M2O, or a baseline) into the run directory ``out``; return its summary.
+
+    Under torchrun the ranks compute the path together; every rank reads the
+    inputs, rank 0 alone checks and writes ``out``.
+    """
     _path_config(cfg, kind)
     device = pick_device(device)
     if method_class(kind).needs_dest and dest is None:
         raise ConfigError(f"{kind} needs --dest")
     rd = RunDir(out)
-    rd.check_writable_for_new_run(force)
+    D.on_main(lambda: rd.check_writable_for_new_run(force))
+    start_state = load_weights(start)
+    dest_state = load_weights(dest) if dest is not None else None
     # Building the engine validates every input (weights, shapes, patterns, data) before the
     # run directory is touched.
-    driver = _driver(kind, cfg, Path(start), Path(dest) if dest else None, device, data, rd)
+    driver = _driver(kind, cfg, (start_state, Path(start)), None if dest is None else (dest_state, Path(dest)),
+                     device, data, rd if D.is_leader() else Observer())
+    if not D.is_leader():
+        return finish(None, driver, progress)
     if driver.method.needs_dest:
         warn_if_variances_differ(driver)
     inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
     rd.create(kind, resolved_config(cfg, kind), inputs, str(device), force=force)
-    save_weights(rd.path / "start.safetensors", load_weights(start))
+    save_weights(rd.path / "start.safetensors", start_state)
     if dest is not None:
-        save_weights(rd.path / "dest.safetensors", load_weights(dest))
+        save_weights(rd.path / "dest.safetensors", dest_state)
     return finish(rd, driver, progress)
 
 
 def resolve_run(rd: RunDir, kind: str, cfg: C.Config, start: str | Path) -> None:
     """Refuse a run directory that holds a run of another method, config or start model than these."""
-    info = rd.info()
+    info, recorded = rd.info(), rd.path / "config.toml"
     same = (info.get("kind") == kind and info.get("inputs", {}).get("start") == str(start)
-            and (rd.path / "config.toml").is_file() and (rd.path / "config.toml").read_text() == resolved_config(cfg, kind))
+            and recorded.is_file() and recorded.read_text() == resolved_config(cfg, kind))
     if not same:
         raise RunDirError(f"{rd.path} holds a run of other settings (method, config or start); choose another --out")
 
 
-def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Continue a run from its last checkpoint; the result equals an uninterrupted run."""
-    rd = RunDir(run)
+def _resumable(rd: RunDir) -> tuple[dict, C.Config, Weights, Weights | None, dict | None]:
+    """What a resume reads from the run directory (rank 0 alone under torchrun): run.json, config, inputs, checkpoint."""
     if not rd.exists:
-        raise RunDirError(f"{run} holds no llpf run")
+        raise RunDirError(f"{rd.path} holds no llpf run")
     info = rd.info()
     if info.get("status") == "complete":
-        raise RunDirError(f"{run} is already complete")
+        raise RunDirError(f"{rd.path} is already complete")
     if info.get("status") == "failed":
-        raise RunDirError(f"{run} failed ({info.get('reason')}); start it over with --force")
-    kind = info["kind"]
+        raise RunDirError(f"{rd.path} failed ({info.get('reason')}); start it over with --force")
     cfg = C.load_config(rd.path / "config.toml")
+    start = rd.path / "start.safetensors"
+    dest = rd.path / "dest.safetensors"
+    dest_weights = (load_weights(dest), dest) if dest.is_file() else None
+    return info, cfg, (load_weights(start), start), dest_weights, rd.load_checkpoint()
+
+
+def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | None = None) -> dict:
+    """Continue a run from its last checkpoint; the result equals an uninterrupted run.
+
+    Under torchrun rank 0 reads the run directory (its config, weights and
+    checkpoint) and hands it to every rank, so the run directory need only be
+    visible to rank 0; the ranks may be more or fewer than those that started it.
+    """
+    rd = RunDir(run)
+    info, cfg, start, dest, state = D.on_main(lambda: _resumable(rd))
     device = pick_device(device or info.get("device"))
-    dest = rd.path / "dest.safetensors" if (rd.path / "dest.safetensors").is_file() else None
-    driver = _driver(kind, cfg, rd.path / "start.safetensors", dest, device, data, rd)
-    state = rd.load_checkpoint()
+    driver = _driver(info["kind"], cfg, start, dest, device, data, rd if D.is_leader() else Observer())
     last = 0
     if state is not None:
         driver.load_state_dict(state)
         last = driver.iteration
+    if not D.is_leader():
+        return finish(None, driver, progress)
     rd.remove_partial_writes()
     rd.truncate_metrics(last)
     for it, p in rd.points():

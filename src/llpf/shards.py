@@ -45,6 +45,14 @@ def owner(rep: int, world: int) -> int:
     return rep % world
 
 
+class Interrupted(KeyboardInterrupt):
+    """A repetition stopped by a signal, carrying facts to keep with its status (the time its path ran)."""
+
+    def __init__(self, **info):
+        super().__init__()
+        self.info = info
+
+
 def rank_file(out: str | Path, rank: int) -> Path:
     return Path(out) / "ranks" / f"rank-{rank}.json"
 
@@ -84,7 +92,7 @@ def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
     ``finished(k)`` says repetition k is already done (skipped); ``run_one(k)``
     runs it and may return JSON-able facts to keep with its status (wall times).
     A repetition that raises is marked failed and the rank goes on; a signal
-    (KeyboardInterrupt) marks it interrupted and ends the share.
+    (KeyboardInterrupt, or :class:`Interrupted` with facts) marks it interrupted and ends the share.
     """
     status = RankStatus(out, rank, world, run_id, assign(reps, world, rank))
     for k in assign(reps, world, rank):
@@ -95,8 +103,8 @@ def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
         t0 = time.perf_counter()
         try:
             info = run_one(k) or {}
-        except KeyboardInterrupt:
-            status.mark(k, "interrupted", wall_s=time.perf_counter() - t0)
+        except KeyboardInterrupt as e:
+            status.mark(k, "interrupted", wall_s=time.perf_counter() - t0, **getattr(e, "info", {}))
             raise
         except Exception as e:  # one repetition's failure must not cost the others
             status.mark(k, "failed", reason=_one_line(e), wall_s=time.perf_counter() - t0)

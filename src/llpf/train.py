@@ -59,25 +59,40 @@ class TrainR:
         self.buf = torch.zeros_like(fp.flat) if momentum else None
         self.device = device if device is not None else fp.flat.device
 
-    def step(self, lr_elem: Tensor | float) -> Tensor:
-        fp = self.fp
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        """The next batch of the stream, on the device."""
         x, y = next(self.batches)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def gradient(self) -> Tensor:
+        """The first half of a step: draw a batch, leave the gradient of its loss in ``fp.grad``; return the loss."""
+        fp = self.fp
+        x, y = self.next_batch()
         fp.zero_grad()
         loss = self.loss_fn(fp.model(x), y)
         loss.backward()
-        with torch.no_grad():
-            g = fp.grad
-            if self.weight_decay:
-                g = g.add(fp.flat, alpha=self.weight_decay)
-            if self.buf is not None:
-                self.buf.mul_(self.momentum).add_(g)
-                g = self.buf
-            if isinstance(lr_elem, Tensor):
-                fp.flat.addcmul_(g, lr_elem, value=-1.0)
-            else:
-                fp.flat.add_(g, alpha=-lr_elem)
         return loss.detach()
+
+    @torch.no_grad()
+    def apply(self, lr_elem: Tensor | float) -> None:
+        """The second half: the SGD update of the flat vector by ``fp.grad`` (per-element rates when a tensor)."""
+        fp = self.fp
+        g = fp.grad
+        if self.weight_decay:
+            g = g.add(fp.flat, alpha=self.weight_decay)
+        if self.buf is not None:
+            self.buf.mul_(self.momentum).add_(g)
+            g = self.buf
+        if isinstance(lr_elem, Tensor):
+            fp.flat.addcmul_(g, lr_elem, value=-1.0)
+        else:
+            fp.flat.add_(g, alpha=-lr_elem)
+
+    def step(self, lr_elem: Tensor | float) -> Tensor:
+        """One SGD step; returns the batch loss."""
+        loss = self.gradient()
+        self.apply(lr_elem)
+        return loss
 
     def __call__(self, phase: Phase, lr_per_layer: Tensor | None = None) -> tuple[Tensor, int]:
         """Run Train_r under ``phase``'s rule; return the last batch loss and rounds taken.
@@ -209,6 +224,16 @@ def lr_factor(recipe: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
     return factor
 
 
+def endpoint_schedule(opt: torch.optim.Optimizer, recipe: TrainConfig, steps_per_epoch: int):
+    """The learning-rate schedule of ``recipe`` (OneCycle, or cosine with warmup and cooldown), stepped once a step."""
+    if recipe.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr,
+                                                   total_steps=steps_per_epoch * endpoint_epochs(recipe))
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe, steps_per_epoch))
+    return None
+
+
 def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int, device=None,
                    loss_fn: LossFn = F.cross_entropy, progress: bool = False,
                    dataset: str | None = None) -> list[float]:
@@ -216,24 +241,28 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
 
     Augmentation (``recipe.augmentation``; "default" is the usual one for
     ``dataset``) is applied to each batch on the device, reproducibly from ``seed``.
+
+    Under a process group of several ranks (``torchrun``) the ranks train
+    together, data-parallel: each draws and augments the same global batch,
+    trains on its share in DistributedDataParallel (gradients averaged), so
+    every rank takes the single process's steps up to float rounding.
     """
     from tqdm.auto import tqdm
 
+    from . import distributed as D
     from .data import BatchStream
     from .data.augment import augment, default_augmentation
 
     device = device or next(model.parameters()).device
     stream = BatchStream(train_split, recipe.batch_size, seed=seed)
+    parallel = D.is_distributed()
+    if parallel:
+        D.check_divisible(stream.batch_size)
+    net = D.data_parallel_module(model, torch.device(device)) if parallel else model
     steps_per_epoch = max(1, len(train_split) // stream.batch_size)
     epochs = endpoint_epochs(recipe)
-    total = steps_per_epoch * epochs
     opt = endpoint_optimizer(model, recipe)
-    if recipe.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=total)
-    elif recipe.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe, steps_per_epoch))
-    else:
-        sched = None
+    sched = endpoint_schedule(opt, recipe, steps_per_epoch)
     name = recipe.augmentation
     aug = augment(default_augmentation(dataset or "") if name == "default" else name)
     gen = torch.Generator(device=device).manual_seed(seed) if aug is not None else None
@@ -247,15 +276,19 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
             x = x.to(device)
             if aug is not None:
                 x = aug(x, generator=gen)
-            loss = loss_fn(model(x), y.to(device))
+            if parallel:
+                x, y = D.shard(x, y)
+            loss = loss_fn(net(x), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if sched is not None:
                 sched.step()
             acc += loss.detach()
-        losses.append(float(acc) / steps_per_epoch)
+        losses.append(float(D.reduced_loss(acc) if parallel else acc) / steps_per_epoch)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if not math.isfinite(losses[-1]):
             raise NonFiniteError(f"endpoint training diverged (loss {losses[-1]}) at epoch {len(losses)}")
+    if parallel:
+        D.sync_buffers_(model)  # BatchNorm running statistics: the mean over the ranks' shards
     return losses

@@ -40,6 +40,11 @@ driver calls, in this order:
 ``best_model(k)``
     the point the method chose (M2O), or None.
 
+A method with ``data_parallel`` set is computed by all ranks of a process
+group together: the driver then shards its evaluations over the ranks and
+makes every rank act on the same stop request, and the ranks' copies of
+everything above must stay equal.
+
 A new method is one module with a subclass of :class:`Method` (or of
 :class:`SinglePath`) and one entry in ``llpf.methods.METHODS``. ``table``
 names the config table it reads (``[m2m]`` or ``[m2o]``; default its name).
@@ -58,6 +63,7 @@ from torch import Tensor, nn
 from ..config import PathConfig, path_config
 from ..data import BatchStream, Split
 from ..data.augment import augmented
+from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
 from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
 from ..runtime import pick_device
@@ -88,6 +94,7 @@ class Method:
     table: ClassVar[str] = ""  # the config table this method reads; "" means the one named like the method
     needs_dest: ClassVar[bool] = False
     paths: int = 1
+    data_parallel: bool = False  # the ranks of a process group compute the paths together (evaluation sharded too)
     cfg: PathConfig
     device: torch.device
     loss_fn: LossFn
@@ -140,6 +147,11 @@ class SinglePath(Method):
     layer mask per phase, the batch stream and Train_r. ``train_data`` is a
     :class:`~llpf.data.Split` (drawn as a shuffled stream of ``cfg.batch_size``
     batches) or any iterable of ``(input, target)`` batches.
+
+    Built while a process group of several ranks is active (under
+    ``torchrun``), the path is data-parallel (``llpf.distributed``): every
+    rank draws the same global batch, trains on its share, and the gradients
+    are averaged; Move and VarianceCorrection run on every rank alike.
     """
 
     def __init__(self, start: nn.Module, cfg: PathConfig | dict | None, train_data, *,
@@ -148,6 +160,9 @@ class SinglePath(Method):
         self.cfg = path_config(cfg)
         self.device = pick_device(device)
         self.loss_fn = loss_fn or F.cross_entropy
+        self.data_parallel = is_distributed()
+        if self.data_parallel and isinstance(train_data, Split):
+            check_divisible(min(self.cfg.batch_size, len(train_data)))
         self._check_models(start, dest)
         torch.manual_seed(self.cfg.seed)
         self.model = copy.deepcopy(start).to(self.device)
@@ -158,13 +173,16 @@ class SinglePath(Method):
         self.masks = [self.fp.layout.mask(rp.moved, self.device) for rp in self.schedule]
         self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
         self.ever_moved = torch.stack(self.masks).any(0)
+        self.batches = self._batches(train_data, augmentation)
+        make = DataParallelTrainR if self.data_parallel else TrainR  # data-parallel: every rank takes rank 0's start
+        self.train_r = make(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
+                            self.cfg.weight_decay, self.device)
         self.start_flat = self.fp.flat.clone()
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
         self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)
-        self.batches = self._batches(train_data, augmentation)
-        self.train_r = TrainR(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                              self.cfg.weight_decay, self.device)
+        if self.data_parallel and self.dest_flat is not None:
+            broadcast_(self.dest_flat)
 
     def _batches(self, train_data, augmentation: str | None):
         """Train_r's one continuing stream of batches, augmented when ``cfg.augment`` (with ``augmentation``)."""

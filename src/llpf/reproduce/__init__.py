@@ -2,24 +2,34 @@
 
 ::
 
-    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics
+    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics and time
     OUT/rep-XX/                       one run directory per repetition (M2M or M2O)
+    OUT/ranks/rank-R.json             how each repetition went on the rank that ran it (``llpf.shards``)
     OUT/reproduce.json                the experiment, its inputs and the wall time of each piece
     OUT/figure.png                    paper Figure 2 (M2M) or 3 (M2O): mean and std over repetitions
-    OUT/summary.md, summary.json      per repetition and aggregated verdicts
+    OUT/summary.md, summary.json      per repetition and aggregated verdicts, and the repetitions not finished
 
 Repetition k of an M2M experiment runs from the endpoint of seed 2k to that of
-seed 2k+1; of an M2O experiment, from the endpoint of seed k. The aggregate is
-redrawn after every repetition (``aggregate``). Running the same command again
-skips the endpoints and repetitions already finished, resumes an interrupted
-repetition from its checkpoint, and redraws the aggregate.
+seed 2k+1; of an M2O experiment, from the endpoint of seed k. Running the same
+command again skips the endpoints and repetitions already finished, resumes an
+interrupted repetition from its checkpoint, and redraws the aggregate. A
+repetition that raises is reported failed and the others go on.
+
+Under ``torchrun`` the repetitions are dealt to the ranks (``llpf.shards``):
+each rank runs its share, endpoints included, on its own device, and the
+ranks do not talk while they work. Rank 0 alone writes ``reproduce.json`` and
+the aggregate, once, when every rank is done (in one process the aggregate is
+also redrawn after every repetition, so partial results are readable).
 ``dry_run`` (``estimate``) checks a config end to end on random tensors and estimates its cost.
 """
 from __future__ import annotations
 
 import copy
 import json
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +37,8 @@ from typing import Any, Callable
 import torch
 
 from .. import config as C
+from .. import distributed as D
+from .. import shards
 from ..data import Bundle, prepare_data
 from ..errors import ConfigError, RunDirError
 from ..files import save_weights, write_json
@@ -43,63 +55,104 @@ __all__ = ["Ledger", "aggregate", "dry_run", "experiments", "format_plan", "kind
 
 def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None, device=None,
               start: str | Path | None = None, dest: str | Path | None = None, progress: bool = True,
-              log=print) -> dict:
-    """Run (or continue) ``reps`` repetitions of experiment ``name`` into ``out``; return the aggregate."""
+              log=print, method: str | None = None) -> dict:
+    """Run (or continue) ``reps`` repetitions of experiment ``name`` into ``out``; return the aggregate.
+
+    ``method`` picks the path table of a config holding both (``demo``).
+    Under torchrun each rank runs its share and rank 0 returns the aggregate;
+    the other ranks return ``{}``.
+    """
     if reps < 1:
         raise ConfigError(f"--reps must be at least 1, got {reps}")
-    cfg = load_experiment(name, data_dir)
+    cfg = load_experiment(name, data_dir, method)
     kind = kind_of(cfg)
     if dest is not None and kind == "m2o":
         raise ConfigError("--dest is for M2M experiments; M2O walks toward the origin")
-    device = pick_device(device)
+    world, rank = D.world_size(), D.rank()
+    device = D.init(device) if world > 1 else pick_device(device)
+    _check_given(cfg, start, dest)
     out = Path(out)
-    (out / "endpoints").mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(out, cfg.name, kind)
-    ledger.data["device"] = str(device)
-    exp = Experiment(cfg, kind, out, ledger, device, progress, log)
-    for k in range(reps):
-        rep = out / f"rep-{k:02d}"
-        if (rep / "summary.json").is_file():
-            log(f"rep {k}: finished, skipped")
-            continue
-        resuming = RunDir(rep).exists
-        if resuming and cfg.data.name != "imagenet":
-            a = b = None
-            log(f"rep {k}: resuming the interrupted run")
-        else:
-            a, b = exp.endpoints(k, start, dest)
-            log(f"rep {k}: {'resuming ' if resuming else ''}{kind.upper()} from {a.name}"
-                + (f" to {b.name}" if b else ""))
-        t0 = time.perf_counter()
-        summary = exp.repetition(k, rep, a, b)
-        ledger.record("reps", f"rep-{k:02d}", wall_s=time.perf_counter() - t0)  # the path alone, not its endpoints
-        if not summary:
-            raise KeyboardInterrupt
-        log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
-                                                    f"{summary.get('valid_relative')}" if kind == "m2m" else ""))
-        if k < reps - 1:
-            aggregate(out)  # partial results are readable while the next repetition runs
-    return aggregate(out)
+    say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
+    exp = Experiment(cfg, kind, out, device, progress, say)
+    D.on_main(lambda: exp.open(world, start))
+    run_id = D.shared_run_id()
+    D.cleanup()  # the ranks work apart from here: a repetition may outlast any collective's timeout
+
+    def run_one(k: int) -> dict:
+        info = exp.run(k, start, dest)
+        if world == 1 and k < reps - 1:  # one process: partial results readable while the next repetition runs
+            entries = {**shards.collect(out, reps, 1, run_id).entries, k: info}
+            exp.report(reps, world, run_id, shards.Tally(entries=entries), partial=True)
+        return info
+
+    with _signals_interrupt():
+        try:
+            shards.run_shard(out, reps, world, rank, run_id, run_one, exp.finished, say)
+            if rank != 0:
+                return {}
+            tally = shards.wait_for_ranks(out, reps, world, run_id)
+        except KeyboardInterrupt:  # rank 0 reports what is finished on its way out
+            if rank == 0:
+                exp.report(reps, world, run_id, shards.collect(out, reps, world, run_id))
+            raise
+    return exp.report(reps, world, run_id, tally)
+
+
+def _check_given(cfg: C.Config, start, dest) -> None:
+    """Given endpoints must load into the model: one line now, not a failed repetition on every rank."""
+    from ..runner import load_model
+
+    for path, what in ((start, "start"), (dest, "destination")):
+        if path is not None:
+            load_model(cfg, path, what)
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGTERM (torchrun stopping the ranks) interrupts like SIGINT, so the repetition under way is marked."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class Ledger:
-    """OUT/reproduce.json: what this output directory reproduces, and what it took."""
+    """OUT/reproduce.json: what this output directory reproduces, and what it took (written by rank 0 alone)."""
 
     def __init__(self, out: Path, name: str, kind: str):
         self.file = out / "reproduce.json"
         self.data: dict[str, Any] = {"name": name, "kind": kind, "endpoints": {}, "reps": {}}
         if self.file.is_file():
             old = json.loads(self.file.read_text())
-            if old.get("name") != name:
-                raise RunDirError(f"{out} holds a reproduction of {old.get('name')!r}, not {name!r}; "
-                                  f"choose another --out")
+            if (old.get("name"), old.get("kind", kind)) != (name, kind):
+                raise RunDirError(f"{out} holds a reproduction of {old.get('name')!r} ({old.get('kind')}), "
+                                  f"not {name!r} ({kind}); choose another --out")
             self.data.update(old)
 
-    def record(self, section: str, key: str, **values) -> None:
-        entry = self.data[section].setdefault(key, {})
-        if "wall_s" in values:
-            values["wall_s"] = entry.get("wall_s", 0.0) + values["wall_s"]
-        entry.update(values)
+    def merge(self, run_id: str, entries: dict[int, dict], endpoints: Path) -> None:
+        """Take in one launch's facts: each repetition's path time and the endpoints' records.
+
+        Path times are kept per launch (a resumed repetition adds the launches
+        it took), so merging the same launch twice counts it once.
+        """
+        for k, entry in entries.items():
+            if "path_s" in entry:
+                rep = self.data["reps"].setdefault(f"rep-{k:02d}", {})
+                launches = rep.setdefault("launches", {"earlier": rep["wall_s"]} if "wall_s" in rep else {})
+                launches[run_id] = entry["path_s"]
+                rep["wall_s"] = sum(launches.values())
+        for f in sorted(endpoints.glob("seed*.json")):
+            self.data["endpoints"][f.stem] = json.loads(f.read_text())
+        self.save()
+
+    def save(self) -> None:
         write_json(self.file, self.data)
 
 
@@ -110,11 +163,59 @@ class Experiment:
     cfg: C.Config
     kind: str
     out: Path
-    ledger: Ledger
     device: torch.device
     progress: bool
     log: Callable[[str], Any]
     cache: dict[str, Bundle] = field(default_factory=dict)
+
+    def open(self, world: int, start) -> None:
+        """Rank 0, before the ranks start: the folders, the ledger (refusing another experiment's), shared inputs."""
+        (self.out / "endpoints").mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(self.out, self.cfg.name, self.kind)
+        ledger.data.update(device=str(self.device), ranks=world)
+        ledger.save()
+        if self.cfg.data.name == "imagenet" and start is None:
+            self.torchvision_endpoint()  # fetched once, before any rank needs it
+
+    def rep_dir(self, k: int) -> Path:
+        return self.out / f"rep-{k:02d}"
+
+    def finished(self, k: int) -> bool:
+        done = (self.rep_dir(k) / "summary.json").is_file()
+        if done:
+            self.log(f"rep {k}: finished, skipped")
+        return done
+
+    def run(self, k: int, start, dest) -> dict:
+        """Repetition k, its endpoints included; the facts its rank keeps (the time the path alone took)."""
+        rep = self.rep_dir(k)
+        resuming = RunDir(rep).exists
+        if resuming and self.cfg.data.name != "imagenet":
+            a = b = None
+            self.log(f"rep {k}: resuming the interrupted run")
+        else:
+            a, b = self.endpoints(k, start, dest)
+            self.log(f"rep {k}: {'resuming ' if resuming else ''}{self.kind.upper()} from {a.name}"
+                     + (f" to {b.name}" if b else ""))
+        t0 = time.perf_counter()
+        summary = self.repetition(k, rep, a, b)
+        path_s = time.perf_counter() - t0
+        if not summary:
+            raise shards.Interrupted(path_s=path_s)
+        self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
+                                                         f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
+        return {"path_s": path_s, "path_status": summary.get("status")}
+
+    def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
+        """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
+        Ledger(self.out, self.cfg.name, self.kind).merge(run_id, tally.entries, self.out / "endpoints")
+        if partial:
+            return aggregate(self.out)
+        unfinished = {self.rep_dir(k).name: _why_unfinished(k, world, tally) for k in range(reps)
+                      if not (self.rep_dir(k) / "summary.json").is_file()}
+        for rep, why in unfinished.items():
+            self.log(f"{rep}: not finished ({why})")
+        return aggregate(self.out, unfinished)
 
     def data(self) -> Bundle:
         if "data" not in self.cache:
@@ -143,7 +244,7 @@ class Experiment:
         self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train)} epochs)")
         t0 = time.perf_counter()
         metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data())
-        self.ledger.record("endpoints", f"seed{seed}", wall_s=time.perf_counter() - t0, metrics=metrics)
+        write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics})
         self.log(f"  seed {seed}: train loss {metrics['train']['loss']:.4f}, "
                  f"test accuracy {metrics['test']['accuracy']:.4f}")
         return path
@@ -174,6 +275,17 @@ class Experiment:
                 p.rmdir() if p.is_dir() else p.unlink()
         return run_path(self.kind, _rep_config(self.cfg, k), a, b, rep, device=self.device, progress=self.progress,
                         data=self.data())
+
+
+def _why_unfinished(k: int, world: int, tally: shards.Tally) -> str:
+    status, rank = tally.statuses.get(k, "missing"), shards.owner(k, world)
+    if status == "failed":
+        return f"failed on rank {rank}: {tally.reasons.get(k)}"
+    if status == "interrupted":
+        return f"interrupted on rank {rank}; the same command continues it"
+    if rank in tally.gone:
+        return f"rank {rank} ended before finishing it; the same command runs it again"
+    return f"not run by rank {rank}; the same command runs it"
 
 
 def _rep_config(cfg: C.Config, k: int) -> C.Config:

@@ -20,8 +20,11 @@ from ..store import read_metrics
 FLAGS = ("valid", "valid_relative", "floor_reached")
 
 
-def aggregate(out: str | Path) -> dict:
-    """Write OUT/figure.png, OUT/summary.md and OUT/summary.json from the finished repetitions."""
+def aggregate(out: str | Path, unfinished: dict[str, str] | None = None) -> dict:
+    """Write OUT/figure.png, OUT/summary.md and OUT/summary.json from the finished repetitions.
+
+    ``unfinished`` names the repetitions asked for but not finished, each with why (failed, interrupted, ...).
+    """
     out = Path(out)
     ledger = json.loads((out / "reproduce.json").read_text())
     kind = ledger["kind"]
@@ -33,7 +36,8 @@ def aggregate(out: str | Path) -> dict:
             reps[rep.name]["wall_s"] = ledger["reps"].get(rep.name, {}).get("wall_s")
             runs.append(rows)
     result = {"name": ledger["name"], "kind": kind, "device": ledger.get("device"), "reps": reps,
-              "aggregate": statistics(reps), "endpoints": ledger.get("endpoints", {})}
+              "aggregate": statistics(reps), "unfinished": dict(unfinished or {}),
+              "endpoints": ledger.get("endpoints", {})}
     write_json(out / "summary.json", result)
     atomic_write(out / "summary.md", markdown(result).encode())
     if runs:
@@ -102,6 +106,9 @@ def markdown(result: dict) -> str:
     for name, r in reps.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
     lines.append("| **all** | " + " | ".join(_aggregate_cell(agg, c) for c in cols) + " |")
+    if result.get("unfinished"):
+        lines += ["", "Not finished (run the same command again to complete them):", ""]
+        lines += [f"- {name}: {why}" for name, why in result["unfinished"].items()]
     return "\n".join(lines + _endpoint_lines(result.get("endpoints") or {})) + "\n"
 
 

@@ -30,14 +30,14 @@ USUAL_TEST = {"imagenet": 50000}  # else 10000
 
 
 def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int | None = None,
-            log=print) -> dict:
+            log=print, method: str | None = None) -> dict:
     """Build model and data, resolve every phase, time two iterations on random tensors; train nothing.
 
     ``batch_size`` (default: the config's) sets the size of the random batches
     the two iterations draw; the estimate is only meaningful at the config's
     batch size (a smaller one times mostly per-step overhead).
     """
-    cfg = load_experiment(name, data_dir)
+    cfg = load_experiment(name, data_dir, method)
     kind = kind_of(cfg)
     pc = getattr(cfg, kind)
     device = pick_device(device)

@@ -1,8 +1,12 @@
 """The paper's experiments: the shipped configs that name one path method each, and how one is loaded."""
 from __future__ import annotations
 
+import dataclasses
+
 from .. import config as C
 from ..errors import ConfigError
+
+KINDS = ("m2m", "m2o")
 
 
 def experiments() -> list[str]:
@@ -13,13 +17,24 @@ def experiments() -> list[str]:
 def kind_of(cfg: C.Config) -> str:
     """``"m2m"`` or ``"m2o"``: the one path table an experiment config holds."""
     if (cfg.m2m is None) == (cfg.m2o is None):
-        raise ConfigError(f"config {cfg.name!r} must have exactly one of [m2m] and [m2o] to be reproduced")
+        raise ConfigError(f"config {cfg.name!r} must have exactly one of [m2m] and [m2o] to be reproduced "
+                          f"(pick one with --method)")
     return "m2m" if cfg.m2m is not None else "m2o"
 
 
-def load_experiment(name: str, data_dir: str | None) -> C.Config:
-    """The config ``name`` (shipped name or TOML file), reading its dataset from ``data_dir`` when given."""
+def load_experiment(name: str, data_dir: str | None, method: str | None = None) -> C.Config:
+    """The config ``name`` (shipped name or TOML file), reading its dataset from ``data_dir`` when given.
+
+    ``method`` ("m2m" or "m2o") keeps that path table alone, for a config that
+    holds both (such as ``demo``).
+    """
     cfg = C.load_config(name)
     if data_dir:
         cfg.data.root = str(data_dir)
+    if method is not None:
+        if method not in KINDS:
+            raise ConfigError(f"--method must be one of {', '.join(KINDS)}, not {method!r}")
+        if getattr(cfg, method) is None:
+            raise ConfigError(f"config {cfg.name!r} has no [{method}] table")
+        cfg = dataclasses.replace(cfg, **{k: None for k in KINDS if k != method})
     return cfg
