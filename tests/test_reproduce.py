@@ -157,12 +157,12 @@ def test_dry_run(name, monkeypatch):
 
 
 def test_endpoint_message_counts_the_cooldown_epochs(tmp_path, monkeypatch):
-    from llpf.reproduce import Experiment, Ledger
+    from llpf.reproduce import Experiment
 
     monkeypatch.setattr("llpf.runner.train", lambda *a, **k: {"train": {"loss": 0.1}, "test": {"accuracy": 0.5}})
     lines = []
-    cfg = C.load_config("cct7-cifar10-m2o")
-    exp = Experiment(cfg, "m2o", tmp_path, Ledger(tmp_path, cfg.name, "m2o"), torch.device("cpu"), False, lines.append)
+    (tmp_path / "endpoints").mkdir()
+    exp = Experiment(C.load_config("cct7-cifar10-m2o"), "m2o", tmp_path, torch.device("cpu"), False, lines.append)
     exp.cache["data"] = None
     exp.endpoint(0)
     assert lines[0] == "training endpoint seed 0 (310 epochs)"
