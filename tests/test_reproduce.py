@@ -142,9 +142,31 @@ def test_dry_run(name, monkeypatch):
     assert plan["estimate_s"]["path_min"] == pytest.approx(steps_min * plan["iteration_s"][1])
     assert plan["estimate_s"]["path_max"] == pytest.approx(steps_max * plan["iteration_s"][1])
     assert "random tensors" in plan["data"]
+    # endpoints train for Table 3's epochs; CCT7's cosine adds its 10 cooldown epochs after the 300
+    epochs = {"cct7-cifar10": 310, "lenet5-fashion-mnist": 20, "lenet5-mnist": 20, "resnet18-cifar10": 30,
+              "resnet18-cifar100": 50, "resnet18-imagenet": None}[name.rsplit("-", 1)[0]]
+    n_train = 50000 if "cifar" in name else 60000
+    per_rep = 0 if "imagenet" in name else (2 if name.endswith("m2m") else 1)
+    assert plan["endpoints_per_rep"] == per_rep
+    if per_rep:
+        assert plan["endpoint_epochs"] == epochs
+    assert plan["estimate_s"]["endpoints"] == pytest.approx(
+        per_rep * (epochs or 0) * (n_train // C.load_config(name).train.batch_size) * plan["iteration_s"][1])
     text = lines[-1]
     for k, ((_, moved), ph) in enumerate(zip(phases, plan["phases"])):
         assert f"phase {k + 1}: iterations {ph['first']}-{ph['last']}, {moved} layers moved" in text
+
+
+def test_endpoint_message_counts_the_cooldown_epochs(tmp_path, monkeypatch):
+    from llpf.reproduce import Experiment
+
+    monkeypatch.setattr("llpf.runner.train", lambda *a, **k: {"train": {"loss": 0.1}, "test": {"accuracy": 0.5}})
+    lines = []
+    (tmp_path / "endpoints").mkdir()
+    exp = Experiment(C.load_config("cct7-cifar10-m2o"), "m2o", tmp_path, torch.device("cpu"), False, lines.append)
+    exp.cache["data"] = None
+    exp.endpoint(0)
+    assert lines[0] == "training endpoint seed 0 (310 epochs)"
 
 
 def test_dry_run_cli(capsys, monkeypatch):

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _reproduce_parser(sub)
     _analysis_parsers(sub)
+    _run_analysis_parsers(sub)
     return ap
 
 
@@ -126,14 +127,19 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
 
 
+def _force_arg(p, help="write into a non-empty --out folder (never a run directory)"):
+    p.add_argument("--force", action="store_true", help=help)
+
+
 def _analysis_parsers(sub) -> None:
-    """The analysis commands (llpf.analysis)."""
+    """The analysis commands (llpf.analysis); each refuses a non-empty --out folder unless --force."""
     p = sub.add_parser("pca", help="per-layer 2-D PCA of the saved points of paths (paper Figure 4)")
     p.add_argument("runs", nargs="+", help="run directories, or folders holding them")
     p.add_argument("--out", required=True, help="folder for pca.png, pca.csv, pca.json")
     p.add_argument("--layers", nargs="+", default=None, help="layer patterns (default: all)")
     p.add_argument("--power-iterations", type=int, default=2, help="randomized-SVD power iterations (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    _force_arg(p)
 
     p = sub.add_parser("dim", help="dimensionality of the low-loss space around a model (SVD of one-iteration moves)")
     p.add_argument("model", help="model weights")
@@ -147,6 +153,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
     p.add_argument("--seed", type=int, default=0, help="move i draws batches with seed SEED+i")
     p.add_argument("--out", required=True, help="folder for dimension.json and spectrum.png")
+    _force_arg(p)
     _device_arg(p)
     _quiet_arg(p)
 
@@ -157,6 +164,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--include-norm", action="store_true", help="include normalisation layers (Figure 6 leaves them out)")
     p.add_argument("--tolerance", type=float, default=0.25,
                    help="flag layers whose variance differs from the first model's by more than this (relative)")
+    _force_arg(p)
 
     p = sub.add_parser("barrier", help="loss and accuracy on the straight line between two models")
     p.add_argument("config", help="TOML file or shipped config name (model and data)")
@@ -166,8 +174,12 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--points", type=int, default=21, help="grid points including both ends (default 21)")
     p.add_argument("--recompute-bn", choices=("auto", "yes", "no"), default="auto",
                    help="recompute BatchNorm statistics at each point (auto: when the model has BatchNorm)")
+    _force_arg(p)
     _device_arg(p)
 
+
+def _run_analysis_parsers(sub) -> None:
+    """The commands that read run directories or run methods beside M2O (llpf.analysis, llpf.baselines.m2o)."""
     p = sub.add_parser("segments", help="certify a path: training loss on the straight segments between saved points")
     p.add_argument("run")
     p.add_argument("--points-per-segment", type=int, default=5, help="interior points per segment (default 5)")
@@ -178,11 +190,28 @@ def _analysis_parsers(sub) -> None:
     p = sub.add_parser("generalisation", help="M2O: test metrics against the variance ratio (paper Figure 5)")
     p.add_argument("runs", nargs="+", help="M2O run directories, or folders holding them")
     p.add_argument("--out", required=True)
+    _force_arg(p)
+
+    p = sub.add_parser("m2o-baselines", help="M2O beside move-only and fine-tuning with weight decay, "
+                                             "same start and gradient steps, best point on validation")
+    p.add_argument("config", help="TOML file or shipped config name (with an [m2o] table)")
+    p.add_argument("--start", required=True, help="start model weights")
+    p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
+    p.add_argument("--decays", type=float, nargs="+", default=None,
+                   help="fine-tuning weight decays (default: 0 and 1/4, 1, 4 x the decay that shrinks as Move does)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training set held out for choosing points, when the config sets none "
+                        "(default 0.1; the start model should not have trained on it)")
+    _force_arg(p, "use a non-empty --out: its finished runs of the same settings are kept, an interrupted one resumed")
+    _device_arg(p)
+    _quiet_arg(p)
 
     p = sub.add_parser("report", help="an offline HTML report of runs and analysis outputs")
-    p.add_argument("inputs", nargs="+", help="run directories, folders of runs, outputs of dim/variance/barrier/pca")
+    p.add_argument("inputs", nargs="+",
+                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines")
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--no-pca", action="store_true", help="skip the PCA of the given paths")
+    _force_arg(p)
 
 
 def _print_summary(kind: str, s: dict, out=None) -> None:
@@ -208,7 +237,7 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
                   f"{s['straight_line_max_train_loss']:.4f}", file=out)
     else:
         sel = s["selected_on"]
-        print(f"M2O path: {s['status']}, {s['iterations']} iterations, final variance ratio "
+        print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, final variance ratio "
               f"{s['final_variance_ratio']:.3f}, norm ratio {s['norm_ratio']:.3f} "
               f"({s['fraction_to_origin']:.1%} of the way to the origin)\n"
               f"  start {sel} loss {s[f'start_{sel}_loss']:.4f}, accuracy {s.get(f'start_{sel}_accuracy', float('nan')):.4f}\n"
@@ -331,7 +360,8 @@ def _recompute(choice: str):
 def cmd_pca(args) -> int:
     from .analysis.pca import run_pca
 
-    files = run_pca(args.runs, args.out, layers=args.layers, power_iterations=args.power_iterations, seed=args.seed)
+    files = run_pca(args.runs, args.out, layers=args.layers, power_iterations=args.power_iterations, seed=args.seed,
+                    force=args.force)
     print(f"wrote {files['figure']}, {files['csv']}, {files['json']}")
     return 0
 
@@ -340,8 +370,11 @@ def cmd_dim(args) -> int:
     from .analysis.dimension import MoveSettings, analyse_dimension, format_dimension, write_dimension
     from .config import load_config
     from .data import prepare_data
+    from .files import check_output_folder
     from .runner import load_model
     from .runtime import pick_device
+
+    check_output_folder(args.out, args.force)
 
     settings = MoveSettings(moves=args.moves, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             dtype=args.dtype, seed=args.seed, layers=args.layers)
@@ -366,7 +399,10 @@ def cmd_dim(args) -> int:
 def cmd_variance(args) -> int:
     from .analysis.variance import analyse_variances, check_variance_pair, write_variance
     from .config import load_config
+    from .files import check_output_folder
     from .runner import load_model
+
+    check_output_folder(args.out, args.force)
 
     cfg = load_config(args.config)
     models = [load_model(cfg, m) for m in args.models]
@@ -386,8 +422,11 @@ def cmd_barrier(args) -> int:
     from .analysis.barriers import straight_line, write_barrier
     from .config import load_config
     from .data import prepare_data
+    from .files import check_output_folder
     from .runner import load_model
     from .runtime import pick_device
+
+    check_output_folder(args.out, args.force)
 
     cfg = load_config(args.config)
     device = pick_device(args.device)
@@ -422,16 +461,36 @@ def cmd_segments(args) -> int:
 
 def cmd_generalisation(args) -> int:
     from .analysis.generalisation import analyse_generalisation, write_generalisation
+    from .files import check_output_folder
+
+    check_output_folder(args.out, args.force)
 
     files = write_generalisation(analyse_generalisation(args.runs), args.out)
     print(f"wrote {files['json']}, {files['figure']}")
     return 0
 
 
+def cmd_m2o_baselines(args) -> int:
+    from .baselines.m2o import COLUMNS, m2o_baselines
+    from .config import load_config
+
+    r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
+                      validation_fraction=args.validation_fraction, device=args.device, force=args.force,
+                      progress=not args.quiet)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    shown = [c for c in COLUMNS if c not in ("status", "iterations")]
+    print("  ".join(shown))
+    for row in r["rows"]:
+        print("  ".join(fmt(row[c]) for c in shown))
+    print(f"best on validation ({r['select_by']}): {r['chosen_on_validation']}; "
+          f"wrote {Path(args.out) / 'm2o-baselines.csv'}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .analysis.report import build_report
 
-    print(f"wrote {build_report(args.inputs, args.out, pca=not args.no_pca)}")
+    print(f"wrote {build_report(args.inputs, args.out, pca=not args.no_pca, force=args.force)}")
     return 0
 
 
@@ -480,7 +539,8 @@ def cmd_bench(args) -> int:
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
             "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
             "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
-            "generalisation": cmd_generalisation, "report": cmd_report, "bench": cmd_bench}
+            "generalisation": cmd_generalisation, "m2o-baselines": cmd_m2o_baselines, "report": cmd_report,
+            "bench": cmd_bench}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

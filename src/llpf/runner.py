@@ -24,7 +24,7 @@ from .data.augment import default_augmentation
 from .driver import Driver
 from .errors import ConfigError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
-from .methods import batched_class, method_class
+from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
 from .observer import Observer
 from .runtime import pick_device
@@ -67,10 +67,17 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
 
 
 def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
-    pc = getattr(cfg, kind)
+    """The table method ``kind`` reads (``[m2o]`` for M2O and its baselines)."""
+    table = config_table(kind)
+    pc = getattr(cfg, table)
     if pc is None:
-        raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
+        raise ConfigError(f"config {cfg.name!r} has no [{table}] table")
     return pc
+
+
+def resolved_config(cfg: C.Config, kind: str) -> str:
+    """The config a run of ``kind`` records in its ``config.toml``: only the table it reads."""
+    return C.dumps(dataclasses.replace(cfg, **{"m2m": None, "m2o": None, config_table(kind): _path_config(cfg, kind)}))
 
 
 Weights = tuple[dict, Path]  # a state dict and the file it came from (named in errors)
@@ -183,7 +190,7 @@ def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run M2M (``kind="m2m"``, needs ``dest``) or M2O into the run directory ``out``; return its summary.
+    """Run method ``kind`` (M2M needs ``dest``; M2O, or a baseline) into the run directory ``out``; return its summary.
 
     Under torchrun the ranks compute the path together; every rank reads the
     inputs, rank 0 alone checks and writes ``out``.
@@ -216,13 +223,21 @@ def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: 
     if driver.method.needs_dest:
         warn_if_variances_differ(driver)
     for rd, cfg, start, dest, (a, _), b in zip(rds, cfgs, starts, dests, start_w, dest_w):
-        resolved = dataclasses.replace(cfg, **{"m2m": None, "m2o": None, kind: _path_config(cfg, kind)})
         inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
-        rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
+        rd.create(kind, resolved_config(cfg, kind), inputs, str(device), force=force)
         save_weights(rd.path / "start.safetensors", a)
         if b is not None:
             save_weights(rd.path / "dest.safetensors", b[0])
     return finish_all(rds, driver, progress)
+
+
+def resolve_run(rd: RunDir, kind: str, cfg: C.Config, start: str | Path) -> None:
+    """Refuse a run directory that holds a run of another method, config or start model than these."""
+    info, recorded = rd.info(), rd.path / "config.toml"
+    same = (info.get("kind") == kind and info.get("inputs", {}).get("start") == str(start)
+            and recorded.is_file() and recorded.read_text() == resolved_config(cfg, kind))
+    if not same:
+        raise RunDirError(f"{rd.path} holds a run of other settings (method, config or start); choose another --out")
 
 
 def _resumable(rd: RunDir) -> tuple[dict, C.Config, Weights, Weights | None, dict | None]:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelMismatchError, RunDirError
-from ..files import atomic_write, write_json
+from ..files import atomic_write, check_output_folder, write_json
 from ..schedule import select
 from ..store import RunDir
 from .runs import expand_runs, parameter_names
@@ -229,8 +229,12 @@ def write_pca(ps: PointSet, result: dict[str, LayerPCA], out_dir: str | Path, se
 
 
 def run_pca(runs: Iterable[str | Path], out_dir: str | Path, layers: list[str] | None = None, k: int = 2,
-            oversample: int = 10, power_iterations: int = 2, seed: int = 0) -> dict[str, Path]:
-    """``llpf pca``: collect the points of ``runs``, fit per-layer PCA, write figure, CSV and JSON."""
+            oversample: int = 10, power_iterations: int = 2, seed: int = 0, force: bool = False) -> dict[str, Path]:
+    """``llpf pca``: collect the points of ``runs``, fit per-layer PCA, write figure, CSV and JSON.
+
+    A non-empty ``out_dir`` is refused unless ``force``.
+    """
+    check_output_folder(out_dir, force)
     ps = collect_points(runs, layers)
     result = streamed_pca(ps, k, oversample, power_iterations, seed)
     settings = {"k": k, "oversample": oversample, "power_iterations": power_iterations, "seed": seed}

@@ -1,6 +1,8 @@
 """Other ways to connect two models, run on the same pairs as LLPF: AutoNEB and one-bend curves.
 
-The straight line is :func:`llpf.analysis.barriers.straight_line`.
+The straight line is :func:`llpf.analysis.barriers.straight_line`. M2O's
+baselines (move-only, fine-tuning with weight decay, at M2O's budget of
+gradient steps) are :func:`llpf.baselines.m2o.m2o_baselines`.
 """
 from .autoneb import (PAPER_CYCLES, AutoNEB, AutoNEBConfig, Band, Cycle, chain_points, insert_pivot, neb_force,
                       paper_cycles, redistribute, tangent)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import FlatPaths, Method, Record, SinglePath
+from .baselines import FineTune, MoveOnly
 from .batched import BatchedM2M, BatchedM2O, BatchedPaths
 from .m2m import M2M, M2MRecords, m2m_iteration
 from .m2o import M2O, M2ORecords, m2o_iteration
 
-METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O, "m2m-batched": BatchedM2M, "m2o-batched": BatchedM2O}
+METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O, "finetune": FineTune, "move-only": MoveOnly,
+                                    "m2m-batched": BatchedM2M, "m2o-batched": BatchedM2O}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -33,6 +35,12 @@ def batched_class(kind: str) -> type[Method]:
     return method_class(f"{kind}-batched")
 
 
-__all__ = ["METHODS", "BatchedM2M", "BatchedM2O", "BatchedPaths", "FlatPaths", "M2M", "M2MRecords", "M2O",
-           "M2ORecords", "Method", "Record", "SinglePath", "batched_class", "m2m_iteration", "m2o_iteration",
-           "method_class", "register"]
+def config_table(name: str) -> str:
+    """The config table (``m2m`` or ``m2o``) that method ``name`` reads its settings from."""
+    cls = method_class(name)
+    return cls.table or cls.name
+
+
+__all__ = ["METHODS", "BatchedM2M", "BatchedM2O", "BatchedPaths", "FineTune", "FlatPaths", "M2M", "M2MRecords",
+           "M2O", "M2ORecords", "Method", "MoveOnly", "Record", "SinglePath", "batched_class", "config_table",
+           "m2m_iteration", "m2o_iteration", "method_class", "register"]

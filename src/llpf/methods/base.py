@@ -51,7 +51,8 @@ makes every rank act on the same stop request, and the ranks' copies of
 everything above must stay equal.
 
 A new method is one module with a subclass of :class:`Method` (or of
-:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``.
+:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``. ``table``
+names the config table it reads (``[m2m]`` or ``[m2o]``; default its name).
 """
 from __future__ import annotations
 
@@ -103,6 +104,7 @@ class Method:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""
+    table: ClassVar[str] = ""  # the config table this method reads; "" means the one named like the method
     needs_dest: ClassVar[bool] = False
     paths: int = 1
     data_parallel: bool = False  # the ranks of a process group compute the paths together (evaluation sharded too)

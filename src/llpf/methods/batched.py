@@ -118,7 +118,7 @@ class BatchedM2M(M2MRecords, BatchedPaths):
     """Algorithm 1 on K paths at once, each from ``start[k]`` to ``dest[k]``."""
 
     name = "m2m-batched"
-    kind = "m2m"
+    kind = table = "m2m"
 
     def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, Tensor]:
         moved = self.masks[phase.index]
@@ -131,7 +131,7 @@ class BatchedM2O(M2ORecords, BatchedPaths):
     """Algorithm 2 on K paths at once, each from ``start[k]`` toward the origin."""
 
     name = "m2o-batched"
-    kind = "m2o"
+    kind = table = "m2o"
     last_lr: Tensor | None = None  # [K, L]: each path's AngleConformal rates in the last iteration
     _ratios: list[float] | None = None
 

@@ -298,13 +298,14 @@ class Experiment:
     def endpoint(self, seed: int) -> Path:
         """The endpoint of ``seed``: trained with the Table 3 recipe unless OUT/endpoints already holds it."""
         from ..runner import train
+        from ..train import endpoint_epochs
 
         path = self.out / "endpoints" / f"seed{seed}.safetensors"
         if path.is_file():
             return path
         if self.cfg.data.name == "imagenet":
             return self.torchvision_endpoint()
-        self.log(f"training endpoint seed {seed} ({self.cfg.train.epochs} epochs)")
+        self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train)} epochs)")
         t0 = time.perf_counter()
         metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data())
         write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics})
