@@ -11,6 +11,7 @@ from llpf.baselines.autoneb import (AutoNEB, AutoNEBConfig, Band, Cycle, chain_p
                                     paper_cycles, redistribute, tangent)
 from llpf.baselines.bezier import Curve, CurveConfig, curve_point, lr_factor
 from llpf.baselines.functional import FlatModel
+from llpf.config import LineConfig, method_config
 from llpf.data import BatchStream, Split
 from llpf.errors import ConfigError
 
@@ -254,7 +255,7 @@ def test_on_a_valley_autoneb_and_the_curves_find_the_pass_below_the_straight_lin
     ts = [i / 40 for i in range(41)]
     for kind, ceiling in (("bezier", 1.5), ("polychain", 1.6)):
         # trained for the mean loss along them, one bend: below the line, not necessarily through the pass
-        curve = Curve(a, b, BatchStream(data, 2), CurveConfig(kind, steps=300, lr=0.01), loss_fn=energy).run()
+        curve = Curve(a, b, BatchStream(data, 2), CurveConfig(kind=kind, steps=300, lr=0.01), loss_fn=energy).run()
         peak = torch.tensor([r["loss"] for r in curve.evaluate(ts, {"": data})]).max()  # NaN-propagating
         assert 1.0 - 0.02 <= float(peak) < ceiling
 
@@ -280,12 +281,13 @@ def test_autoneb_records_its_cycles_and_resumes_exactly():
 
 
 def test_configuration_mistakes_are_one_line_errors():
-    with pytest.raises(ConfigError):
-        AutoNEBConfig(cycles=()).check()
-    with pytest.raises(ConfigError):
-        AutoNEBConfig(optimizer="lbfgs").check()
-    with pytest.raises(ConfigError):
-        CurveConfig(kind="spline").check()
+    for cls, bad in ((AutoNEBConfig, dict(cycles=())), (AutoNEBConfig, dict(optimizer="lbfgs")),
+                     (AutoNEBConfig, dict(initial_pivots=5, max_pivots=6)),
+                     (AutoNEBConfig, dict(cycles=[{"steps": 5, "lr": 0.0}])), (CurveConfig, dict(kind="spline")),
+                     (CurveConfig, dict(steps=0)), (LineConfig, dict(points=1))):
+        with pytest.raises(ConfigError) as e:
+            method_config(cls, bad)
+        assert "\n" not in str(e.value)
     assert sum(c.steps for c in paper_cycles()) == 16000
     assert [c.lr for c in paper_cycles(0.1, lr=0.01)][::4] == pytest.approx([0.01, 0.01, 0.001, 1e-4])
 

@@ -1,8 +1,9 @@
 """The Python API: a path between any ``nn.Module`` pair, or toward the origin, on any data.
 
-``find_path`` runs any registered method (``llpf.methods.METHODS``);
-``m2m`` and ``m2o`` name the paper's two; ``find_paths`` runs K paths at once
-with a batched method.
+``find_path`` runs any registered method (``llpf.methods.METHODS``: the
+paper's ``m2m`` and ``m2o``, and the baselines ``line``, ``autoneb``,
+``bezier``, ``finetune`` and ``move-only``); ``m2m`` and ``m2o`` name the
+paper's two; ``find_paths`` runs K paths at once with a batched method.
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ def find_path(method: str | type[Method], start: nn.Module, train_data, config: 
     one-shot iterator (or a stateful loader, whose passes continue its
     epoch) is not, and the verdict rests on batch losses. With
     ``config.augment``, Train_r's batches get ``augmentation`` ("crop-flip").
-    ``config`` is a PathConfig or a dict, checked as a TOML table is. Points
+    ``config`` is the method's table (a PathConfig for M2M and M2O; an
+    AutoNEBConfig, CurveConfig or LineConfig for the baselines) or a dict,
+    checked as a TOML table is. A baseline's ``result.path`` holds the path it
+    built (its knots), its rows the point the driver evaluated. Points
     are kept in memory with ``keep_points``, else read back from the
     observer's run directory when asked. The models passed in are not modified.
     """

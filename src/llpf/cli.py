@@ -1,8 +1,10 @@
 """The ``llpf`` command.
 
 ``llpf demo`` runs the whole method offline on scikit-learn's digits;
-``train``, ``m2m``, ``m2o``, ``resume`` and ``plot`` work on configs, weight
-files and run directories. A user mistake prints one line and exits 2.
+``train``, ``m2m``, ``m2o``, the baselines ``autoneb``, ``bezier`` and
+``line``, ``resume`` and ``plot`` work on configs, weight files and run
+directories; ``compare`` runs them all on the same pairs. A user mistake
+prints one line and exits 2.
 """
 from __future__ import annotations
 
@@ -60,24 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _quiet_arg(p)
 
-    for kind, helptext in (("m2m", "low-loss path between two models (Algorithm 1)"),
-                           ("m2o", "low-loss path toward the origin (Algorithm 2)")):
-        p = sub.add_parser(kind, help=helptext)
-        p.add_argument("config", help="TOML file or shipped config name")
-        p.add_argument("--start", "--start-model", dest="start", required=True,
-                       help="start model weights (--start-model under torchrun, whose own --start-method takes --start)")
-        if kind == "m2m":
-            p.add_argument("--dest", "--dest-model", dest="dest", required=True, help="destination model weights")
-            p.add_argument("--segments", action="store_true",
-                           help="afterwards, certify the straight segments between saved points (llpf segments)")
-            p.add_argument("--segment-points", type=int, default=5, help="interior points per segment (default 5)")
-        p.add_argument("--out", required=True, help="run directory to create")
-        p.add_argument("--force", action="store_true", help="replace an unfinished run in --out")
-        p.add_argument("--resume", action="store_true",
-                       help="continue the unfinished run in --out (start it when there is none)")
-        _device_arg(p)
-        _fast_args(p)
-        _quiet_arg(p)
+    _path_parsers(sub)
+    _compare_parser(sub)
 
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run")
@@ -129,6 +115,54 @@ def _reproduce_parser(sub) -> None:
 
 def _force_arg(p, help="write into a non-empty --out folder (never a run directory)"):
     p.add_argument("--force", action="store_true", help=help)
+
+
+def _path_parsers(sub) -> None:
+    """One command per path method: M2M, M2O and the baselines."""
+    for kind, helptext in (("m2m", "low-loss path between two models (Algorithm 1)"),
+                           ("m2o", "low-loss path toward the origin (Algorithm 2)"),
+                           ("autoneb", "baseline: AutoNEB between two models (Draxler et al. 2018; [autoneb] table)"),
+                           ("bezier", "baseline: a one-bend curve between two models (Garipov et al. 2018; [bezier])"),
+                           ("line", "baseline: the straight line between two models, as a run ([line] table)")):
+        p = sub.add_parser(kind, help=helptext)
+        p.add_argument("config", help="TOML file or shipped config name")
+        p.add_argument("--start", "--start-model", dest="start", required=True,
+                       help="start model weights (--start-model under torchrun, whose own --start-method takes --start)")
+        if kind != "m2o":
+            p.add_argument("--dest", "--dest-model", dest="dest", required=True, help="destination model weights")
+        if kind == "m2m":
+            p.add_argument("--segments", action="store_true",
+                           help="afterwards, certify the straight segments between saved points (llpf segments)")
+            p.add_argument("--segment-points", type=int, default=5, help="interior points per segment (default 5)")
+        p.add_argument("--out", required=True, help="run directory to create")
+        p.add_argument("--force", action="store_true", help="replace an unfinished run in --out")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the unfinished run in --out (start it when there is none)")
+        _device_arg(p)
+        if kind in ("m2m", "m2o"):
+            _fast_args(p)
+        _quiet_arg(p)
+
+
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="LLPF beside the straight line, AutoNEB and Bezier curves on the same pairs")
+    p.add_argument("config", help="TOML file or shipped config name (model, data, [m2m] and the baselines' tables)")
+    p.add_argument("--start", default=None, help="start model weights (with --dest)")
+    p.add_argument("--dest", default=None, help="destination model weights")
+    p.add_argument("--pairs", type=int, default=None, help="instead: train N pairs of endpoints from seeds 0..2N-1")
+    p.add_argument("--methods", default="line,llpf,autoneb,bezier",
+                   help="comma-separated: line, llpf, autoneb, bezier, polychain (default line,llpf,autoneb,bezier)")
+    p.add_argument("--out", required=True, help="output directory; re-running the same command continues it")
+    p.add_argument("--points", type=int, default=41, help="points evaluated along every path, at least (default 41)")
+    p.add_argument("--points-per-segment", type=int, default=4,
+                   help="interior points on each straight segment of a polygonal path, at least (default 4)")
+    p.add_argument("--train-samples", type=int, default=0,
+                   help="evaluate the training loss on this many fixed random training samples (default 0: all)")
+    p.add_argument("--recompute-bn", choices=("auto", "yes", "no"), default="auto",
+                   help="recompute BatchNorm statistics at every evaluated point (auto: when the model has BatchNorm)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (sets data.root)")
+    _device_arg(p)
+    _quiet_arg(p)
 
 
 def _analysis_parsers(sub) -> None:
@@ -235,6 +269,8 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
         if "straight_line_max_train_loss" in s:
             print(f"  straight line between the same endpoints peaks at training loss "
                   f"{s['straight_line_max_train_loss']:.4f}", file=out)
+    elif kind != "m2o":
+        _print_baseline_summary(kind, s, out)
     else:
         sel = s["selected_on"]
         print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, final variance ratio "
@@ -244,6 +280,20 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
               f"  best  {sel} loss {s[f'best_{sel}_loss']:.4f}, accuracy {s.get(f'best_{sel}_accuracy', float('nan')):.4f}"
               f" at iteration {s['best_iteration']} (variance ratio {s['best_variance_ratio']:.3f}, "
               f"{s['best_fraction_to_origin']:.1%} of the way to the origin)", file=out)
+
+
+def _print_baseline_summary(kind: str, s: dict, out) -> None:
+    """A baseline's run: its cost, and its loss where the driver evaluated it."""
+    where = s.get("evaluated_point") or f"its {s.get('points')} evaluated points"
+    print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, {s.get('gradient_evals', 0)} gradient "
+          f"evaluations; max training loss at {where}: {s['max_train_loss']:.4f}", file=out)
+    if "band_max_loss" in s:
+        print(f"  {s['pivots']} pivots; the band's max loss on its insertion grid "
+              f"({s['band_max_loss_samples']} training samples): {s['band_max_loss']:.4f}", file=out)
+    if "batchnorm" in s:
+        print(f"  {s['batchnorm']}", file=out)
+    if kind != "line":
+        print("  the whole path is evaluated by llpf compare", file=out)
 
 
 def _farthest(s: dict, below: float) -> str:
@@ -494,6 +544,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .comparison import compare
+
+    result = compare(args.config, args.out, start=args.start, dest=args.dest, pairs=args.pairs, methods=args.methods,
+                     points=args.points, points_per_segment=args.points_per_segment,
+                     train_samples=args.train_samples, recompute_bn=_recompute(args.recompute_bn),
+                     data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+    _print_comparison(result["methods"])
+    st = result["settings"]
+    print(f"every path evaluated at {args.points} points or more: training loss on {st['train_samples']} samples, "
+          f"test on {st['test_samples']}; {st['batchnorm']}")
+    print(f"wrote {result['files']['csv']}, {result['files']['figure']}")
+    return 0 if all(r["failed"] == 0 for r in result["methods"]) else 1
+
+
+def _print_comparison(rows: list[dict], out=None) -> None:
+    cols = ("max_train_loss", "mean_train_loss", "max_test_loss", "min_test_accuracy", "path_length",
+            "gradient_steps", "wall_seconds")
+    print(f"{'method':10s}" + "".join(f"{c:>18s}" for c in cols), file=out or sys.stdout)
+    for r in rows:
+        cells = []
+        for c in cols:
+            v, sd = r.get(c), r.get(f"{c}_std")
+            cells.append("-" if v is None else f"{v:.4g}" + (f" ±{sd:.2g}" if sd is not None else ""))
+        note = f"  ({r['failed']} failed)" if r.get("failed") else ""
+        print(f"{r['method']:10s}" + "".join(f"{c:>18s}" for c in cells) + note, file=out or sys.stdout)
+
+
 def cmd_reproduce(args) -> int:
     from .config import load_config
     from .errors import ConfigError
@@ -536,7 +614,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "resume": cmd_resume,
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "autoneb": cmd_path,
+            "bezier": cmd_path, "line": cmd_path, "compare": cmd_compare, "resume": cmd_resume,
             "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
             "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
             "generalisation": cmd_generalisation, "m2o-baselines": cmd_m2o_baselines, "report": cmd_report,

@@ -1,13 +1,17 @@
 """Typed configs, read from TOML data (never Python).
 
-A config file has up to five tables: ``[model]``, ``[data]``, ``[train]`` (the
-endpoint recipe, paper Table 3), ``[m2m]`` (Algorithm 1, Table 1) and ``[m2o]``
-(Algorithm 2, Table 2). Each path table holds a list of ``[[m2m.phases]]``.
-Unknown keys and wrong types are errors that name the key.
+A config file has up to eight tables: ``[model]``, ``[data]``, ``[train]`` (the
+endpoint recipe, paper Table 3), ``[m2m]`` (Algorithm 1, Table 1), ``[m2o]``
+(Algorithm 2, Table 2), and the baselines ``llpf compare`` runs on the same
+pairs: ``[autoneb]`` (Draxler et al. 2018), ``[bezier]`` (Garipov et al. 2018)
+and ``[line]`` (the straight line). Each M2M/M2O table holds a list of
+``[[m2m.phases]]``; AutoNEB's holds ``[[autoneb.cycles]]``. Unknown keys and
+wrong types are errors that name the key.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -137,6 +141,118 @@ class PathConfig:
 
 
 @dataclass
+class DriverSettings:
+    """What the driver reads from every baseline's table (PathConfig has the same fields for M2M and M2O).
+
+    The driver evaluates the method's current point every ``eval_every``
+    iterations, saves it every ``save_every``, checkpoints every
+    ``checkpoint_every``; ``batch_size`` and ``seed`` shape the stream of
+    training batches; ``recalibrate_bn``: recompute BatchNorm statistics on
+    the training set before each evaluation.
+    """
+
+    batch_size: int = 64
+    eval_every: int = 20
+    save_every: int = 100
+    checkpoint_every: int = 20
+    loss_threshold: float = 0.1
+    recalibrate_bn: bool = True
+    augment: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Cycle:
+    """One AutoNEB cycle: ``steps`` band steps at learning rate ``lr``."""
+
+    steps: int = 100
+    lr: float = 0.01
+
+
+# The cycle schedule published with AutoNEB's code for the paper's CIFAR ResNets: 4 cycles of 1000
+# steps at lr 0.1, 2 of 2000 at 0.1, 4 of 1000 at 0.01, 4 of 1000 at 0.001 (16,000 band steps).
+PAPER_CYCLES: tuple[Cycle, ...] = (
+    (Cycle(1000, 0.1),) * 4 + (Cycle(2000, 0.1),) * 2 + (Cycle(1000, 0.01),) * 4 + (Cycle(1000, 0.001),) * 4)
+
+
+def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> list[Cycle]:
+    """The published schedule with every cycle's step count multiplied by ``scale`` (at least 1 step) and
+    its learning rates by ``lr / 0.1`` (so ``lr`` is the first cycle's; the decays stay 10x and 100x)."""
+    return [Cycle(max(1, round(c.steps * scale)), c.lr * lr / 0.1) for c in PAPER_CYCLES]
+
+
+@dataclass
+class AutoNEBConfig(DriverSettings):
+    """AutoNEB (``llpf.baselines.autoneb``): a nudged elastic band grown in cycles.
+
+    The published settings but two, both for LeNet5: the published schedule's
+    shape at 2% of its steps (320 band steps; 20 per 1000) and a tenth of its
+    learning rates (first cycle 0.01, LeNet5's own endpoint rate). At the
+    published first rate 0.1 the band on the demo's LeNet5 endpoints jumped
+    to chance-level loss (2.3) in its first cycle; at 0.01 its peak fell from
+    the straight line's 1.54 to 0.015. ``insertion_samples`` > 0 decides where
+    pivots go on that many training samples (a fixed random subset) instead of
+    the whole training split: the grid of ``(P - 1) * points_per_segment + P``
+    evaluations per cycle dominates a small run's time.
+    """
+
+    cycles: list[Cycle] = field(default_factory=lambda: paper_cycles(0.02, lr=0.01))
+    initial_pivots: int = 3  # interior pivots of the first band (published)
+    insert_per_cycle: int = 2  # published
+    max_pivots: int = 31  # pivots in all, ends included: what the published schedule reaches
+    points_per_segment: int = 9  # interior evaluation points per segment (published)
+    spring: float = math.inf  # inf: no spring force, pivots redistributed along the chain (published)
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    momentum: float = 0.9  # the published config names "SGD-Momentum" without a value
+    insertion_samples: int = 0  # 0: the whole training split
+
+
+@dataclass
+class CurveConfig(DriverSettings):
+    """A curve with one trained bend (``llpf.baselines.bezier``), Garipov et al. (2018).
+
+    ``lr = 0.015`` is the published rate for VGG16 curves (no BatchNorm, like
+    LeNet5); on the demo's LeNet5 endpoints 2000 steps at it left a peak
+    training loss of 0.005 along the curve (0.055 at 0.003, 0.010 at 0.01).
+    No weight decay: the aim is the loss along the curve, and decay would pull
+    the bend towards the origin. One step draws one ``t`` and one batch.
+    """
+
+    kind: str = "bezier"  # "bezier" | "polychain"
+    steps: int = 2000
+    lr: float = 0.015
+    momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    weight_decay: float = 0.0
+    save_every: int = 500
+    eval_every: int = 100
+    checkpoint_every: int = 100
+
+
+@dataclass
+class LineConfig:
+    """The straight line between the two models, walked in ``points - 1`` iterations and evaluated at each.
+
+    Models with BatchNorm get their running statistics recomputed at every
+    point (``recalibrate_bn``); ``false`` evaluates the raw interpolation of the
+    two models' statistics instead.
+    """
+
+    points: int = 21
+    recalibrate_bn: bool = True
+    batch_size: int = 64  # the one training batch whose loss each iteration records
+    loss_threshold: float = 0.1
+    seed: int = 0
+    augment = False
+    eval_every = 1
+    checkpoint_every = 1
+
+    @property
+    def save_every(self) -> int:
+        return self.points - 1  # a line's points are its two ends; the rest are evaluated, not stored
+
+
+@dataclass
 class Config:
     name: str = "custom"
     description: str = ""
@@ -145,6 +261,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     m2m: PathConfig | None = None
     m2o: PathConfig | None = None
+    autoneb: AutoNEBConfig | None = None
+    bezier: CurveConfig | None = None
+    line: LineConfig | None = None
 
 
 _CHOICES = {
@@ -157,12 +276,17 @@ _CHOICES = {
     ("TrainConfig", "schedule"): ("constant", "onecycle", "cosine"),
     ("TrainConfig", "optimizer"): ("sgd", "adamw"),
     ("TrainConfig", "augmentation"): ("default", "none", "crop-flip"),
+    ("AutoNEBConfig", "optimizer"): ("sgd", "adam"),
+    ("CurveConfig", "optimizer"): ("sgd", "adam"),
+    ("CurveConfig", "kind"): ("bezier", "polychain"),
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
-             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size"}
+             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size", "steps",
+             "initial_pivots", "max_pivots", "points_per_segment", "points"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
-                 "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative"}
+                 "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
+                 "insertion_samples"}
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -177,7 +301,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
         return from_dict(tp, value, f"{where}.")
     if origin is list:
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -236,32 +360,66 @@ def _check_path(pc: PathConfig, where: str) -> None:
             raise ConfigError(f"{where}phases[0]: keep_previous needs a previous phase")
 
 
-def path_config(cfg: PathConfig | dict | None) -> PathConfig:
-    """A path config built in Python (a PathConfig, a dict, or None for the defaults), checked as a TOML one is.
+def _check_autoneb(c: AutoNEBConfig, where: str) -> None:
+    if not c.cycles:
+        raise ConfigError(f"{where}cycles must hold at least one cycle")
+    for i, cy in enumerate(c.cycles):
+        if not cy.lr > 0:
+            raise ConfigError(f"{where}cycles[{i}].lr must be positive, got {cy.lr!r}")
+    if c.max_pivots < c.initial_pivots + 2:
+        raise ConfigError(f"{where}max_pivots ({c.max_pivots}) must be at least initial_pivots + 2 "
+                          f"({c.initial_pivots + 2}): the ends count as pivots")
 
-    Types, ranges, choices and the cross-field rules raise the same one-line
-    ConfigError; a valid object comes back as a fresh, typed copy.
-    """
+
+def _check_curve(c: CurveConfig, where: str) -> None:
+    if not c.lr > 0:
+        raise ConfigError(f"{where}lr must be positive, got {c.lr!r}")
+
+
+def _check_line(c: LineConfig, where: str) -> None:
+    if c.points < 2:
+        raise ConfigError(f"{where}points must be at least 2 (the two ends), got {c.points}")
+
+
+_CROSS_CHECKS = {PathConfig: _check_path, AutoNEBConfig: _check_autoneb, CurveConfig: _check_curve,
+                 LineConfig: _check_line}
+
+
+def method_config(cls, cfg, where: str = ""):
+    """A method's table built in Python (an instance of ``cls``, a dict, or None for the defaults),
+    checked as a TOML one is: types, ranges, choices and the cross-field rules raise the same one-line
+    ConfigError; a valid object comes back as a fresh, typed copy."""
     if cfg is None:
-        return PathConfig()
-    if isinstance(cfg, PathConfig):
+        cfg = {}
+    if isinstance(cfg, cls):
         try:
             data = dataclasses.asdict(cfg)
         except TypeError as e:
-            raise ConfigError(f"path config holds a value that is not plain data: {e}") from None
+            raise ConfigError(f"{cls.__name__} holds a value that is not plain data: {e}") from None
     elif isinstance(cfg, dict):
         data = dict(cfg)
     else:
-        raise ConfigError(f"config must be a PathConfig or a dict, got {type(cfg).__name__}")
-    pc = from_dict(PathConfig, data)
-    _check_path(pc, "")
-    return pc
+        raise ConfigError(f"config must be a {cls.__name__} or a dict, got {type(cfg).__name__}")
+    out = from_dict(cls, data, where)
+    _CROSS_CHECKS[cls](out, where)
+    return out
+
+
+def path_config(cfg: PathConfig | dict | None) -> PathConfig:
+    """An M2M/M2O table built in Python, checked as a TOML one is (:func:`method_config`)."""
+    return method_config(PathConfig, cfg)
+
+
+METHOD_TABLES = ("m2m", "m2o", "autoneb", "bezier", "line")  # the Config fields that configure a path method
+# The baselines' tables; a config without one runs that baseline with the table's defaults.
+BASELINE_TABLES = {"autoneb": AutoNEBConfig, "bezier": CurveConfig, "line": LineConfig}
 
 
 def _check(cfg: Config) -> Config:
-    for kind in ("m2m", "m2o"):
-        if getattr(cfg, kind) is not None:
-            _check_path(getattr(cfg, kind), f"{kind}.")
+    for kind in METHOD_TABLES:
+        table = getattr(cfg, kind)
+        if table is not None:
+            _CROSS_CHECKS[type(table)](table, f"{kind}.")
     tr = cfg.train
     if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
         raise ConfigError(f"train.betas must be two numbers in [0, 1), got {tr.betas}")

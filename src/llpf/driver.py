@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .data import Split
 from .distributed import any_rank, evaluate_sharded, recompute_bn_stats_sharded
-from .methods.base import Method, Record
+from .methods.base import Knots, Method, Record
 from .observer import Observer
 from .runtime import rng_state, set_rng_state
 from .schedule import phase_at
@@ -63,7 +63,11 @@ class SavedPoints(SequenceABC):
 
 @dataclass
 class PathResult:
-    """What a path run returns: the recorded rows, saved points, final model, summary (and M2O's best model)."""
+    """What a path run returns: the recorded rows, saved points, final model, summary (and M2O's best model).
+
+    ``path`` holds the path a method built when it is not its saved points
+    (AutoNEB's pivots, a curve's control points).
+    """
 
     method: str
     names: tuple[str, ...]
@@ -72,6 +76,7 @@ class PathResult:
     summary: dict = field(default_factory=dict)
     model: nn.Module | None = None
     best_model: nn.Module | None = None
+    path: Knots | None = None
 
     def column(self, name: str) -> list[tuple[int, float]]:
         """``(iteration, value)`` for every row that has ``name``."""
@@ -202,6 +207,13 @@ class Driver:
         if self.keep_points or loader is not None:
             self.results[k].points.append(self.iteration, state if self.keep_points else loader)
 
+    def _hand_over_path(self, k: int) -> None:
+        """A path that ended complete: record the path its method built, if that is not its saved points."""
+        knots = self.method.path(k)
+        if knots is not None:
+            self.results[k].path = knots
+            self.observers[k].on_path(knots.curve, knots.states)
+
     def _retire(self, k: int) -> None:
         self.active.remove(k)
         self.records[k].iterations = self.iteration
@@ -291,6 +303,7 @@ class Driver:
             if i % c.save_every == 0 or last:
                 self._save_point(k)
             if last:
+                self._hand_over_path(k)
                 rec.stopped_early = k in finishing
                 self._retire(k)
             elif i % c.checkpoint_every == 0:

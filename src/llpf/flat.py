@@ -8,7 +8,9 @@ kernels.
 from __future__ import annotations
 
 import torch
-from torch import nn
+from typing import Mapping
+
+from torch import Tensor, nn
 
 from .errors import ModelMismatchError, NonFiniteError
 from .geometry import Layout, Segments
@@ -64,3 +66,21 @@ def flat_of(model: nn.Module, names: tuple[str, ...]) -> torch.Tensor:
     """The named parameters of ``model`` laid end to end (a copy, on the model's device)."""
     params = dict(model.named_parameters())
     return torch.cat([params[n].detach().reshape(-1) for n in names])
+
+
+def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> dict[str, Tensor]:
+    """``(1 - t) a + t b`` for floating tensors; integer buffers (``num_batches_tracked``) from ``a``."""
+    if set(a) != set(b):
+        raise ModelMismatchError(f"the two models hold different tensors: {sorted(set(a) ^ set(b))[:3]}")
+    out = {}
+    for k, va in a.items():
+        vb = b[k].to(va.dtype)
+        if vb.shape != va.shape:
+            raise ModelMismatchError(f"{k} has shape {list(va.shape)} in one model and {list(vb.shape)} in the other")
+        if not va.is_floating_point() or t == 0:
+            out[k] = va.clone()
+        elif t == 1:
+            out[k] = vb.clone()
+        else:
+            out[k] = torch.lerp(va, vb, t)
+    return out

@@ -100,7 +100,7 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
             ax.fill_between(its, m - s, m + s, alpha=0.2, color=line.get_color())
 
     ax = axes[0]
-    band(ax, "batch_loss", "batch loss (Train_r)", lw=0.6, alpha=0.6)
+    band(ax, "batch_loss", "batch loss", lw=0.6, alpha=0.6)
     band(ax, "train_loss", "training-set loss", lw=1.5, marker="o", ms=2)
     th = [s["loss_threshold"] for s in summaries if s.get("loss_threshold")]
     rel = [s["relative_threshold"] for s in summaries if s.get("relative_threshold")]
@@ -111,20 +111,7 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
     ax.set_ylabel("training loss")
     ax.legend(fontsize=8)
 
-    ax = axes[1]
-    columns = runs[0][0] if runs and runs[0] else {}
-    distances = any(k.startswith("dist/") for k in columns)
-    prefix = "dist/" if distances else "var_ratio/"
-    layers = [k for k in columns if k.startswith(prefix)]
-    ax.set_prop_cycle(color=matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
-                      if len(layers) > 10 else matplotlib.colormaps["tab10"](np.arange(10)))
-    for k in layers:
-        band(ax, k, k[len(prefix):], lw=1)
-    ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
-    if distances:
-        ax.set_yscale("log")
-    if len(layers) <= 12:
-        ax.legend(fontsize=7, ncol=2)
+    _measures_panel(axes[1], runs, band)
 
     ax = axes[2]
     band(ax, "test_loss", "test loss", color="tab:red", marker="o", ms=2)
@@ -139,11 +126,47 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
     return save_figure(fig, path)
 
 
+DRIVER_COLUMNS = {"iteration", "phase", "batch_loss", "rounds"}
+EVALUATED = ("train_", "test_", "validation_")
+
+
+def _measures_panel(ax, runs: list[list[dict]], band) -> None:
+    """Per-layer distances to the destination (``dist/``) or variance ratios (``var_ratio/``), one curve per
+    layer; for a method without either (a baseline), its own measures, each over its largest value."""
+    columns = runs[0][0] if runs and runs[0] else {}
+    distances = any(k.startswith("dist/") for k in columns)
+    prefix = "dist/" if distances else "var_ratio/"
+    layers = [k for k in columns if k.startswith(prefix)]
+    if not layers:
+        own = [k for k in columns if k not in DRIVER_COLUMNS and not k.startswith(EVALUATED)]
+        for k in own:
+            vals = [abs(r[k]) for rows in runs for r in rows if isinstance(r.get(k), (int, float))]
+            top = max(vals, default=0.0) or 1.0
+            scaled = [[{**r, k: r[k] / top} if isinstance(r.get(k), (int, float)) else r for r in rows] for rows in runs]
+            its, arr = _stack(scaled, k)
+            if len(its):
+                ax.plot(its, np.nanmean(arr, 0), lw=1, marker="o", ms=2, label=f"{k} (max {top:.3g})")
+        ax.set_ylabel("the method's measures / their largest value")
+        if own:
+            ax.legend(fontsize=7)
+        return
+    ax.set_prop_cycle(color=matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
+                      if len(layers) > 10 else matplotlib.colormaps["tab10"](np.arange(10)))
+    for k in layers:
+        band(ax, k, k[len(prefix):], lw=1)
+    ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
+    if distances:
+        ax.set_yscale("log")
+    if len(layers) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+
+
 def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``figures/path.png`` for one run, as measured (no smoothing)."""
     rd = RunDir(run)
     kind = rd.info().get("kind", "m2m")
     summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
+    where = f" (rows at {summary['evaluated_point']})" if summary.get("evaluated_point") else ""
     return paths_figure([rd.metrics()], Path(out) if out else rd.path / "figures" / "path.png",
-                        f"{kind.upper()}: {rd.path.name}", [summary], smooth=False,
+                        f"{kind.upper()}: {rd.path.name}{where}", [summary], smooth=False,
                         best_iteration=summary.get("best_iteration"))

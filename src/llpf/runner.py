@@ -66,10 +66,12 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
             "test": D.evaluate_sharded(model, data.test, bs, F.cross_entropy)}
 
 
-def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
-    """The table method ``kind`` reads (``[m2o]`` for M2O and its baselines)."""
+def _path_config(cfg: C.Config, kind: str):
+    """The table method ``kind`` reads (``[m2o]`` for M2O and its baselines); a baseline's defaults when absent."""
     table = config_table(kind)
-    pc = getattr(cfg, table)
+    pc = getattr(cfg, table, None)
+    if pc is None and table in C.BASELINE_TABLES:
+        return C.BASELINE_TABLES[table]()
     if pc is None:
         raise ConfigError(f"config {cfg.name!r} has no [{table}] table")
     return pc
@@ -77,7 +79,8 @@ def _path_config(cfg: C.Config, kind: str) -> C.PathConfig:
 
 def resolved_config(cfg: C.Config, kind: str) -> str:
     """The config a run of ``kind`` records in its ``config.toml``: only the table it reads."""
-    return C.dumps(dataclasses.replace(cfg, **{"m2m": None, "m2o": None, config_table(kind): _path_config(cfg, kind)}))
+    tables = {**{t: None for t in C.METHOD_TABLES}, config_table(kind): _path_config(cfg, kind)}
+    return C.dumps(dataclasses.replace(cfg, **tables))
 
 
 Weights = tuple[dict, Path]  # a state dict and the file it came from (named in errors)
@@ -190,7 +193,8 @@ def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run method ``kind`` (M2M needs ``dest``; M2O, or a baseline) into the run directory ``out``; return its summary.
+    """Run method ``kind`` into the run directory ``out``; return its summary. M2M and the M2M baselines
+    (``line``, ``autoneb``, ``bezier``) need ``dest``; M2O and its baselines do not.
 
     Under torchrun the ranks compute the path together; every rank reads the
     inputs, rank 0 alone checks and writes ``out``.
@@ -220,7 +224,7 @@ def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: 
     driver = _driver(kind, cfgs, start_w, dest_w, device, data, rds if leader else [Observer() for _ in rds])
     if not leader:
         return finish_all([None] * len(rds), driver, progress)
-    if driver.method.needs_dest:
+    if kind == "m2m":
         warn_if_variances_differ(driver)
     for rd, cfg, start, dest, (a, _), b in zip(rds, cfgs, starts, dests, start_w, dest_w):
         inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
@@ -301,6 +305,7 @@ def _rewind(rd: RunDir, state: dict | None, last: int) -> None:
         if it > last:
             p.unlink()
     (rd.path / "summary.json").unlink(missing_ok=True)
+    (rd.path / "path.json").unlink(missing_ok=True)
     if state is None:
         (rd.path / "metrics.csv").unlink(missing_ok=True)
     rd.set_status("running")

@@ -8,6 +8,8 @@
     RUN/points/NNNNNNN.safetensors   saved path points (model state) every k iterations
     RUN/final.safetensors    the last point
     RUN/best.safetensors     M2O: the best-generalising point
+    RUN/path.json, RUN/path/NNN.safetensors   the path a method built when it is not its saved
+                             points (AutoNEB's pivots, a curve's control points), written at its end
     RUN/checkpoint.pt        everything needed to resume (weights_only-loadable)
     RUN/summary.json         status and the path's verdicts
     RUN/figures/*.png
@@ -108,7 +110,8 @@ class RunDir(Observer):
             raise RunDirError(f"cannot create {self.path}: {e.strerror or e}") from None
         if not os.access(self.path, os.W_OK):
             raise RunDirError(f"output directory {self.path} is not writable")
-        for stale in ("metrics.csv", "summary.json", "checkpoint.pt", "final.safetensors", "best.safetensors"):
+        for stale in ("metrics.csv", "summary.json", "checkpoint.pt", "final.safetensors", "best.safetensors",
+                      "path.json"):
             (self.path / stale).unlink(missing_ok=True)
         for p in (self.path / "points").glob("*.safetensors"):
             p.unlink()
@@ -201,6 +204,23 @@ class RunDir(Observer):
 
     def on_summary(self, summary: dict) -> None:
         files.write_json(self.path / "summary.json", summary)
+
+    def on_path(self, curve: str, states: list[dict[str, torch.Tensor]]) -> None:
+        folder = self.path / "path"
+        folder.mkdir(exist_ok=True)
+        for p in folder.glob("*.safetensors"):
+            p.unlink()
+        for i, state in enumerate(states):
+            save_weights(folder / f"{i:03d}.safetensors", state, {"knot": str(i)})
+        files.write_json(self.path / "path.json", {"curve": curve, "knots": len(states)})
+
+    def knots(self) -> tuple[str, list[Path]] | None:
+        """``(curve, files)`` of the path the method built (``path.json``), or None when its points are the path."""
+        f = self.path / "path.json"
+        if not f.is_file():
+            return None
+        info = json.loads(f.read_text())
+        return info["curve"], [self.path / "path" / f"{i:03d}.safetensors" for i in range(info["knots"])]
 
     def update_summary(self, extra: dict) -> dict:
         """Merge ``extra`` into a finished run's summary.json (atomically) and return the result.

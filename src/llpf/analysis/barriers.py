@@ -18,36 +18,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Bundle, Split, prepare_data
-from ..errors import ModelMismatchError, RunDirError
+from ..errors import RunDirError
 from ..files import load_weights, write_json
+from ..flat import interpolate_state
 from ..store import RunDir
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm
-
-
-
-def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float) -> dict[str, Tensor]:
-    """``(1 - t) a + t b`` for floating tensors; integer buffers (``num_batches_tracked``) from ``a``."""
-    if set(a) != set(b):
-        raise ModelMismatchError(f"the two models hold different tensors: {sorted(set(a) ^ set(b))[:3]}")
-    out = {}
-    for k, va in a.items():
-        vb = b[k].to(va.dtype)
-        if vb.shape != va.shape:
-            raise ModelMismatchError(f"{k} has shape {list(va.shape)} in one model and {list(vb.shape)} in the other")
-        if not va.is_floating_point() or t == 0:
-            out[k] = va.clone()
-        elif t == 1:
-            out[k] = vb.clone()
-        else:
-            out[k] = torch.lerp(va, vb, t)
-    return out
 
 
 def _as_splits(data) -> dict[str, Split]:
@@ -109,6 +91,34 @@ def line_summary(rows: list[dict], key: str = "train_loss") -> dict[str, float]:
 # ---------------------------------------------------------------- the segments of a path
 
 
+def segment_rows(states: Sequence[tuple[Any, Callable[[], Mapping[str, Tensor]]]], at: Callable[[dict], dict],
+                 points_per_segment: int, device=None, progress: bool = False) -> list[dict[str, Any]]:
+    """``at(state)`` along every straight segment between consecutive states of a polygonal path.
+
+    ``states`` holds ``(label, load)`` pairs in path order, ``load()`` giving a
+    state dict (read when needed, so a long path is never all in memory). Each
+    segment is evaluated at its two ends and ``points_per_segment`` evenly
+    spaced interior points; a shared end is evaluated once. One entry per
+    segment: ``from`` and ``to`` (the labels), ``t`` (the fractions of the
+    segment) and ``rows`` (what ``at`` returned at each).
+    """
+    from tqdm.auto import tqdm
+
+    k = points_per_segment
+    ts = [j / (k + 1) for j in range(k + 2)]
+    loaded = lambda load: {n: v.to(device) for n, v in load().items()}  # noqa: E731
+    prev_label, prev_state = states[0][0], loaded(states[0][1])
+    prev_row = at(prev_state)
+    segments = []
+    for label, load in tqdm(states[1:], desc="segments", disable=not progress, leave=False):
+        state = loaded(load)
+        end_row = at(state)
+        rows = [prev_row] + [at(interpolate_state(prev_state, state, t)) for t in ts[1:-1]] + [end_row]
+        segments.append({"from": prev_label, "to": label, "t": ts, "rows": rows})
+        prev_label, prev_state, prev_row = label, state, end_row
+    return segments
+
+
 def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, recompute_bn: bool | None = None,
                   loss_fn: LossFn = F.cross_entropy, batch_size: int | None = None, device=None,
                   progress: bool = False) -> dict[str, Any]:
@@ -120,8 +130,6 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     the run's own config's data). Returns the per-segment losses, the largest
     (``segment_max_train_loss``) and where it is.
     """
-    from tqdm.auto import tqdm
-
     from .runs import run_config
 
     rd = RunDir(run_dir)
@@ -145,24 +153,16 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     def at(state):
         return evaluate_state(model, state, splits, loss_fn, DEFAULT_METRICS, batch_size, recompute, train)
 
-    k = points_per_segment
-    ts = [j / (k + 1) for j in range(k + 2)]
+    states = [(it, lambda f=f: load_weights(f)) for it, f in pts]
     segments = []
-    prev_state = {n: v.to(device) for n, v in load_weights(pts[0][1]).items()}
-    prev_row = at(prev_state)
-    for (i0, _), (i1, f1) in tqdm(list(zip(pts, pts[1:])), desc="segments", disable=not progress, leave=False):
-        state = {n: v.to(device) for n, v in load_weights(f1).items()}
-        rows = [prev_row] + [at(interpolate_state(prev_state, state, t)) for t in ts[1:-1]]
-        end_row = at(state)
-        rows.append(end_row)
-        losses = [r["train_loss"] for r in rows]
+    for seg in segment_rows(states, at, points_per_segment, device, progress):
+        losses = [r["train_loss"] for r in seg["rows"]]
         j = max(range(len(losses)), key=losses.__getitem__)
-        segments.append({"from": i0, "to": i1, "t": ts, "train_loss": losses,
-                         "train_accuracy": [r.get("train_accuracy") for r in rows],
-                         "max_train_loss": losses[j], "t_at_max": ts[j]})
-        prev_state, prev_row = state, end_row
-    pc = cfg.m2m if rd.info().get("kind", "m2m") == "m2m" else cfg.m2o
-    return segments_verdict(segments, k, recompute, pc.loss_threshold if pc is not None else None)
+        segments.append({"from": seg["from"], "to": seg["to"], "t": seg["t"], "train_loss": losses,
+                         "train_accuracy": [r.get("train_accuracy") for r in seg["rows"]],
+                         "max_train_loss": losses[j], "t_at_max": seg["t"][j]})
+    pc = getattr(cfg, rd.info().get("kind", "m2m"), None)
+    return segments_verdict(segments, points_per_segment, recompute, pc.loss_threshold if pc is not None else None)
 
 
 def segments_verdict(segments: list[dict], points_per_segment: int, recompute_bn: bool,

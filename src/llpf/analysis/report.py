@@ -2,7 +2,7 @@
 
 Inputs are run directories (or folders holding them, such as a demo's
 output) and the output folders of ``llpf dim``, ``llpf variance``, ``llpf
-barrier``, ``llpf pca`` and ``llpf m2o-baselines``. The page shows, per run, its path figure, the
+barrier``, ``llpf pca``, ``llpf m2o-baselines`` and ``llpf compare``. The page shows, per run, its path figure, the
 segment certificate and straight-line comparison where computed, its summary
 and its resolved config; across runs, the per-layer PCA of the paths and the
 M2O generalisation curve; and every analysis output given. Figures are
@@ -24,7 +24,7 @@ from ..store import RunDir
 from .runs import is_run, run_kind
 
 ANALYSIS_FILES = ("dimension.json", "variance.json", "barrier.json", "pca.json", "generalisation.json",
-                  "m2o-baselines.json")
+                  "m2o-baselines.json", "comparison.csv")
 
 CSS = """
 body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
@@ -181,6 +181,33 @@ def barrier_section(d: Path) -> str:
     return "\n".join(parts)
 
 
+def comparison_section(d: Path) -> str:
+    """``llpf compare``'s table (comparison.csv) and figure, with how the paths were evaluated."""
+    import csv
+
+    with open(d / "comparison.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    parts = [f"<h2>Path methods compared: {esc(d)}</h2>"]
+    info = d / "comparison.json"
+    if info.is_file():
+        st = json.loads(info.read_text()).get("settings", {})
+        parts.append(f"<p>config {esc(st.get('config'))}, {esc(st.get('pairs'))} pair(s); every path evaluated the "
+                     f"same way: training loss on {esc(st.get('train_samples'))} samples, test on "
+                     f"{esc(st.get('test_samples'))}; {esc(st.get('batchnorm'))}.</p>")
+    if (d / "comparison.png").is_file():
+        parts.append(img(d / "comparison.png", "comparison"))
+    if rows:
+        parts.append(table([[_number(c) for c in r] for r in rows[1:]], rows[0]))
+    return "\n".join(parts)
+
+
+def _number(cell: str):
+    try:
+        return float(cell) if cell not in ("", "None") else None
+    except ValueError:
+        return cell
+
+
 def pca_section(d: Path, title: str = "") -> str:
     r = json.loads((d / "pca.json").read_text())
     parts = [f"<h2>{esc(title or 'Per-layer PCA of the paths')}: {len(r['runs'])} path(s), {r['points']} points</h2>",
@@ -284,6 +311,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
             sections.append(generalisation_section(d))
         if (d / "m2o-baselines.json").is_file():
             sections.append(baselines_section(d))
+        if (d / "comparison.csv").is_file():
+            sections.append(comparison_section(d))
     if not sections:
         raise RunDirError("nothing to report")
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>llpf report</title>"

@@ -21,26 +21,26 @@ then evaluates the loss at ``points_per_segment`` evenly spaced interior points
 of every segment between neighbouring pivots; before the next cycle a new
 pivot goes where the loss between pivots is highest (:func:`insert_pivot`).
 
-Defaults (:class:`AutoNEBConfig`) and why:
+Settings (:class:`llpf.config.AutoNEBConfig`, the ``[autoneb]`` table) and why:
 
-- the cycle schedule is the one published with the paper's code for its CIFAR
-  ResNets (``PAPER_CYCLES``): 4 cycles of 1000 steps at learning rate 0.1,
-  2 of 2000 at 0.1, 4 of 1000 at 0.01, 4 of 1000 at 0.001, 14 cycles and
-  16,000 band steps, SGD with momentum (0.9, our choice: the published config
-  names "SGD-Momentum" without a value). :func:`paper_cycles` scales the step
-  counts and the learning rates and keeps the shape. The first rate 0.1 suits
-  the paper's BatchNorm networks; on LeNet5 over digits (the demo endpoints,
-  straight-line peak 1.54) it threw the band to chance-level loss (2.3) in the
-  first cycle, while ``paper_cycles(0.02, lr=0.01)`` (the endpoints' own rate;
-  320 band steps, 3,760 gradient evaluations) brought the peak to 0.015;
+- the cycle schedule has the shape of the one published with the paper's
+  code for its CIFAR ResNets (:data:`llpf.config.PAPER_CYCLES`): 4 cycles of
+  1000 steps at learning rate 0.1, 2 of 2000 at 0.1, 4 of 1000 at 0.01, 4 of
+  1000 at 0.001, 14 cycles and 16,000 band steps, SGD with momentum (0.9, our
+  choice: the published config names "SGD-Momentum" without a value).
+  :func:`~llpf.config.paper_cycles` scales the step counts and the learning
+  rates and keeps the shape. The first rate 0.1 suits the paper's BatchNorm
+  networks; on LeNet5 over digits (the demo endpoints, straight-line peak
+  1.54) it threw the band to chance-level loss (2.3) in the first cycle, so
+  the default is ``paper_cycles(0.02, lr=0.01)`` (the endpoints' own rate;
+  320 band steps, 3,760 gradient evaluations), which brought the peak to 0.015;
 - the band starts as the straight line with 3 equally spaced interior pivots
   and 2 pivots are inserted per later cycle (as published), at most
   ``max_pivots = 31`` pivots in all (what that schedule reaches);
 - 9 interior evaluation points per segment (as published), on the whole
-  evaluation split (the published code uses the training loss). These
-  evaluations, not the band steps, dominate the time of a small run: a grid
-  of ``(P-1) * 9 + P`` full passes per cycle. Pass a subset as ``eval_data``
-  to make them cheaper;
+  training split or on ``insertion_samples`` of it. These evaluations, not
+  the band steps, dominate the time of a small run: a grid of
+  ``(P-1) * 9 + P`` full passes per cycle;
 - ``spring = inf`` (as published): no spring force; instead, after every step
   the pivots are moved along the polygonal chain so that consecutive arc
   lengths keep their target ratios (:func:`redistribute`). A finite spring
@@ -63,17 +63,20 @@ ends, whose batch losses the tangents need, not counted).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import PAPER_CYCLES, AutoNEBConfig, Cycle, method_config, paper_cycles
 from ..data import Split
-from ..errors import ConfigError, NonFiniteError
+from ..errors import NonFiniteError
 from ..train import LossFn
-from .functional import OPTIMIZERS, FlatModel, make_optimizer
+from .functional import FlatModel, make_optimizer
+
+__all__ = ["PAPER_CYCLES", "AutoNEB", "AutoNEBConfig", "Band", "Cycle", "along", "chain_points", "insert_pivot", "neb_force",
+           "paper_cycles", "redistribute", "tangent"]
 
 
 # ---------------------------------------------------------------- the pure pieces
@@ -160,6 +163,18 @@ def insert_pivot(chain: Tensor, weights: Tensor, losses: Tensor, alphas: Tensor,
     return torch.cat(rows), torch.stack([torch.as_tensor(r) for r in ratios]).to(weights), inserted
 
 
+def along(chain: Tensor, fraction: float) -> Tensor:
+    """The point ``fraction`` (in [0, 1]) of the way along the polygonal ``chain`` ([P, D]), by arc length."""
+    seg = (chain[1:] - chain[:-1]).norm(dim=1).tolist()
+    target, done = fraction * sum(seg), 0.0
+    for s, length in enumerate(seg):
+        if done + length >= target or s == len(seg) - 1:
+            a = (target - done) / length if length > 0 else 0.0
+            return torch.lerp(chain[s], chain[s + 1], min(max(a, 0.0), 1.0))
+        done += length
+    return chain[0].clone()
+
+
 def chain_points(chain: Tensor, per_segment: int) -> Iterator[tuple[float, Tensor]]:
     """Every pivot and ``per_segment`` evenly spaced points inside each segment, with their position in [0, 1]
     as the fraction of the chain's Euclidean length travelled."""
@@ -173,53 +188,6 @@ def chain_points(chain: Tensor, per_segment: int) -> Iterator[tuple[float, Tenso
             yield (done + a * length) / total, torch.lerp(chain[s], chain[s + 1], a)
         done += length
         yield done / total, chain[s + 1]
-
-
-# ---------------------------------------------------------------- configuration
-
-
-@dataclass(frozen=True)
-class Cycle:
-    """One AutoNEB cycle: ``steps`` band steps at learning rate ``lr``."""
-
-    steps: int
-    lr: float
-
-
-PAPER_CYCLES: tuple[Cycle, ...] = (
-    (Cycle(1000, 0.1),) * 4 + (Cycle(2000, 0.1),) * 2 + (Cycle(1000, 0.01),) * 4 + (Cycle(1000, 0.001),) * 4)
-
-
-def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> tuple[Cycle, ...]:
-    """The published schedule with every cycle's step count multiplied by ``scale`` (at least 1 step) and
-    its learning rates by ``lr / 0.1`` (so ``lr`` is the first cycle's; the decays stay 10x and 100x)."""
-    return tuple(Cycle(max(1, round(c.steps * scale)), c.lr * lr / 0.1) for c in PAPER_CYCLES)
-
-
-@dataclass(frozen=True)
-class AutoNEBConfig:
-    """AutoNEB's settings; the defaults are the published ones (module docstring)."""
-
-    cycles: tuple[Cycle, ...] = PAPER_CYCLES
-    initial_pivots: int = 3
-    insert_per_cycle: int = 2
-    max_pivots: int = 31
-    points_per_segment: int = 9
-    spring: float = math.inf
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-
-    def check(self) -> None:
-        if not self.cycles or any(c.steps < 1 or not c.lr > 0 for c in self.cycles):
-            raise ConfigError("autoneb needs at least one cycle, each with steps >= 1 and lr > 0")
-        if self.initial_pivots < 1 or self.max_pivots < self.initial_pivots + 2:
-            raise ConfigError("autoneb needs initial_pivots >= 1 and max_pivots >= initial_pivots + 2")
-        if self.insert_per_cycle < 0 or self.points_per_segment < 1:
-            raise ConfigError("autoneb needs insert_per_cycle >= 0 and points_per_segment >= 1")
-        if not self.spring >= 0:
-            raise ConfigError(f"autoneb spring constant must be >= 0 (inf: redistribute), got {self.spring}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 # ---------------------------------------------------------------- the band
@@ -293,10 +261,9 @@ class AutoNEB:
     """
 
     def __init__(self, start: nn.Module, dest: nn.Module, batches: Iterator, eval_data: Split,
-                 config: AutoNEBConfig = AutoNEBConfig(), *, loss_fn: LossFn = F.cross_entropy, device=None,
+                 config: AutoNEBConfig | dict | None = None, *, loss_fn: LossFn = F.cross_entropy, device=None,
                  eval_batch_size: int = 1024):
-        config.check()
-        self.config = config
+        self.config = config = method_config(AutoNEBConfig, config)
         self.fm = FlatModel(start, loss_fn, device)
         a, b = self.fm.vector(start), self.fm.vector(dest)
         self.band = Band(self.fm, a, b, config.initial_pivots, config.spring)
@@ -340,8 +307,6 @@ class AutoNEB:
     def _record(self) -> dict:
         grid, pivots = self.evaluate_grid()
         worst = max(float(grid.max()), float(pivots.max()))
-        if not math.isfinite(worst):
-            raise NonFiniteError(f"autoneb: the loss along the band is {worst} after cycle {self.cycle}")
         cycle = self.config.cycles[self.cycle - 1] if self.cycle else None
         row = {"cycle": self.cycle, "lr": cycle.lr if cycle else None, "steps": self.band_steps,
                "gradient_evals": self.gradient_evals, "pivots": self.band.pivots, "max_loss": worst,
@@ -359,10 +324,14 @@ class AutoNEB:
         c = cfg.cycles[self.cycle]
         self.opt = make_optimizer([self.band.inner], cfg.optimizer, c.lr, cfg.momentum)
 
-    def step(self) -> Tensor:
-        """One band step (starting or finishing a cycle when due); the batch losses at every pivot."""
+    def begin(self) -> None:
+        """Evaluate the initial band (cycle 0's record), once."""
         if not self.records:
             self._record()
+
+    def step(self) -> Tensor:
+        """One band step (starting or finishing a cycle when due); the batch losses at every pivot."""
+        self.begin()
         if self.finished:
             raise RuntimeError("autoneb has run all its cycles")
         if self.opt is None:
@@ -386,6 +355,9 @@ class AutoNEB:
                 losses = self.step()
                 bar.update()
                 bar.set_postfix(cycle=self.cycle, pivots=self.band.pivots, max_batch_loss=f"{float(losses.max()):.3f}")
+                worst = self.records[-1]["max_loss"]
+                if not math.isfinite(worst):
+                    raise NonFiniteError(f"autoneb: the loss along the band is {worst} after cycle {self.cycle}")
         if not self.records:
             self._record()
         return self.records

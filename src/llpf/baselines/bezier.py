@@ -17,7 +17,7 @@ parameters lie on the curve; buffers and frozen parameters are the start
 model's. BatchNorm normalises with batch statistics while training and has its
 running statistics recomputed at every evaluated ``t``, as the paper does.
 
-Defaults (:class:`CurveConfig`) and why:
+Settings (:class:`llpf.config.CurveConfig`, the ``[bezier]`` table) and why:
 
 - ``kind = "bezier"``: the paper's main curve; ``"polychain"`` is the other;
 - the bend starts at the midpoint of the endpoints (the paper's linear
@@ -42,17 +42,19 @@ Defaults (:class:`CurveConfig`) and why:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CurveConfig, method_config
 from ..data import Split
 from ..errors import ConfigError, NonFiniteError
 from ..train import DEFAULT_METRICS, LossFn, MetricFn
-from .functional import OPTIMIZERS, FlatModel, make_optimizer, set_lr
+from .functional import FlatModel, make_optimizer, set_lr
+
+__all__ = ["KINDS", "Curve", "CurveConfig", "curve_point", "lr_factor"]
 
 KINDS = ("bezier", "polychain")
 
@@ -79,27 +81,6 @@ def lr_factor(progress: float) -> float:
     return 0.01
 
 
-@dataclass(frozen=True)
-class CurveConfig:
-    """A curve's settings; the defaults are explained in the module docstring."""
-
-    kind: str = "bezier"
-    steps: int = 2000
-    lr: float = 0.015
-    momentum: float = 0.9
-    optimizer: str = "sgd"
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"unknown curve {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.steps < 1 or not self.lr > 0:
-            raise ConfigError(f"a curve needs steps >= 1 and lr > 0 (got {self.steps}, {self.lr})")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
-
-
 class Curve:
     """A Bezier curve or polygonal chain from ``start`` to ``dest`` with one trained bend.
 
@@ -110,9 +91,8 @@ class Curve:
     """
 
     def __init__(self, start: nn.Module, dest: nn.Module, batches: Iterator,
-                 config: CurveConfig = CurveConfig(), *, loss_fn: LossFn = F.cross_entropy, device=None):
-        config.check()
-        self.config = config
+                 config: CurveConfig | dict | None = None, *, loss_fn: LossFn = F.cross_entropy, device=None):
+        self.config = config = method_config(CurveConfig, config)
         self.fm = FlatModel(start, loss_fn, device)
         self.a, self.b = self.fm.vector(start), self.fm.vector(dest)
         self.bend = torch.lerp(self.a, self.b, 0.5).requires_grad_(True)

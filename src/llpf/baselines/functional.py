@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..flat import check_same_architecture, layout_of
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm, recompute_bn_stats
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam")  # the choices of AutoNEBConfig.optimizer and CurveConfig.optimizer
 
 
 class FlatModel:

@@ -29,6 +29,13 @@ class Split:
     def to(self, device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    def subset(self, n: int, seed: int = 0) -> "Split":
+        """A fixed random ``n`` of its samples (drawn with ``seed``); itself when ``n`` is 0 or covers it."""
+        if n <= 0 or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].to(self.y.device)
+        return Split(self.x[idx], self.y[idx])
+
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, in batches (for evaluation)."""
         for i in range(0, len(self), batch_size):

@@ -6,14 +6,19 @@ use to the class; ``llpf.methods.base`` documents what a method implements.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .base import FlatPaths, Method, Record, SinglePath
+from .autoneb import AutoNEBPath
+from .base import FlatPaths, Knots, Method, Record, SinglePath, TrainBatches
 from .baselines import FineTune, MoveOnly
 from .batched import BatchedM2M, BatchedM2O, BatchedPaths
+from .curve import CurvePath
+from .fixed_ends import FixedEnds
+from .line import Line
 from .m2m import M2M, M2MRecords, m2m_iteration
 from .m2o import M2O, M2ORecords, m2o_iteration
 
 METHODS: dict[str, type[Method]] = {"m2m": M2M, "m2o": M2O, "finetune": FineTune, "move-only": MoveOnly,
-                                    "m2m-batched": BatchedM2M, "m2o-batched": BatchedM2O}
+                                    "m2m-batched": BatchedM2M, "m2o-batched": BatchedM2O,
+                                    "autoneb": AutoNEBPath, "bezier": CurvePath, "line": Line}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -41,6 +46,7 @@ def config_table(name: str) -> str:
     return cls.table or cls.name
 
 
-__all__ = ["METHODS", "BatchedM2M", "BatchedM2O", "BatchedPaths", "FineTune", "FlatPaths", "M2M", "M2MRecords",
-           "M2O", "M2ORecords", "Method", "MoveOnly", "Record", "SinglePath", "batched_class", "config_table",
-           "m2m_iteration", "m2o_iteration", "method_class", "register"]
+__all__ = ["METHODS", "AutoNEBPath", "BatchedM2M", "BatchedM2O", "BatchedPaths", "CurvePath", "FineTune", "FixedEnds",
+           "FlatPaths", "Knots", "Line", "M2M", "M2MRecords", "M2O", "M2ORecords", "Method", "MoveOnly", "Record",
+           "SinglePath", "TrainBatches", "batched_class", "config_table", "m2m_iteration", "m2o_iteration",
+           "method_class", "register"]

@@ -39,6 +39,10 @@ driver calls, in this order:
     (``torch.load(weights_only=True)`` reads it).
 ``best_model(k)``
     the point the method chose (M2O), or None.
+``path(k)``
+    when path k has ended complete: the path the method built, when it is not
+    the sequence of points the driver saved (AutoNEB's pivots, a curve's
+    control points) as :class:`Knots`; None for M2M and M2O.
 
 ``model_of(k)`` may hand back one module that the next call for another path
 overwrites (a batched method's scratch module): the driver copies what it keeps.
@@ -99,6 +103,20 @@ def ratio_to(x: Tensor, ref: Tensor) -> Tensor:
     return torch.where(ref > 0, x / torch.where(ref > 0, ref, 1.0), 1.0)
 
 
+@dataclass
+class Knots:
+    """A path in parameter space given by model states.
+
+    ``curve`` says how the states make the path: ``"polygon"``, straight
+    segments between consecutive states (AutoNEB's pivots, a polygonal chain);
+    ``"bezier"``, the quadratic Bezier curve with the three states as control
+    points (start, bend, destination).
+    """
+
+    curve: str
+    states: list[dict[str, Tensor]]
+
+
 class Method:
     """A path method: see the module docstring for what the driver calls and when."""
 
@@ -117,6 +135,17 @@ class Method:
 
     def check_eval_sets(self, names: set[str]) -> None:
         pass
+
+    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
+        check_finite(start, "start")
+        if not self.needs_dest:
+            if dest is not None:
+                raise ConfigError(f"{self.name} takes no destination model")
+            return
+        if dest is None:
+            raise ConfigError(f"{self.name} needs a destination model")
+        check_same_architecture(start, dest)
+        check_finite(dest, "destination")
 
     def begin(self, evaluate: Evaluate) -> None:
         pass
@@ -140,6 +169,9 @@ class Method:
         pass
 
     def best_model(self, k: int) -> nn.Module | None:
+        return None
+
+    def path(self, k: int) -> Knots | None:
         return None
 
     def summary(self, k: int, record: Record) -> dict:
@@ -181,17 +213,6 @@ class FlatPaths(Method):
         self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
         self.ever_moved = torch.stack(self.masks).any(0)
 
-    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
-        check_finite(start, "start")
-        if not self.needs_dest:
-            if dest is not None:
-                raise ConfigError(f"{self.name} takes no destination model")
-            return
-        if dest is None:
-            raise ConfigError(f"{self.name} needs a destination model")
-        check_same_architecture(start, dest)
-        check_finite(dest, "destination")
-
     def excluded_layers(self, model: nn.Module) -> set[str]:
         """Layers no phase moves, whatever its patterns say."""
         return set()
@@ -222,6 +243,51 @@ class FlatPaths(Method):
                 "mean_variance_ratio": float(self.mean_variance_ratio(k))}
 
 
+class TrainBatches:
+    """The one continuing stream of training batches a method draws from, and its exact position.
+
+    A :class:`~llpf.data.Split` is drawn as a shuffled stream of ``batch_size``
+    batches seeded by ``seed``; any other iterable of ``(input, target)``
+    batches is cycled (a stateful loader, such as a ResumableLoader, keeps its
+    own position). With ``augment``, every batch gets the augmentation named
+    ``augmentation`` ("crop-flip"), drawn from its own seeded generator.
+    """
+
+    def __init__(self, train_data, batch_size: int, seed: int, device: torch.device, augment: bool = False,
+                 augmentation: str | None = None):
+        self.stream = self.loader = None
+        if isinstance(train_data, Split):
+            self.stream = batches = BatchStream(train_data.to(device), batch_size, seed=seed)
+        else:
+            self.loader = train_data if hasattr(train_data, "state_dict") else None  # e.g. a ResumableLoader
+            batches = cycle(train_data)
+        self.augmenter = None
+        if augment:
+            if not augmentation:
+                raise ConfigError("augment = true needs an augmentation name (such as 'crop-flip')")
+            gen = torch.Generator(device if self.stream is not None else "cpu").manual_seed(seed)
+            self.augmenter = batches = augmented(batches, augmentation, gen)
+        self.batches = batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self.batches)
+
+    def state_dict(self) -> dict:
+        source = self.stream if self.stream is not None else self.loader
+        return {"stream": source.state_dict() if source is not None else None,
+                "augment": self.augmenter.state_dict() if self.augmenter is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        source = self.stream if self.stream is not None else self.loader
+        if source is not None and state["stream"] is not None:
+            source.load_state_dict(state["stream"])
+        if self.augmenter is not None and state.get("augment") is not None:
+            self.augmenter.load_state_dict(state["augment"])
+
+
 class SinglePath(FlatPaths):
     """One path: a copy of the start model whose parameters are views of one flat vector.
 
@@ -250,7 +316,8 @@ class SinglePath(FlatPaths):
         self.fp = FlatParams(self.model)
         self.seg = self.fp.seg
         self._resolve(self.fp.layout, self.model)
-        self.batches = self._batches(train_data, augmentation)
+        self.batches = TrainBatches(train_data, self.cfg.batch_size, self.cfg.seed, self.device, self.cfg.augment,
+                                    augmentation)
         make = DataParallelTrainR if self.data_parallel else TrainR  # data-parallel: every rank takes rank 0's start
         self.train_r = make(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
                             self.cfg.weight_decay, self.device, fast=fast_path(self.cfg, self.device, self.model))
@@ -271,22 +338,6 @@ class SinglePath(FlatPaths):
     def dest_module(self, k: int) -> nn.Module:
         return copy.deepcopy(self.dest_model).to(self.device)
 
-    def _batches(self, train_data, augmentation: str | None):
-        """Train_r's one continuing stream of batches, augmented when ``cfg.augment`` (with ``augmentation``)."""
-        self.stream = self.loader = None
-        if isinstance(train_data, Split):
-            self.stream = batches = BatchStream(train_data.to(self.device), self.cfg.batch_size, seed=self.cfg.seed)
-        else:
-            self.loader = train_data if hasattr(train_data, "state_dict") else None  # e.g. a ResumableLoader
-            batches = cycle(train_data)
-        self.augmenter = None
-        if self.cfg.augment:
-            if not augmentation:
-                raise ConfigError("augment = true needs an augmentation name (such as 'crop-flip')")
-            gen = torch.Generator(self.device if self.stream is not None else "cpu").manual_seed(self.cfg.seed)
-            self.augmenter = batches = augmented(batches, augmentation, gen)
-        return batches
-
     def model_of(self, k: int) -> nn.Module:
         return self.model
 
@@ -294,17 +345,10 @@ class SinglePath(FlatPaths):
 
     def state_dict(self, k: int) -> dict:
         """The weights, Train_r's state and the exact position of the batch stream (tensor Split or stateful loader)."""
-        source = self.stream if self.stream is not None else self.loader
         return {"model": {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()},
-                "stream": source.state_dict() if source is not None else None,
-                "augment": self.augmenter.state_dict() if self.augmenter is not None else None,
-                "train_r": self.train_r.state_dict()}
+                **self.batches.state_dict(), "train_r": self.train_r.state_dict()}
 
     def load_state_dict(self, k: int, state: dict) -> None:
         self.model.load_state_dict(state["model"])  # writes through the flat views
-        source = self.stream if self.stream is not None else self.loader
-        if source is not None and state["stream"] is not None:
-            source.load_state_dict(state["stream"])
-        if self.augmenter is not None and state.get("augment") is not None:
-            self.augmenter.load_state_dict(state["augment"])
+        self.batches.load_state_dict(state)
         self.train_r.load_state_dict(state["train_r"])

@@ -1,0 +1,173 @@
+"""Running every method of a comparison on every pair, and continuing a comparison that was interrupted."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch.nn.functional as F
+
+from .. import config as C
+from ..data import Bundle, Split
+from ..errors import ConfigError, DataError, RunDirError
+from ..files import write_json
+from ..flat import layout_of
+from ..models import build_model
+from ..store import RunDir
+from ..train import DEFAULT_METRICS, evaluate_state, has_batchnorm
+from .profile import profile_run
+
+# compare's method names -> the path method (and config table) each runs
+COMPARED = {"line": "line", "llpf": "m2m", "autoneb": "autoneb", "bezier": "bezier", "polychain": "bezier"}
+DEFAULT_METHODS = ("line", "llpf", "autoneb", "bezier")
+
+
+def parse_methods(methods: str | Sequence[str]) -> list[str]:
+    """``"line,llpf"`` or a list -> the method names, checked (a one-line ConfigError names the unknown ones)."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
+    names = [m for m in names if m]
+    bad = [m for m in names if m not in COMPARED]
+    if bad or not names:
+        raise ConfigError(f"unknown method{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad)) or '(none given)'}"
+                          f" for compare; known: {', '.join(COMPARED)}")
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--methods names a method twice: {','.join(names)}")
+    return names
+
+
+def with_tables(cfg: C.Config, names: Sequence[str]) -> C.Config:
+    """``cfg`` with every table the methods need: the baselines' defaults where a table is missing."""
+    cfg = copy.deepcopy(cfg)
+    for name in names:
+        kind = COMPARED[name]
+        if getattr(cfg, kind) is None:
+            if kind == "m2m":
+                raise ConfigError(f"llpf runs M2M with the config's [m2m] table, which {cfg.name!r} does not have")
+            setattr(cfg, kind, C.BASELINE_TABLES[kind]())
+    return cfg
+
+
+def method_config(cfg: C.Config, name: str, pair: int) -> C.Config:
+    """The config method ``name`` runs under on pair ``pair``: its table, with seed + pair (as ``reproduce`` does)."""
+    kind = COMPARED[name]
+    table = copy.deepcopy(getattr(cfg, kind))
+    if kind == "bezier":
+        table.kind = name  # "bezier" or "polychain"
+    table.seed += pair
+    return dataclasses.replace(cfg, **{kind: table})
+
+
+class CompareLedger:
+    """DIR/compare.json: the command that made the comparison (re-running it continues), and the wall times."""
+
+    def __init__(self, out: Path, command: dict):
+        self.file = out / "compare.json"
+        command = json.loads(json.dumps(command))  # as it reads back
+        if out.exists() and not out.is_dir():
+            raise RunDirError(f"{out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()):
+            if not self.file.is_file():
+                raise RunDirError(f"{out} is not empty and holds no comparison; choose another --out")
+            old = json.loads(self.file.read_text())
+            differ = sorted(k for k in set(command) | set(old.get("command", {}))
+                            if old.get("command", {}).get(k) != command.get(k))
+            if differ:
+                raise RunDirError(f"{out} holds a comparison made by another command (it differs in "
+                                  f"{', '.join(differ)}); re-run that command to continue it, or choose another --out")
+            self.data = old
+        else:
+            self.data = {"command": command, "runs": {}}
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(self.file, self.data)
+
+    def add_time(self, key: str, seconds: float) -> None:
+        """Add ``seconds`` to run ``key``'s wall time (a resumed run adds each session's)."""
+        entry = self.data["runs"].setdefault(key, {})
+        entry["wall_s"] = entry.get("wall_s", 0.0) + seconds
+        write_json(self.file, self.data)
+
+
+@dataclass
+class Evaluation:
+    """How every path is evaluated: one model, the same splits, the same BatchNorm rule, ``at(state) -> row``."""
+
+    cfg: C.Config
+    data: Bundle
+    train_samples: int
+    recompute_bn: bool | None
+    device: Any
+
+    def __post_init__(self):
+        if not isinstance(self.data.train, Split):
+            raise DataError("compare evaluates the training loss along every path and needs a dataset held as "
+                            "tensors (not a loader)")
+        self.model = build_model(self.cfg.model).to(self.device)
+        self.names = layout_of(self.model).names
+        self.train = self.data.train.subset(self.train_samples, seed=0)
+        self.splits = {"train": self.train, "test": self.data.test}
+        self.recompute = has_batchnorm(self.model) if self.recompute_bn is None else self.recompute_bn
+
+    def at(self, state: dict) -> dict:
+        return evaluate_state(self.model, state, self.splits, F.cross_entropy, DEFAULT_METRICS,
+                              self.cfg.data.eval_batch_size, self.recompute, self.train)
+
+    @property
+    def batchnorm(self) -> str:
+        if not has_batchnorm(self.model):
+            return "the model has no BatchNorm"
+        return ("BatchNorm statistics recomputed on the training samples at every point" if self.recompute
+                else "raw BatchNorm statistics (interpolated, never recomputed)")
+
+
+def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: CompareLedger, device,
+               progress: bool, data: Bundle, log: Callable[[str], Any]) -> dict:
+    """Run (or resume, or skip when finished) one method into ``run``; its summary."""
+    from ..runner import resume, run_path
+
+    rd = RunDir(run)
+    status = rd.info().get("status")
+    if status in ("complete", "failed") and (run / "summary.json").is_file():
+        return rd.summary()
+    key = str(run.relative_to(ledger.file.parent))
+    t0 = time.perf_counter()
+    if rd.exists:
+        log(f"{key}: resuming the interrupted run")
+        summary = resume(run, device=device, progress=progress, data=data)
+    else:
+        if run.exists():  # a folder left without a run by a kill before the run began
+            for p in sorted(run.rglob("*"), reverse=True):
+                p.rmdir() if p.is_dir() else p.unlink()
+        log(f"{key}: {name} ({COMPARED[name]}) from {a.name} to {b.name}")
+        summary = run_path(COMPARED[name], cfg, a, b, run, device=device, progress=progress, data=data)
+    ledger.add_time(key, time.perf_counter() - t0)
+    if not summary:
+        raise KeyboardInterrupt
+    return summary
+
+
+def gradient_steps(run: Path) -> int:
+    """Gradient evaluations a run took: the sum of its ``rounds`` column (Train_r steps, band pivots, curve steps)."""
+    return int(sum(r.get("rounds") or 0 for r in RunDir(run).metrics()))
+
+
+def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: CompareLedger,
+                  points: int, points_per_segment: int, progress: bool) -> dict:
+    """One method's numbers on one pair: its path profiled (once; kept in RUN/profile.json), cost and time."""
+    key = str(run.relative_to(ledger.file.parent))
+    row = {"method": name, "run": key, "status": summary.get("status"),
+           "wall_seconds": ledger.data["runs"].get(key, {}).get("wall_s")}
+    if summary.get("status") != "complete":
+        return {**row, "reason": summary.get("reason")}
+    f = run / "profile.json"
+    if f.is_file():
+        profile = json.loads(f.read_text())
+    else:
+        t0 = time.perf_counter()
+        profile = profile_run(run, ev.at, ev.names, points, points_per_segment, ev.device, progress)
+        profile.update(batchnorm=ev.batchnorm, train_samples=len(ev.train), eval_seconds=time.perf_counter() - t0)
+        write_json(f, profile)
+    return {**row, **profile["stats"], "gradient_steps": gradient_steps(run), "profile": profile["rows"]}
