@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import RunDirError
-from ..files import atomic_write, check_output_folder
+from .. import files
+from ..files import check_output_folder
 from ..store import RunDir
 from .runs import is_run, run_kind
 
@@ -320,5 +321,5 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
             f"<p>llpf {esc(__version__)}, {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}; "
             f"{len(runs)} run(s), {len(outputs)} analysis output(s).</p>\n" + "\n".join(sections) + "\n</body></html>\n")
     index = out_dir / "index.html"
-    atomic_write(index, page.encode())
+    files.atomic_write(index, page.encode())
     return index

@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 from .. import config as C
 from ..data import Bundle, prepare_data
 from ..errors import ConfigError
-from ..files import atomic_write, check_output_folder, write_json
+from .. import files
+from ..files import check_output_folder, write_json
 from ..runner import resolve_run, resume, run_path
 from ..runtime import pick_device
 from ..store import RunDir
@@ -177,7 +178,7 @@ def write_baselines(result: dict, out: Path) -> dict[str, Path]:
     w.writeheader()
     for r in result["rows"]:
         w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write(out / "m2o-baselines.csv", buf.getvalue().encode())
+    files.atomic_write(out / "m2o-baselines.csv", buf.getvalue().encode())
     write_json(out / "m2o-baselines.json", result)
     return {"csv": out / "m2o-baselines.csv", "json": out / "m2o-baselines.json",
             "figure": baselines_figure(result, out, out / "m2o-baselines.png")}
