@@ -324,24 +324,25 @@ class Driver:
         m = self.method
         for k, res in enumerate(self.results):
             if k not in self.active:
-                res.summary = self.summary(k)
+                res.summary = path_summary(m, k, self.records[k])
                 self.observers[k].on_summary(res.summary)
             res.model = m.model_of(k) if m.paths == 1 else copy.deepcopy(m.model_of(k))  # one module per path
             res.best_model = m.best_model(k)
         return self.results
 
-    def summary(self, k: int = 0) -> dict:
-        rec = self.records[k]
-        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
-        s: dict[str, Any] = {
-            "kind": self.method.kind or self.method.name,
-            "status": "failed" if rec.failure else "complete",
-            "iterations": rec.iterations,
-            "planned_iterations": self.method.total,
-            "max_batch_loss": finite(rec.max_batch_loss),
-            "max_train_loss": finite(rec.max_train_loss),
-        }
-        if rec.failure:
-            s["reason"] = rec.failure
-        s.update(self.method.summary(k, rec))
-        return s
+
+def path_summary(method: Method, k: int, rec: Record) -> dict:
+    """Path k's ``summary.json``: what every method reports (status, iterations, loss maxima), then its own fields."""
+    finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
+    s: dict[str, Any] = {
+        "kind": method.kind or method.name,
+        "status": "failed" if rec.failure else "complete",
+        "iterations": rec.iterations,
+        "planned_iterations": method.total,
+        "max_batch_loss": finite(rec.max_batch_loss),
+        "max_train_loss": finite(rec.max_train_loss),
+    }
+    if rec.failure:
+        s["reason"] = rec.failure
+    s.update(method.summary(k, rec))
+    return s
