@@ -49,6 +49,32 @@ def test_cli_commands_write_their_outputs(runs, tmp_path, capsys):
     assert "llpf: error:" in capsys.readouterr().err
 
 
+def test_analysis_outputs_refuse_a_non_empty_folder_unless_forced(runs, tmp_path, capsys):
+    cfg, a, b, m2o = str(runs["config"]), str(runs["a"]), str(runs["b"]), str(runs["m2o"])
+    commands = {"pca": ["pca", m2o], "dim": ["dim", a, cfg, "--moves", "2", "--rounds", "1", "--quiet"],
+                "variance": ["variance", cfg, a, b], "barrier": ["barrier", cfg, a, b, "--points", "2"],
+                "generalisation": ["generalisation", m2o], "report": ["report", m2o, "--no-pca"]}
+    for name, args in commands.items():
+        out = tmp_path / name
+        out.mkdir()
+        (out / "earlier.txt").write_text("earlier")
+        assert main(args + ["--out", str(out)]) == 2, name
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"llpf: error: output folder {out} is not empty; choose another --out or pass --force"], name
+        assert [p.name for p in out.iterdir()] == ["earlier.txt"], name
+    for name in ("variance", "generalisation", "report", "pca"):  # --force writes over an earlier output
+        out = tmp_path / name
+        assert main(commands[name] + ["--out", str(out), "--force"]) == 0, name
+        assert (out / "earlier.txt").read_text() == "earlier" and len(list(out.iterdir())) > 1, name
+    assert main(commands["report"] + ["--out", str(tmp_path / "report"), "--force"]) == 0  # and again
+    # ... but never over a run directory, nor onto a file
+    capsys.readouterr()
+    assert main(commands["variance"] + ["--out", m2o, "--force"]) == 2
+    assert capsys.readouterr().err.strip() == f"llpf: error: {m2o} holds an llpf run; choose another --out"
+    assert main(commands["variance"] + ["--out", str(tmp_path / "variance" / "earlier.txt")]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
 def test_m2m_with_segments_and_the_demo_straight_line(runs, tmp_path, capsys):
     from llpf.config import load_config
     from llpf.demo import straight_line_summary

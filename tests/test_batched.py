@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from llpf.batched import (BatchedParams, BatchedTrainR, StackedStreams, batched_m2m_iteration,
                           batched_m2o_iteration)
@@ -17,21 +16,9 @@ from llpf.methods import m2m_iteration, m2o_iteration
 from llpf.schedule import normalisation_parameters, phase_at, resolve
 from llpf.flat import FlatParams
 from llpf.train import TrainR
+from tiny import ConvBN
 
 SEEDS = (0, 1, 2)
-
-
-class ConvBN(nn.Module):
-    """A tiny conv net with BatchNorm, to check that running statistics follow each path."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 5, stride=3)
-        self.norm = nn.BatchNorm2d(4)
-        self.out = nn.Linear(4 * 10 * 10, 10)
-
-    def forward(self, x):
-        return self.out(F.relu(self.norm(self.conv(x))).flatten(1))
 
 
 def make(kind, seed):

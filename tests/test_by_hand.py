@@ -7,6 +7,7 @@ float64, and the library's result (through the public API, ``llpf.m2m`` / ``llpf
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -186,3 +187,42 @@ def test_one_m2o_iteration_by_hand():
     assert_params(result.model, expected)
     row = [r for r in result.rows if r.get("batch_loss") is not None][-1]
     assert row["rounds"] == 1 and row["batch_loss"] == pytest.approx(loss, rel=1e-12)
+
+
+# ---------------------------------------------------------------- the baselines of M2O (llpf m2o-baselines)
+
+
+def test_fine_tune_is_sgd_with_weight_decay_and_no_move():
+    """``finetune``: Train_r alone, r steps of p <- p - lr (grad + wd p) at one rate for every layer."""
+    lr, wd = 0.1, 0.3
+    p = params(START)
+    for _ in range(2):
+        _, g = two_linear_loss_and_grads(p)
+        p = {n: p[n] - lr * (g[n] + wd * p[n]) for n in p}
+    plain = params(START)
+    for _ in range(2):
+        _, g = two_linear_loss_and_grads(plain)
+        plain = {n: plain[n] - lr * g[n] for n in plain}
+    assert not torch.allclose(p["0.weight"], plain["0.weight"])  # the decay matters at this setting
+
+    cfg = dataclasses.replace(one_phase(lr, layers=["*"], step_a=0.5, step_f=0.5, rounds=2),  # Move's steps: not used
+                              weight_decay=wd)
+    result = llpf.find_path("finetune", START, BATCH, cfg, test_data=BATCH, device="cpu")
+    assert_params(result.model, p)
+    assert [r["rounds"] for r in result.rows] == [0, 2]
+
+
+def test_move_only_scales_moved_layers_by_one_minus_step_a_per_iteration():
+    """``move-only``: T Moves toward O and no gradient step; with step_f = 0 a moved layer is (1 - step_a)^T P0."""
+    step_a, T = 0.1, 3
+    start = with_layer_norm()
+    s = params(start)
+    cfg = PathConfig(phases=[Phase(iterations=T, layers=["*"], step_a=step_a, step_f=0.0, rounds=5)], lr=0.2,
+                     eval_every=1, save_every=1, checkpoint_every=1)
+    result = llpf.find_path("move-only", start, BATCH, cfg, test_data=BATCH, device="cpu")
+    norm = {"1.weight", "1.bias"}  # LayerNorm: never moved, never trained
+    assert_params(result.model, {n: s[n] if n in norm else (1 - step_a) ** T * s[n] for n in s})
+    assert [r["rounds"] for r in result.rows] == [0] * (T + 1)
+    with torch.no_grad():
+        loss = float(cross_entropy(result.model(X), Y))  # the batch loss at the last point, by the hand-written loss
+    assert result.rows[-1]["batch_loss"] == pytest.approx(loss, rel=1e-12)

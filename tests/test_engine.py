@@ -17,10 +17,10 @@ from llpf.methods import METHODS, SinglePath, register
 from llpf.store import RunDir
 
 
-class MoveOnly(SinglePath):
+class MoveToDest(SinglePath):
     """Move toward the destination with no training and no VarianceCorrection (not a low-loss method)."""
 
-    name = "move-only"
+    name = "move-to-dest"
     needs_dest = True
 
     def iterate(self, iteration, phase):
@@ -40,9 +40,9 @@ class MoveOnly(SinglePath):
 
 @pytest.fixture()
 def registered():
-    register(MoveOnly)
-    yield MoveOnly
-    METHODS.pop(MoveOnly.name)
+    register(MoveToDest)
+    yield MoveToDest
+    METHODS.pop(MoveToDest.name)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_a_method_defined_in_a_test_runs_through_driver_store_and_plot(tmp_path,
     cfg = PathConfig(phases=[Phase(iterations=20, step_a=0.2, step_f=0.0)], eval_every=5, save_every=10,
                      checkpoint_every=10)
     rd = RunDir(tmp_path / "run")
-    rd.create("move-only", dumps(cfg), {"start": "a", "dest": "b"}, "cpu")
-    method = llpf.METHODS["move-only"](a, cfg, data, dest=b, device="cpu")
+    rd.create("move-to-dest", dumps(cfg), {"start": "a", "dest": "b"}, "cpu")
+    method = llpf.METHODS["move-to-dest"](a, cfg, data, dest=b, device="cpu")
     (result,) = Driver(method, eval_sets={"train": data}, observers=[rd]).run()
 
     # Move alone with step_a = 0.2 leaves 0.8^20 of every layer's distance.
@@ -70,7 +70,7 @@ def test_a_method_defined_in_a_test_runs_through_driver_store_and_plot(tmp_path,
     assert [r["iteration"] for r in rd.metrics()] == list(range(21))
     assert [it for it, _ in rd.points()] == [0, 10, 20]
     summary = rd.summary()
-    assert summary["kind"] == "move-only" and summary["status"] == "complete" and summary["iterations"] == 20
+    assert summary["kind"] == "move-to-dest" and summary["status"] == "complete" and summary["iterations"] == 20
     assert set(summary["final_distance"]) == set(method.names)
     rd.set_status("complete")
     drawn = []
@@ -83,9 +83,9 @@ def test_a_method_defined_in_a_test_runs_through_driver_store_and_plot(tmp_path,
 
 def test_find_path_runs_a_registered_method_by_name(registered, tiny):
     data, a, b = tiny
-    result = llpf.find_path("move-only", a, data, {"phases": [{"iterations": 3, "step_a": 1.0, "step_f": 0.0}]},
+    result = llpf.find_path("move-to-dest", a, data, {"phases": [{"iterations": 3, "step_a": 1.0, "step_f": 0.0}]},
                             dest=b, device="cpu")
-    assert result.method == "move-only"
+    assert result.method == "move-to-dest"
     for (n, p), q in zip(result.model.named_parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-6), n  # step_a = 1 arrives in one Move
     with pytest.raises(ConfigError, match="no path method named 'bezier-x'"):

@@ -15,6 +15,7 @@ from llpf.data import Split
 from llpf.errors import ConfigError, RunDirError
 from llpf.models import build_model
 from llpf.plots import moving_average
+from llpf.store import read_metrics
 from llpf.reproduce import dry_run, experiments
 from llpf.schedule import normalisation_parameters, resolve
 from llpf.train import endpoint_epochs, endpoint_optimizer, evaluate, lr_factor, train_endpoint
@@ -141,9 +142,31 @@ def test_dry_run(name, monkeypatch):
     assert plan["estimate_s"]["path_min"] == pytest.approx(steps_min * plan["iteration_s"][1])
     assert plan["estimate_s"]["path_max"] == pytest.approx(steps_max * plan["iteration_s"][1])
     assert "random tensors" in plan["data"]
+    # endpoints train for Table 3's epochs; CCT7's cosine adds its 10 cooldown epochs after the 300
+    epochs = {"cct7-cifar10": 310, "lenet5-fashion-mnist": 20, "lenet5-mnist": 20, "resnet18-cifar10": 30,
+              "resnet18-cifar100": 50, "resnet18-imagenet": None}[name.rsplit("-", 1)[0]]
+    n_train = 50000 if "cifar" in name else 60000
+    per_rep = 0 if "imagenet" in name else (2 if name.endswith("m2m") else 1)
+    assert plan["endpoints_per_rep"] == per_rep
+    if per_rep:
+        assert plan["endpoint_epochs"] == epochs
+    assert plan["estimate_s"]["endpoints"] == pytest.approx(
+        per_rep * (epochs or 0) * (n_train // C.load_config(name).train.batch_size) * plan["iteration_s"][1])
     text = lines[-1]
     for k, ((_, moved), ph) in enumerate(zip(phases, plan["phases"])):
         assert f"phase {k + 1}: iterations {ph['first']}-{ph['last']}, {moved} layers moved" in text
+
+
+def test_endpoint_message_counts_the_cooldown_epochs(tmp_path, monkeypatch):
+    from llpf.reproduce import Experiment
+
+    monkeypatch.setattr("llpf.runner.train", lambda *a, **k: {"train": {"loss": 0.1}, "test": {"accuracy": 0.5}})
+    lines = []
+    (tmp_path / "endpoints").mkdir()
+    exp = Experiment(C.load_config("cct7-cifar10-m2o"), "m2o", tmp_path, torch.device("cpu"), False, lines.append)
+    exp.cache["data"] = None
+    exp.endpoint(0)
+    assert lines[0] == "training endpoint seed 0 (310 epochs)"
 
 
 def test_dry_run_cli(capsys, monkeypatch):
@@ -404,3 +427,127 @@ def test_a_repetition_that_raises_is_reported_failed_and_the_others_complete(tmp
     assert main(args) == 0
     s = json.loads((out / "summary.json").read_text())
     assert sorted(s["reps"]) == ["rep-00", "rep-01"] and s["unfinished"] == {}
+
+
+# ---------------------------------------------------------------- repetitions batched together
+
+
+def _with_endpoints_of(tiny_reproduction, out):
+    """A new output directory holding the fixture's endpoints (so they are not trained again)."""
+    import shutil
+
+    shutil.copytree(tiny_reproduction[1] / "endpoints", out / "endpoints")
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_batched(tiny_reproduction, tmp_path_factory):
+    cfg, _ = tiny_reproduction
+    out = _with_endpoints_of(tiny_reproduction, tmp_path_factory.mktemp("batched"))
+    assert main(["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet",
+                 "--batch-paths", "2"]) == 0
+    return out
+
+
+def _close_summaries(a: dict, b: dict, rel: float) -> None:
+    assert a.keys() == b.keys()
+    for key in b:
+        if isinstance(b[key], dict):
+            _close_summaries(a[key], b[key], rel)
+        elif isinstance(b[key], float):
+            assert a[key] == pytest.approx(b[key], rel=rel, abs=rel), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_batched_repetitions_equal_repetitions_run_one_at_a_time(tiny_reproduction, tiny_batched):
+    """Each repetition's run directory reads as if it ran alone; its numbers equal those of the run alone
+    up to float32 rounding (the batched steps sum in another order)."""
+    one = tiny_reproduction[1]
+    ranks = json.loads((tiny_batched / "ranks" / "rank-0.json").read_text())["reps"]
+    assert ranks["1"]["batched_with"] == ["rep-00", "rep-01"] and ranks["1"]["status"] == "complete"
+    assert "batched_with" not in json.loads((one / "ranks" / "rank-0.json").read_text())["reps"]["1"]
+    for rep in ("rep-00", "rep-01"):
+        a, b = tiny_batched / rep, one / rep
+        assert sorted(p.relative_to(a) for p in a.rglob("*")) == sorted(p.relative_to(b) for p in b.rglob("*"))
+        assert (a / "config.toml").read_text() == (b / "config.toml").read_text()
+        info = json.loads((a / "run.json").read_text())
+        assert (info["kind"], info["status"]) == ("m2m", "complete")
+        _close_summaries(json.loads((a / "summary.json").read_text()), json.loads((b / "summary.json").read_text()),
+                         1e-4)
+        rows_a, rows_b = read_metrics(a / "metrics.csv"), read_metrics(b / "metrics.csv")
+        assert len(rows_a) == len(rows_b) == 13
+        for ra, rb in zip(rows_a, rows_b):
+            assert ra.keys() == rb.keys()
+            assert all(ra[c] == pytest.approx(rb[c], rel=1e-4, abs=1e-5) for c in rb if rb[c] is not None)
+
+
+def _interrupt_at(monkeypatch, iteration):
+    """A kill (SIGINT) arriving while the run directories write their checkpoints of ``iteration``."""
+    import os
+    import signal
+
+    from llpf.store import RunDir
+
+    real = RunDir.on_checkpoint
+
+    def on_checkpoint(self, it, state):
+        real(self, it, state)
+        if it == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(RunDir, "on_checkpoint", on_checkpoint)
+
+
+def test_an_interrupted_batch_resumes_together_or_alone(tiny_reproduction, tiny_batched, tmp_path, monkeypatch):
+    import llpf.runner as runner
+
+    cfg, _ = tiny_reproduction
+    out = _with_endpoints_of(tiny_reproduction, tmp_path / "first")
+    command = ["reproduce", str(cfg), "--reps", "2", "--out", str(out), "--device", "cpu", "--quiet",
+               "--batch-paths", "2"]
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 4)
+        assert main(command) == 130
+    for rep in ("rep-00", "rep-01"):
+        info = json.loads((out / rep / "run.json").read_text())
+        assert (info["status"], info["iteration"]) == ("interrupted", 4)
+
+    # re-running the command resumes both paths together from their checkpoints, to the uninterrupted end
+    calls = []
+    real = runner.resume_paths
+    with monkeypatch.context() as m:
+        m.setattr(runner, "resume_paths", lambda reps, **k: calls.append([r.name for r in reps]) or real(reps, **k))
+        assert main(command) == 0
+    assert calls == [["rep-00", "rep-01"]]
+    for rep in ("rep-00", "rep-01"):
+        assert (json.loads((out / rep / "summary.json").read_text())
+                == json.loads((tiny_batched / rep / "summary.json").read_text()))
+        assert (out / rep / "metrics.csv").read_text() == (tiny_batched / rep / "metrics.csv").read_text()
+
+    # a path interrupted in a batch also resumes alone (llpf resume), as a one-path run
+    alone = _with_endpoints_of(tiny_reproduction, tmp_path / "again")
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 8)
+        assert main([*command[:5], str(alone), *command[6:]]) == 130
+    assert main(["resume", str(alone / "rep-01"), "--device", "cpu", "--quiet"]) == 0
+    _close_summaries(json.loads((alone / "rep-01" / "summary.json").read_text()),
+                     json.loads((tiny_batched / "rep-01" / "summary.json").read_text()), 1e-4)
+
+
+def test_batch_paths_is_checked(tiny_reproduction, tmp_path, capsys):
+    cfg, _ = tiny_reproduction
+    assert main(["reproduce", str(cfg), "--out", str(tmp_path / "x"), "--batch-paths", "0", "--device", "cpu"]) == 2
+    assert "--batch-paths must be at least 1" in capsys.readouterr().err
+    from llpf.reproduce import default_batch_paths, unbatchable
+
+    cct = C.load_config("cct7-cifar10-m2o")
+    assert "dropout" in unbatchable(cct, "m2o")
+    assert "loader" in unbatchable(C.load_config("resnet18-imagenet-m2o"), "m2o")
+    r18 = C.load_config("resnet18-cifar10-m2m")
+    assert unbatchable(r18, "m2m") is None
+    assert default_batch_paths(r18, "m2m", torch.device("cuda"), 40) == 40
+    assert default_batch_paths(r18, "m2m", torch.device("cpu"), 40) == 1
+    assert default_batch_paths(cct, "m2o", torch.device("cuda"), 10) == 1
+    assert main(["reproduce", "cct7-cifar10-m2o", "--out", str(tmp_path / "y"), "--reps", "2", "--batch-paths", "2",
+                 "--device", "cpu"]) == 2
+    assert "cannot batch its paths" in capsys.readouterr().err

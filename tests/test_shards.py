@@ -83,6 +83,35 @@ def test_an_interrupted_rank_marks_the_repetition_and_stops(tmp_path):
                                                      4: "missing", 5: "missing"}
 
 
+def test_groups_of_repetitions_run_together_and_share_one_fate(tmp_path):
+    """With ``together`` a rank runs its unfinished repetitions in the groups it gives (paths batched together):
+    a group completes, fails or is interrupted as one."""
+    calls, run_one, finished = fake_experiment(tmp_path)
+    run_one(4)  # finished earlier: skipped, and not offered to the grouping
+    offered, lines = [], []
+
+    def together(todo):
+        offered.append(todo)
+        return [todo[i:i + 3] for i in range(0, len(todo), 3)]
+
+    def run_group(ks):
+        if 8 in ks:
+            raise RuntimeError("out of memory")
+        if 10 in ks:
+            raise KeyboardInterrupt
+        return {k: {"batched_with": ks, **run_one(k)} for k in ks}
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(tmp_path, 12, 1, 0, "G", run_group, finished, log=lines.append, together=together)
+    assert offered == [[0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11]]
+    data = json.loads(rank_file(tmp_path, 0).read_text())
+    status = {int(k): e["status"] for k, e in data["reps"].items()}
+    assert status == {0: "complete", 1: "complete", 2: "complete", 3: "complete", 4: "skipped", 5: "complete",
+                      6: "complete", 7: "failed", 8: "failed", 9: "failed", 10: "interrupted", 11: "interrupted"}
+    assert data["reps"]["1"]["batched_with"] == [0, 1, 2] and data["reps"]["5"]["batched_with"] == [3, 5, 6]
+    assert lines == [f"rank 0: repetition {k} failed: RuntimeError: out of memory" for k in (7, 8, 9)]
+    assert not data["done"] and calls == [4, 0, 1, 2, 3, 5, 6]
+
+
 def test_rank_files_of_an_earlier_launch_are_not_read_as_this_ones(tmp_path):
     st = RankStatus(tmp_path, 1, 2, "old-launch", [1])
     st.mark(1, "complete")

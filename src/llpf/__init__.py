@@ -8,7 +8,7 @@ AutoNEB and Bezier curves on the same pairs.
 from .config import Config, PathConfig, Phase, load_config
 from .data import BatchStream, Bundle, Split, load_data
 from .models import build_model
-from .api import find_path, m2m, m2o
+from .api import find_path, find_paths, m2m, m2o
 from .driver import Driver, PathResult
 from .methods import METHODS, register
 from .comparison import compare
@@ -16,5 +16,5 @@ from .comparison import compare
 __version__ = "0.1.0"
 
 __all__ = ["Config", "PathConfig", "Phase", "load_config", "BatchStream", "Bundle", "Split", "load_data",
-           "build_model", "Driver", "PathResult", "METHODS", "register", "find_path", "m2m", "m2o", "compare",
-           "__version__"]
+           "build_model", "Driver", "PathResult", "METHODS", "register", "find_path", "find_paths", "m2m", "m2o",
+           "compare", "__version__"]

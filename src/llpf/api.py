@@ -1,13 +1,14 @@
 """The Python API: a path between any ``nn.Module`` pair, or toward the origin, on any data.
 
 ``find_path`` runs any registered method (``llpf.methods.METHODS``: the
-paper's ``m2m`` and ``m2o``, and the baselines ``line``, ``autoneb`` and
-``bezier``); ``m2m`` and ``m2o`` name the paper's two.
+paper's ``m2m`` and ``m2o``, and the baselines ``line``, ``autoneb``,
+``bezier``, ``finetune`` and ``move-only``); ``m2m`` and ``m2o`` name the
+paper's two; ``find_paths`` runs K paths at once with a batched method.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
@@ -43,6 +44,30 @@ def find_path(method: str | type[Method], start: nn.Module, train_data, config: 
     """
     cls = method_class(method) if isinstance(method, str) else method
     m = cls(start, config, train_data, dest=dest, loss_fn=loss_fn, device=device, augmentation=augmentation)
+    return _drive(m, train_data, test_data, eval_sets, metrics, progress, None if observer is None else [observer],
+                  keep_points, eval_batch_size)[0]
+
+
+def find_paths(method: str | type[Method], starts: Sequence[nn.Module], train_data,
+               config: PathConfig | Mapping | None = None, *, dest: Sequence[nn.Module] | None = None,
+               seeds: Sequence[int] | None = None, test_data=None, eval_sets: Mapping[str, Any] | None = None,
+               loss_fn: LossFn | None = None, metrics: Mapping[str, MetricFn] | None = None, device=None,
+               progress: bool = False, observers: Sequence[Observer] | None = None, keep_points: bool = False,
+               eval_batch_size: int = 1024) -> list[PathResult]:
+    """K paths at once with a batched method ("m2m-batched", "m2o-batched"): one PathResult per start.
+
+    Path k runs from ``starts[k]`` (to ``dest[k]``), drawing its batches from
+    ``train_data`` (a Split) as it would alone with seed ``seeds[k]`` (default
+    ``config.seed + k``); its result equals that of :func:`find_path` with the
+    one-path method and that seed. Other arguments are those of :func:`find_path`.
+    """
+    cls = method_class(method) if isinstance(method, str) else method
+    m = cls(starts, config, train_data, dest=dest, seeds=seeds, loss_fn=loss_fn, device=device)
+    return _drive(m, train_data, test_data, eval_sets, metrics, progress, observers, keep_points, eval_batch_size)
+
+
+def _drive(m: Method, train_data, test_data, eval_sets, metrics, progress, observers, keep_points,
+           eval_batch_size) -> list[PathResult]:
     sets = dict(eval_sets or {})
     if test_data is not None:
         sets.setdefault("test", test_data)
@@ -53,11 +78,10 @@ def find_path(method: str | type[Method], start: nn.Module, train_data, config: 
             warnings.warn("train_data is a one-shot iterator or a stateful loader and no 'train' evaluation set was "
                           "given: the path is "
                           "judged on its batch losses (pass eval_sets={'train': ...} for the full training loss)",
-                          PrerequisiteWarning, stacklevel=3)
-    driver = Driver(m, eval_sets=sets, metrics=metrics, observers=None if observer is None else [observer],
-                    keep_points=keep_points, eval_batch_size=eval_batch_size)
-    return driver.run(progress=progress)[0]
-
+                          PrerequisiteWarning, stacklevel=4)
+    driver = Driver(m, eval_sets=sets, metrics=metrics, observers=observers, keep_points=keep_points,
+                    eval_batch_size=eval_batch_size)
+    return driver.run(progress=progress)
 
 def m2m(start: nn.Module, dest: nn.Module, train_data, config: PathConfig | Mapping | None = None,
         **kwargs) -> PathResult:

@@ -26,6 +26,25 @@ def _quiet_arg(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _fast_args(p):
+    """The fast path of Train_r's steps (llpf.fast): bf16 and channels_last are on with CUDA unless turned off."""
+    p.add_argument("--no-bf16", action="store_true", help="train in full precision on CUDA too (no bf16 autocast)")
+    p.add_argument("--no-channels-last", action="store_true", help="keep conv nets' inputs NCHW on CUDA too")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (off by default)")
+
+
+def _fast_overrides(args) -> dict:
+    """The path-table settings the fast-path flags ask for (only those given)."""
+    out = {}
+    if getattr(args, "no_bf16", False):
+        out["bf16"] = "off"
+    if getattr(args, "no_channels_last", False):
+        out["channels_last"] = "off"
+    if getattr(args, "compile", False):
+        out["compile"] = True
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llpf", description="Explore the low-loss space of neural networks.")
     ap.add_argument("--version", action="version", version=f"llpf {__version__}")
@@ -58,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _reproduce_parser(sub)
     _analysis_parsers(sub)
+    _run_analysis_parsers(sub)
     return ap
 
 
 def _reproduce_parser(sub) -> None:
+    """``llpf reproduce`` (the paper's experiments) and ``llpf bench`` (what llpf costs)."""
     p = sub.add_parser("reproduce", help="run one of the paper's experiments with repetitions, aggregate figure and table")
     p.add_argument("name", nargs="?", help="experiment name (see --list) or a TOML file")
     p.add_argument("--list", action="store_true", help="list the paper's experiments")
@@ -77,8 +98,23 @@ def _reproduce_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check the config on random tensors, time two iterations, print the plan; train nothing")
     p.add_argument("--dry-run-batch", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batch-paths", type=int, default=None, metavar="N",
+                   help="repetitions that run together as one batched computation, each in its own run directory "
+                        "(default: all --reps on CUDA when the experiment allows it; 1 on CPU, where vmap runs at "
+                        "0.5-0.8x the speed of the same steps one by one); 1 turns batching off")
     _device_arg(p)
+    _fast_args(p)
     _quiet_arg(p)
+
+    p = sub.add_parser("bench", help="what llpf costs beyond its training steps, as ratios measured side by side")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
+
+
+def _force_arg(p, help="write into a non-empty --out folder (never a run directory)"):
+    p.add_argument("--force", action="store_true", help=help)
 
 
 def _path_parsers(sub) -> None:
@@ -103,6 +139,8 @@ def _path_parsers(sub) -> None:
         p.add_argument("--resume", action="store_true",
                        help="continue the unfinished run in --out (start it when there is none)")
         _device_arg(p)
+        if kind in ("m2m", "m2o"):
+            _fast_args(p)
         _quiet_arg(p)
 
 
@@ -128,13 +166,14 @@ def _compare_parser(sub) -> None:
 
 
 def _analysis_parsers(sub) -> None:
-    """The analysis commands (llpf.analysis)."""
+    """The analysis commands (llpf.analysis); each refuses a non-empty --out folder unless --force."""
     p = sub.add_parser("pca", help="per-layer 2-D PCA of the saved points of paths (paper Figure 4)")
     p.add_argument("runs", nargs="+", help="run directories, or folders holding them")
     p.add_argument("--out", required=True, help="folder for pca.png, pca.csv, pca.json")
     p.add_argument("--layers", nargs="+", default=None, help="layer patterns (default: all)")
     p.add_argument("--power-iterations", type=int, default=2, help="randomized-SVD power iterations (default 2)")
     p.add_argument("--seed", type=int, default=0)
+    _force_arg(p)
 
     p = sub.add_parser("dim", help="dimensionality of the low-loss space around a model (SVD of one-iteration moves)")
     p.add_argument("model", help="model weights")
@@ -148,6 +187,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
     p.add_argument("--seed", type=int, default=0, help="move i draws batches with seed SEED+i")
     p.add_argument("--out", required=True, help="folder for dimension.json and spectrum.png")
+    _force_arg(p)
     _device_arg(p)
     _quiet_arg(p)
 
@@ -158,6 +198,7 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--include-norm", action="store_true", help="include normalisation layers (Figure 6 leaves them out)")
     p.add_argument("--tolerance", type=float, default=0.25,
                    help="flag layers whose variance differs from the first model's by more than this (relative)")
+    _force_arg(p)
 
     p = sub.add_parser("barrier", help="loss and accuracy on the straight line between two models")
     p.add_argument("config", help="TOML file or shipped config name (model and data)")
@@ -167,8 +208,12 @@ def _analysis_parsers(sub) -> None:
     p.add_argument("--points", type=int, default=21, help="grid points including both ends (default 21)")
     p.add_argument("--recompute-bn", choices=("auto", "yes", "no"), default="auto",
                    help="recompute BatchNorm statistics at each point (auto: when the model has BatchNorm)")
+    _force_arg(p)
     _device_arg(p)
 
+
+def _run_analysis_parsers(sub) -> None:
+    """The commands that read run directories or run methods beside M2O (llpf.analysis, llpf.baselines.m2o)."""
     p = sub.add_parser("segments", help="certify a path: training loss on the straight segments between saved points")
     p.add_argument("run")
     p.add_argument("--points-per-segment", type=int, default=5, help="interior points per segment (default 5)")
@@ -179,11 +224,28 @@ def _analysis_parsers(sub) -> None:
     p = sub.add_parser("generalisation", help="M2O: test metrics against the variance ratio (paper Figure 5)")
     p.add_argument("runs", nargs="+", help="M2O run directories, or folders holding them")
     p.add_argument("--out", required=True)
+    _force_arg(p)
+
+    p = sub.add_parser("m2o-baselines", help="M2O beside move-only and fine-tuning with weight decay, "
+                                             "same start and gradient steps, best point on validation")
+    p.add_argument("config", help="TOML file or shipped config name (with an [m2o] table)")
+    p.add_argument("--start", required=True, help="start model weights")
+    p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
+    p.add_argument("--decays", type=float, nargs="+", default=None,
+                   help="fine-tuning weight decays (default: 0 and 1/4, 1, 4 x the decay that shrinks as Move does)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training set held out for choosing points, when the config sets none "
+                        "(default 0.1; the start model should not have trained on it)")
+    _force_arg(p, "use a non-empty --out: its finished runs of the same settings are kept, an interrupted one resumed")
+    _device_arg(p)
+    _quiet_arg(p)
 
     p = sub.add_parser("report", help="an offline HTML report of runs and analysis outputs")
-    p.add_argument("inputs", nargs="+", help="run directories, folders of runs, outputs of dim/variance/barrier/pca")
+    p.add_argument("inputs", nargs="+",
+                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines")
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--no-pca", action="store_true", help="skip the PCA of the given paths")
+    _force_arg(p)
 
 
 def _print_summary(kind: str, s: dict, out=None) -> None:
@@ -211,7 +273,7 @@ def _print_summary(kind: str, s: dict, out=None) -> None:
         _print_baseline_summary(kind, s, out)
     else:
         sel = s["selected_on"]
-        print(f"M2O path: {s['status']}, {s['iterations']} iterations, final variance ratio "
+        print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, final variance ratio "
               f"{s['final_variance_ratio']:.3f}, norm ratio {s['norm_ratio']:.3f} "
               f"({s['fraction_to_origin']:.1%} of the way to the origin)\n"
               f"  start {sel} loss {s[f'start_{sel}_loss']:.4f}, accuracy {s.get(f'start_{sel}_accuracy', float('nan')):.4f}\n"
@@ -278,6 +340,10 @@ def cmd_path(args) -> int:
         s = resume(args.out, device=args.device, progress=not args.quiet)
     else:
         cfg = load_config(args.config)
+        pc = getattr(cfg, args.command)
+        for key, value in _fast_overrides(args).items():
+            if pc is not None:
+                setattr(pc, key, value)
         s = run_path(args.command, cfg, args.start, getattr(args, "dest", None), args.out, device=args.device,
                      force=args.force, progress=not args.quiet)
     if not D.is_main():
@@ -344,7 +410,8 @@ def _recompute(choice: str):
 def cmd_pca(args) -> int:
     from .analysis.pca import run_pca
 
-    files = run_pca(args.runs, args.out, layers=args.layers, power_iterations=args.power_iterations, seed=args.seed)
+    files = run_pca(args.runs, args.out, layers=args.layers, power_iterations=args.power_iterations, seed=args.seed,
+                    force=args.force)
     print(f"wrote {files['figure']}, {files['csv']}, {files['json']}")
     return 0
 
@@ -353,8 +420,11 @@ def cmd_dim(args) -> int:
     from .analysis.dimension import MoveSettings, analyse_dimension, format_dimension, write_dimension
     from .config import load_config
     from .data import prepare_data
+    from .files import check_output_folder
     from .runner import load_model
     from .runtime import pick_device
+
+    check_output_folder(args.out, args.force)
 
     settings = MoveSettings(moves=args.moves, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
                             dtype=args.dtype, seed=args.seed, layers=args.layers)
@@ -379,7 +449,10 @@ def cmd_dim(args) -> int:
 def cmd_variance(args) -> int:
     from .analysis.variance import analyse_variances, check_variance_pair, write_variance
     from .config import load_config
+    from .files import check_output_folder
     from .runner import load_model
+
+    check_output_folder(args.out, args.force)
 
     cfg = load_config(args.config)
     models = [load_model(cfg, m) for m in args.models]
@@ -399,8 +472,11 @@ def cmd_barrier(args) -> int:
     from .analysis.barriers import straight_line, write_barrier
     from .config import load_config
     from .data import prepare_data
+    from .files import check_output_folder
     from .runner import load_model
     from .runtime import pick_device
+
+    check_output_folder(args.out, args.force)
 
     cfg = load_config(args.config)
     device = pick_device(args.device)
@@ -435,16 +511,36 @@ def cmd_segments(args) -> int:
 
 def cmd_generalisation(args) -> int:
     from .analysis.generalisation import analyse_generalisation, write_generalisation
+    from .files import check_output_folder
+
+    check_output_folder(args.out, args.force)
 
     files = write_generalisation(analyse_generalisation(args.runs), args.out)
     print(f"wrote {files['json']}, {files['figure']}")
     return 0
 
 
+def cmd_m2o_baselines(args) -> int:
+    from .baselines.m2o import COLUMNS, m2o_baselines
+    from .config import load_config
+
+    r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
+                      validation_fraction=args.validation_fraction, device=args.device, force=args.force,
+                      progress=not args.quiet)
+    fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    shown = [c for c in COLUMNS if c not in ("status", "iterations")]
+    print("  ".join(shown))
+    for row in r["rows"]:
+        print("  ".join(fmt(row[c]) for c in shown))
+    print(f"best on validation ({r['select_by']}): {r['chosen_on_validation']}; "
+          f"wrote {Path(args.out) / 'm2o-baselines.csv'}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .analysis.report import build_report
 
-    print(f"wrote {build_report(args.inputs, args.out, pca=not args.no_pca)}")
+    print(f"wrote {build_report(args.inputs, args.out, pca=not args.no_pca, force=args.force)}")
     return 0
 
 
@@ -494,7 +590,8 @@ def cmd_reproduce(args) -> int:
     if not args.out:
         raise ConfigError("--out is required (the directory that holds the endpoints, repetitions and aggregate)")
     result = reproduce(args.name, args.reps, args.out, data_dir=args.data_dir, device=args.device,
-                       start=args.start, dest=args.dest, progress=not args.quiet, method=args.method)
+                       start=args.start, dest=args.dest, progress=not args.quiet, method=args.method,
+                       batch_paths=args.batch_paths, fast=_fast_overrides(args))
     if not result:  # a rank other than 0: its share is done, rank 0 reports
         return 0
     print(Path(args.out, "summary.md").read_text(), end="")
@@ -503,11 +600,26 @@ def cmd_reproduce(args) -> int:
     return 0 if result["aggregate"]["repetitions"] and not result["unfinished"] else 1
 
 
+def cmd_bench(args) -> int:
+    from .bench import bench
+    from .errors import ConfigError
+    from .files import write_json
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    result = bench(args.device, threads=args.threads, quick=args.quick)
+    if args.json:
+        write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "m2m": cmd_path, "m2o": cmd_path, "autoneb": cmd_path,
             "bezier": cmd_path, "line": cmd_path, "compare": cmd_compare, "resume": cmd_resume,
             "plot": cmd_plot, "configs": cmd_configs, "reproduce": cmd_reproduce, "pca": cmd_pca, "dim": cmd_dim,
             "variance": cmd_variance, "barrier": cmd_barrier, "segments": cmd_segments,
-            "generalisation": cmd_generalisation, "report": cmd_report}
+            "generalisation": cmd_generalisation, "m2o-baselines": cmd_m2o_baselines, "report": cmd_report,
+            "bench": cmd_bench}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -129,6 +129,10 @@ class PathConfig:
     # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
     # so off by default; true applies the dataset's default augmentation (data.augment) to them
     augment: bool = False
+    # The fast path of Train_r's steps (llpf.fast): "auto" is on with CUDA, off elsewhere
+    bf16: str = "auto"  # bf16 autocast: "auto" | "on" | "off"
+    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" | "on" | "off"
+    compile: bool = False  # torch.compile of the training step's forward and loss
     seed: int = 0
 
     @property
@@ -267,6 +271,8 @@ _CHOICES = {
     ("PathConfig", "correct"): ("all", "moved"),
     ("PathConfig", "select_on"): ("test", "validation"),
     ("PathConfig", "select_by"): ("loss", "accuracy"),
+    ("PathConfig", "bf16"): ("auto", "on", "off"),
+    ("PathConfig", "channels_last"): ("auto", "on", "off"),
     ("TrainConfig", "schedule"): ("constant", "onecycle", "cosine"),
     ("TrainConfig", "optimizer"): ("sgd", "adamw"),
     ("TrainConfig", "augmentation"): ("default", "none", "crop-flip"),

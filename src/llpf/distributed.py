@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 from .data import Split
 from .errors import LLPFError
+from .fast import FastPath
 from .flat import FlatParams
 from .runtime import pick_device
 from .train import DEFAULT_METRICS, LossFn, MetricFn, TrainR, evaluate, recompute_bn_stats
@@ -423,8 +424,9 @@ class DataParallelTrainR(TrainR):
     """
 
     def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, *, presharded: bool = False):
-        super().__init__(fp, batches, loss_fn, lr, momentum, weight_decay, device)
+                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, *, presharded: bool = False,
+                 fast: FastPath | None = None):
+        super().__init__(fp, batches, loss_fn, lr, momentum, weight_decay, device, fast)
         self.presharded = presharded
         self.packed = _pack_grad(fp)
         if is_distributed():

@@ -83,6 +83,11 @@ class PathResult:
         return [(r["iteration"], r[name]) for r in self.rows if r.get(name) is not None]
 
 
+def _state_of(model: nn.Module) -> dict[str, Tensor]:
+    """A model's parameters and buffers, on the CPU."""
+    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
+
+
 class Driver:
     """Runs ``method`` to the end of its schedule, recording each of its paths.
 
@@ -103,8 +108,9 @@ class Driver:
                           for name, data in (eval_sets or {}).items()}
         method.check_eval_sets(set(self.eval_sets))
         self.keep_points, self.eval_batch_size = keep_points, eval_batch_size
+        self._has_bn = has_batchnorm(method.model_of(0))  # asked once: model_of may share one module among paths
         self.records = [Record() for _ in range(method.paths)]
-        self.results = [PathResult(method.name, method.names) for _ in range(method.paths)]
+        self.results = [PathResult(method.kind or method.name, method.names) for _ in range(method.paths)]
         self.active = list(range(method.paths))
         self.iteration = 0
         self.pending: list[tuple[int, int, Tensor, Tensor | int]] = []
@@ -119,7 +125,7 @@ class Driver:
     @property
     def recalibrates_bn(self) -> bool:
         """Whether evaluations recompute BatchNorm statistics (on the ``train`` set, which must be given)."""
-        return self.cfg.recalibrate_bn and "train" in self.eval_sets and has_batchnorm(self.method.model_of(0))
+        return self.cfg.recalibrate_bn and "train" in self.eval_sets and self._has_bn
 
     def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
         """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
@@ -163,7 +169,7 @@ class Driver:
         if self.iteration == 0:
             rec.start_metrics = dict(ev)
         if self.method.after_evaluation(k, self.iteration, ev, rec, measured):
-            self.observers[k].on_best(self.iteration, self._state_of(measured))
+            self.observers[k].on_best(self.iteration, _state_of(measured))
         row.update(ev)
 
     # ------------------------------------------------------------ recording
@@ -194,13 +200,8 @@ class Driver:
             self.results[k].rows.extend(rows)
             self.observers[k].on_rows(rows)
 
-    @staticmethod
-    def _state_of(model: nn.Module) -> dict[str, Tensor]:
-        """A model's parameters and buffers, on the CPU."""
-        return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
-
     def _save_point(self, k: int) -> None:
-        state, obs = self._state_of(self.method.model_of(k)), self.observers[k]
+        state, obs = _state_of(self.method.model_of(k)), self.observers[k]
         obs.on_point(self.iteration, state)
         loader = obs.point_loader(self.iteration)
         if self.keep_points or loader is not None:
@@ -249,20 +250,27 @@ class Driver:
                    dynamic_ncols=True, leave=False)
         stop = self._stop_agreed()
         while self.iteration < m.total and self.active and not stop:
-            i = self.iteration + 1
-            rp = phase_at(m.schedule, i)
-            loss, rounds = m.iterate(i, rp)
-            self.iteration = i
-            self.pending.append((i, rp.index, loss, rounds))
-            bar.update(1)
-            finishing = {k for k in self.active if m.finished(k)}
-            if finishing or self._on_cadence(i):
-                self._record(i, finishing, bar)
-            stop = self._stop_agreed()
-            if stop and self.active:
-                self._checkpoint_active(i)
+            stop = self.step(bar)
         bar.close()
         return self._results()
+
+    def step(self, bar=None) -> bool:
+        """One iteration of every path, recorded on cadence; True when a stop was agreed (and checkpointed)."""
+        m = self.method
+        i = self.iteration + 1
+        rp = phase_at(m.schedule, i)
+        loss, rounds = m.iterate(i, rp)
+        self.iteration = i
+        self.pending.append((i, rp.index, loss, rounds))
+        if bar is not None:
+            bar.update(1)
+        finishing = {k for k in self.active if m.finished(k)}
+        if finishing or self._on_cadence(i):
+            self._record(i, finishing, bar)
+        stop = self._stop_agreed()
+        if stop and self.active:
+            self._checkpoint_active(i)
+        return stop
 
     def _stop_agreed(self) -> bool:
         """The stop request acted on: read once per iteration; data-parallel, requested on any rank (one all-reduce).
@@ -286,7 +294,7 @@ class Driver:
             last = i == self.method.total or k in finishing
             if rec.failure is None and (last or i % c.eval_every == 0):
                 self._evaluate_into(k, rows[-1])
-                if k == self.active[0]:
+                if k == self.active[0] and bar is not None:
                     bar.set_postfix(loss=f"{rows[-1].get('train_loss', rows[-1]['batch_loss']):.4f}")
             self._emit(k, rows)
             if rec.failure:
@@ -316,24 +324,25 @@ class Driver:
         m = self.method
         for k, res in enumerate(self.results):
             if k not in self.active:
-                res.summary = self.summary(k)
+                res.summary = path_summary(m, k, self.records[k])
                 self.observers[k].on_summary(res.summary)
-            res.model = m.model_of(k)
+            res.model = m.model_of(k) if m.paths == 1 else copy.deepcopy(m.model_of(k))  # one module per path
             res.best_model = m.best_model(k)
         return self.results
 
-    def summary(self, k: int = 0) -> dict:
-        rec = self.records[k]
-        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
-        s: dict[str, Any] = {
-            "kind": self.method.name,
-            "status": "failed" if rec.failure else "complete",
-            "iterations": rec.iterations,
-            "planned_iterations": self.method.total,
-            "max_batch_loss": finite(rec.max_batch_loss),
-            "max_train_loss": finite(rec.max_train_loss),
-        }
-        if rec.failure:
-            s["reason"] = rec.failure
-        s.update(self.method.summary(k, rec))
-        return s
+
+def path_summary(method: Method, k: int, rec: Record) -> dict:
+    """Path k's ``summary.json``: what every method reports (status, iterations, loss maxima), then its own fields."""
+    finite = lambda v: v if math.isfinite(v) else None  # noqa: E731
+    s: dict[str, Any] = {
+        "kind": method.kind or method.name,
+        "status": "failed" if rec.failure else "complete",
+        "iterations": rec.iterations,
+        "planned_iterations": method.total,
+        "max_batch_loss": finite(rec.max_batch_loss),
+        "max_train_loss": finite(rec.max_train_loss),
+    }
+    if rec.failure:
+        s["reason"] = rec.failure
+    s.update(method.summary(k, rec))
+    return s

@@ -40,6 +40,23 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def check_output_folder(path: str | Path, force: bool = False) -> Path:
+    """Refuse an output folder that is a file, holds an llpf run, or is not empty (unless ``force``).
+
+    The analyses (``pca``, ``dim``, ``variance``, ...) call this before any work,
+    so earlier results are never overwritten by accident; ``force`` writes over
+    an earlier output, never over a run directory. Nothing is created here.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output path {path} exists and is not a directory")
+    if (path / "run.json").is_file():
+        raise RunDirError(f"{path} holds an llpf run; choose another --out")
+    if not force and path.is_dir() and any(path.iterdir()):
+        raise RunDirError(f"output folder {path} is not empty; choose another --out or pass --force")
+    return path
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as indented JSON with a trailing newline, atomically."""
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())

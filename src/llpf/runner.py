@@ -24,7 +24,7 @@ from .data.augment import default_augmentation
 from .driver import Driver
 from .errors import ConfigError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
-from .methods import method_class
+from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
 from .observer import Observer
 from .runtime import pick_device
@@ -67,37 +67,63 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
 
 
 def _path_config(cfg: C.Config, kind: str):
-    """The table of method ``kind``; a baseline's defaults when the config has none."""
-    pc = getattr(cfg, kind, None)
-    if pc is None and kind in C.BASELINE_TABLES:
-        return C.BASELINE_TABLES[kind]()
+    """The table method ``kind`` reads (``[m2o]`` for M2O and its baselines); a baseline's defaults when absent."""
+    table = config_table(kind)
+    pc = getattr(cfg, table, None)
+    if pc is None and table in C.BASELINE_TABLES:
+        return C.BASELINE_TABLES[table]()
     if pc is None:
-        raise ConfigError(f"config {cfg.name!r} has no [{kind}] table")
+        raise ConfigError(f"config {cfg.name!r} has no [{table}] table")
     return pc
+
+
+def resolved_config(cfg: C.Config, kind: str) -> str:
+    """The config a run of ``kind`` records in its ``config.toml``: only the table it reads."""
+    tables = {**{t: None for t in C.METHOD_TABLES}, config_table(kind): _path_config(cfg, kind)}
+    return C.dumps(dataclasses.replace(cfg, **tables))
 
 
 Weights = tuple[dict, Path]  # a state dict and the file it came from (named in errors)
 
 
-def _driver(kind: str, cfg: C.Config, start: Weights, dest: Weights | None, device, data: Bundle | None,
-            observer: Observer) -> Driver:
-    """Build the models, data, method and driver of a run; every input is checked here.
-
-    The training split is evaluated as ``train`` when it is a tensor Split (a
-    loader, as for ImageNet, is only drawn from); test and validation always.
-    """
-    pc = _path_config(cfg, kind)
-    cls = method_class(kind)
-    data = data or prepare_data(cfg, device)
-    start_model = _model(cfg, start[0], "start", start[1])
-    dest_model = _model(cfg, dest[0], "destination", dest[1]) if cls.needs_dest else None
+def _eval_sets(data: Bundle) -> dict:
+    """The training split when it is a tensor Split (a loader, as for ImageNet, is only drawn from); test and
+    validation always."""
     sets = {"train": data.train} if isinstance(data.train, Split) else {}
     sets["test"] = data.test
     if data.validation is not None:
         sets["validation"] = data.validation
-    method = cls(start_model, pc, data.train, dest=dest_model, device=device,
-                 augmentation=default_augmentation(cfg.data.name))
-    return Driver(method, eval_sets=sets, observers=[observer], keep_points=False,
+    return sets
+
+
+def _shared_path_config(cfgs: list[C.Config], kind: str) -> C.PathConfig:
+    """The path config of paths run together: one config, each path with its own seed."""
+    pc = _path_config(cfgs[0], kind)
+    for c in cfgs[1:]:
+        other = _path_config(c, kind)
+        if dataclasses.replace(other, seed=pc.seed) != pc or c.model != cfgs[0].model:
+            raise ConfigError(f"paths run together must share their config but for the seed ({c.name!r})")
+    return pc
+
+
+def _driver(kind: str, cfgs: list[C.Config], starts: list[Weights], dests: list[Weights | None], device,
+            data: Bundle | None, observers: list[Observer]) -> Driver:
+    """Build the models, data, method and driver of one path (the method ``kind``) or of several run together
+    (``kind``-batched); every input is checked here."""
+    pc = _shared_path_config(cfgs, kind)
+    cls, cfg = method_class(kind), cfgs[0]
+    data = data or prepare_data(cfg, device)
+    start_models = [_model(cfg, w, "start", src) for w, src in starts]
+    dest_models = [_model(cfg, w, "destination", src) for w, src in dests] if cls.needs_dest else None
+    if len(starts) == 1:
+        method = cls(start_models[0], pc, data.train, dest=dest_models[0] if dest_models else None, device=device,
+                     augmentation=default_augmentation(cfg.data.name))
+    else:
+        if D.is_distributed():
+            raise ConfigError("paths batched together run in one process; under torchrun use --batch-paths 1")
+        method = batched_class(kind)(start_models, pc, data.train, dest=dest_models, device=device,
+                                     seeds=[_path_config(c, kind).seed for c in cfgs])
+    return Driver(method, eval_sets=_eval_sets(data), observers=observers, keep_points=False,
                   eval_batch_size=cfg.data.eval_batch_size)
 
 
@@ -105,13 +131,15 @@ def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:
     """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer."""
     from .analysis.variance import check_variance_pair
 
-    far = check_variance_pair(driver.method.model, driver.method.dest_model, tolerance)
-    if far:
-        worst = max(far, key=lambda r: r["relative_difference"])
-        warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
-                      f"{tolerance:.0%} (worst {worst['layer']}: {worst['relative_difference']:.0%}); the path "
-                      f"cannot get closer than the distance between their variance spheres (paper Eq. 4)",
-                      PrerequisiteWarning, stacklevel=2)
+    m = driver.method
+    for k in range(m.paths):
+        far = check_variance_pair(m.model_of(k), m.dest_module(k), tolerance)
+        if far:
+            worst = max(far, key=lambda r: r["relative_difference"])
+            warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
+                          f"{tolerance:.0%} (worst {worst['layer']}: {worst['relative_difference']:.0%}); the path "
+                          f"cannot get closer than the distance between their variance spheres (paper Eq. 4)",
+                          PrerequisiteWarning, stacklevel=2)
 
 
 @contextmanager
@@ -136,55 +164,84 @@ def finish(rd: RunDir | None, driver: Driver, progress: bool) -> dict:
 
     ``rd`` is None on the ranks of a data-parallel run other than 0, which compute and write nothing.
     """
+    return finish_all([rd], driver, progress)[0]
+
+
+def finish_all(rds: list[RunDir | None], driver: Driver, progress: bool) -> list[dict]:
+    """Run the driver, path k into ``rds[k]``; each path's summary (``{}`` where interrupted)."""
     with _stop_on_signals(driver):
-        (result,) = driver.run(progress=progress)
-    if rd is None:
-        return result.summary
-    if not result.summary:
+        results = driver.run(progress=progress)
+    return [result.summary if rd is None else _close(rd, driver, result.summary)
+            for rd, result in zip(rds, results)]
+
+
+def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
+    """Mark one path's run complete, failed or interrupted; draw its figure."""
+    if not summary:
         rd.set_status("interrupted", iteration=driver.iteration)
         return {}
-    if result.summary["status"] == "complete":  # the driver saved the last point
-        shutil.copyfile(rd.point_path(driver.iteration), rd.path / "final.safetensors")
+    if summary["status"] == "complete":  # the driver saved the path's last point
+        shutil.copyfile(rd.point_path(summary["iterations"]), rd.path / "final.safetensors")
         rd.set_status("complete")
     else:
-        rd.set_status("failed", reason=result.summary.get("reason"))
+        rd.set_status("failed", reason=summary.get("reason"))
     (rd.path / "checkpoint.pt").unlink(missing_ok=True)
     from .plots import path_figure
     path_figure(rd.path)
-    return result.summary
+    return summary
 
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
              device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
-    """Run the path method ``kind`` (``m2m``, ``m2o``, ``autoneb``, ``bezier``, ``line``: the config table
-    of that name) into the run directory ``out``; return its summary. All but M2O need ``dest``.
+    """Run method ``kind`` into the run directory ``out``; return its summary. M2M and the M2M baselines
+    (``line``, ``autoneb``, ``bezier``) need ``dest``; M2O and its baselines do not.
 
     Under torchrun the ranks compute the path together; every rank reads the
     inputs, rank 0 alone checks and writes ``out``.
     """
-    pc = _path_config(cfg, kind)
+    return run_paths(kind, [cfg], [start], [dest], [out], device, force, progress, data)[0]
+
+
+def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: list, device=None,
+              force: bool = False, progress: bool = False, data: Bundle | None = None) -> list[dict]:
+    """Run paths of ``kind`` together (one batched method when more than one), path k into run directory
+    ``outs[k]`` from ``starts[k]`` (to ``dests[k]``) with ``cfgs[k]`` (equal but for the seed).
+
+    Each run directory is what :func:`run_path` would have written for its path alone.
+    """
+    for cfg in cfgs:
+        _path_config(cfg, kind)
     device = pick_device(device)
-    if method_class(kind).needs_dest and dest is None:
+    if method_class(kind).needs_dest and None in dests:
         raise ConfigError(f"{kind} needs --dest")
-    rd = RunDir(out)
-    D.on_main(lambda: rd.check_writable_for_new_run(force))
-    start_state = load_weights(start)
-    dest_state = load_weights(dest) if dest is not None else None
+    rds = [RunDir(out) for out in outs]
+    D.on_main(lambda: [rd.check_writable_for_new_run(force) for rd in rds])
+    start_w = [(load_weights(a), Path(a)) for a in starts]
+    dest_w = [None if b is None else (load_weights(b), Path(b)) for b in dests]
     # Building the engine validates every input (weights, shapes, patterns, data) before the
-    # run directory is touched.
-    driver = _driver(kind, cfg, (start_state, Path(start)), None if dest is None else (dest_state, Path(dest)),
-                     device, data, rd if D.is_leader() else Observer())
-    if not D.is_leader():
-        return finish(None, driver, progress)
+    # run directories are touched.
+    leader = D.is_leader()
+    driver = _driver(kind, cfgs, start_w, dest_w, device, data, rds if leader else [Observer() for _ in rds])
+    if not leader:
+        return finish_all([None] * len(rds), driver, progress)
     if kind == "m2m":
         warn_if_variances_differ(driver)
-    resolved = dataclasses.replace(cfg, **{**{t: None for t in C.METHOD_TABLES}, kind: pc})
-    inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
-    rd.create(kind, C.dumps(resolved), inputs, str(device), force=force)
-    save_weights(rd.path / "start.safetensors", start_state)
-    if dest is not None:
-        save_weights(rd.path / "dest.safetensors", dest_state)
-    return finish(rd, driver, progress)
+    for rd, cfg, start, dest, (a, _), b in zip(rds, cfgs, starts, dests, start_w, dest_w):
+        inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
+        rd.create(kind, resolved_config(cfg, kind), inputs, str(device), force=force)
+        save_weights(rd.path / "start.safetensors", a)
+        if b is not None:
+            save_weights(rd.path / "dest.safetensors", b[0])
+    return finish_all(rds, driver, progress)
+
+
+def resolve_run(rd: RunDir, kind: str, cfg: C.Config, start: str | Path) -> None:
+    """Refuse a run directory that holds a run of another method, config or start model than these."""
+    info, recorded = rd.info(), rd.path / "config.toml"
+    same = (info.get("kind") == kind and info.get("inputs", {}).get("start") == str(start)
+            and recorded.is_file() and recorded.read_text() == resolved_config(cfg, kind))
+    if not same:
+        raise RunDirError(f"{rd.path} holds a run of other settings (method, config or start); choose another --out")
 
 
 def _resumable(rd: RunDir) -> tuple[dict, C.Config, Weights, Weights | None, dict | None]:
@@ -210,16 +267,38 @@ def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | 
     checkpoint) and hands it to every rank, so the run directory need only be
     visible to rank 0; the ranks may be more or fewer than those that started it.
     """
-    rd = RunDir(run)
-    info, cfg, start, dest, state = D.on_main(lambda: _resumable(rd))
-    device = pick_device(device or info.get("device"))
-    driver = _driver(info["kind"], cfg, start, dest, device, data, rd if D.is_leader() else Observer())
-    last = 0
-    if state is not None:
-        driver.load_state_dict(state)
-        last = driver.iteration
-    if not D.is_leader():
-        return finish(None, driver, progress)
+    return resume_paths([run], device, progress, data)[0]
+
+
+def resume_paths(runs: list, device=None, progress: bool = False, data: Bundle | None = None) -> list[dict]:
+    """Continue runs of one kind together from their checkpoints (which must be at one iteration).
+
+    A path's checkpoint does not depend on the company it ran in: a path
+    interrupted in a batch resumes alone, and paths run alone resume together.
+    """
+    rds = [RunDir(run) for run in runs]
+    read = D.on_main(lambda: [_resumable(rd) for rd in rds])
+    kinds = {info["kind"] for info, *_ in read}
+    if len(kinds) > 1:
+        raise RunDirError(f"runs resumed together must be of one kind, got {', '.join(sorted(kinds))}")
+    if len({None if r[4] is None else int(r[4]["iteration"]) for r in read}) > 1:
+        raise RunDirError("runs resumed together must stand at one checkpoint iteration; resume them one by one")
+    device = pick_device(device or read[0][0].get("device"))
+    leader = D.is_leader()
+    driver = _driver(kinds.pop(), [r[1] for r in read], [r[2] for r in read], [r[3] for r in read], device, data,
+                     rds if leader else [Observer() for _ in rds])
+    for k, (*_, state) in enumerate(read):
+        if state is not None:
+            driver.load_state_dict(state, k)
+    if not leader:
+        return finish_all([None] * len(rds), driver, progress)
+    for rd, (*_, state) in zip(rds, read):
+        _rewind(rd, state, driver.iteration)
+    return finish_all(rds, driver, progress)
+
+
+def _rewind(rd: RunDir, state: dict | None, last: int) -> None:
+    """Drop what a run wrote after its checkpoint at iteration ``last`` (all of it without a checkpoint)."""
     rd.remove_partial_writes()
     rd.truncate_metrics(last)
     for it, p in rd.points():
@@ -230,4 +309,3 @@ def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | 
     if state is None:
         (rd.path / "metrics.csv").unlink(missing_ok=True)
     rd.set_status("running")
-    return finish(rd, driver, progress)

@@ -85,34 +85,56 @@ def _one_line(e: BaseException) -> str:
 
 
 def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
-              run_one: Callable[[int], dict | None], finished: Callable[[int], bool],
-              log: Callable[[str], None] = print) -> dict[str, dict]:
+              run_one: Callable, finished: Callable[[int], bool],
+              log: Callable[[str], None] = print,
+              together: Callable[[list[int]], list[list[int]]] | None = None) -> dict[str, dict]:
     """Run this rank's share of ``reps`` repetitions, keeping OUT/ranks/rank-R.json; return its entries.
 
     ``finished(k)`` says repetition k is already done (skipped); ``run_one(k)``
     runs it and may return JSON-able facts to keep with its status (wall times).
     A repetition that raises is marked failed and the rank goes on; a signal
     (KeyboardInterrupt, or :class:`Interrupted` with facts) marks it interrupted and ends the share.
+    With ``together``, which splits the unfinished repetitions into groups that
+    run at once (paths batched on one device), ``run_one(ks)`` runs a group and
+    returns ``{k: facts}``; the group's repetitions share one fate.
     """
-    status = RankStatus(out, rank, world, run_id, assign(reps, world, rank))
-    for k in assign(reps, world, rank):
+    mine = assign(reps, world, rank)
+    status = RankStatus(out, rank, world, run_id, mine)
+
+    def unfinished(k: int) -> bool:
         if finished(k):
             status.mark(k, "skipped")
-            continue
-        status.mark(k, "running")
-        t0 = time.perf_counter()
-        try:
-            info = run_one(k) or {}
-        except KeyboardInterrupt as e:
-            status.mark(k, "interrupted", wall_s=time.perf_counter() - t0, **getattr(e, "info", {}))
-            raise
-        except Exception as e:  # one repetition's failure must not cost the others
-            status.mark(k, "failed", reason=_one_line(e), wall_s=time.perf_counter() - t0)
-            log(f"rank {rank}: repetition {k} failed: {_one_line(e)}")
-            continue
-        status.mark(k, "complete", wall_s=time.perf_counter() - t0, **info)
+            return False
+        return True
+
+    if together is None:
+        groups = ([k] for k in mine if unfinished(k))  # lazily: each checked just before it would run
+        run = lambda ks: {ks[0]: run_one(ks[0]) or {}}  # noqa: E731
+    else:
+        groups, run = together([k for k in mine if unfinished(k)]), run_one
+    for ks in groups:
+        _run_group(status, ks, run, rank, log)
     status.finish()
     return status.data["reps"]
+
+
+def _run_group(status: RankStatus, ks: list[int], run: Callable[[list[int]], dict], rank: int, log) -> None:
+    for k in ks:
+        status.mark(k, "running")
+    t0 = time.perf_counter()
+    try:
+        infos = run(ks)
+    except KeyboardInterrupt as e:
+        for k in ks:
+            status.mark(k, "interrupted", wall_s=time.perf_counter() - t0, **getattr(e, "info", {}))
+        raise
+    except Exception as e:  # one repetition's failure must not cost the others
+        for k in ks:
+            status.mark(k, "failed", reason=_one_line(e), wall_s=time.perf_counter() - t0)
+            log(f"rank {rank}: repetition {k} failed: {_one_line(e)}")
+        return
+    for k in ks:
+        status.mark(k, "complete", wall_s=time.perf_counter() - t0, **(infos.get(k) or {}))
 
 
 @dataclass

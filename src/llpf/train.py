@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .config import Phase, TrainConfig
 from .errors import DataError, NonFiniteError
 from .data import Split
+from .fast import FastPath
 from .flat import FlatParams
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -53,11 +54,18 @@ class TrainR:
     """
 
     def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, device=None):
+                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, fast: FastPath | None = None):
         self.fp, self.batches, self.loss_fn = fp, batches, loss_fn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buf = torch.zeros_like(fp.flat) if momentum else None
         self.device = device if device is not None else fp.flat.device
+        self.fast = fast or FastPath()
+        self.forward = torch.compile(self._forward) if self.fast.compile else self._forward
+
+    def _forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The batch loss (on the fast path when asked: bf16 autocast, channels_last inputs)."""
+        with self.fast.autocast(self.device):
+            return self.loss_fn(self.fp.model(self.fast.inputs(x)), y)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """The next batch of the stream, on the device."""
@@ -69,7 +77,7 @@ class TrainR:
         fp = self.fp
         x, y = self.next_batch()
         fp.zero_grad()
-        loss = self.loss_fn(fp.model(x), y)
+        loss = self.forward(x, y)
         loss.backward()
         return loss.detach()
 

@@ -34,7 +34,8 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..errors import CheckpointError, ModelMismatchError, RunDirError
-from ..files import atomic_write, write_json
+from .. import files
+from ..files import check_output_folder, write_json
 from ..schedule import select
 from ..store import RunDir
 from .runs import expand_runs, parameter_names
@@ -213,7 +214,7 @@ def write_pca(ps: PointSet, result: dict[str, LayerPCA], out_dir: str | Path, se
         for i, xy in enumerate(c):
             xy = list(xy) + [0.0] * (2 - len(xy))
             w.writerow([ps.runs[ps.run[i]], ps.iteration[i], name, repr(xy[0]), repr(xy[1])])
-    atomic_write(out_dir / "pca.csv", buf.getvalue().encode())
+    files.atomic_write(out_dir / "pca.csv", buf.getvalue().encode())
     meta = {
         "runs": ps.runs,
         "points": len(ps),
@@ -229,8 +230,12 @@ def write_pca(ps: PointSet, result: dict[str, LayerPCA], out_dir: str | Path, se
 
 
 def run_pca(runs: Iterable[str | Path], out_dir: str | Path, layers: list[str] | None = None, k: int = 2,
-            oversample: int = 10, power_iterations: int = 2, seed: int = 0) -> dict[str, Path]:
-    """``llpf pca``: collect the points of ``runs``, fit per-layer PCA, write figure, CSV and JSON."""
+            oversample: int = 10, power_iterations: int = 2, seed: int = 0, force: bool = False) -> dict[str, Path]:
+    """``llpf pca``: collect the points of ``runs``, fit per-layer PCA, write figure, CSV and JSON.
+
+    A non-empty ``out_dir`` is refused unless ``force``.
+    """
+    check_output_folder(out_dir, force)
     ps = collect_points(runs, layers)
     result = streamed_pca(ps, k, oversample, power_iterations, seed)
     settings = {"k": k, "oversample": oversample, "power_iterations": power_iterations, "seed": seed}

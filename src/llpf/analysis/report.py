@@ -2,7 +2,7 @@
 
 Inputs are run directories (or folders holding them, such as a demo's
 output) and the output folders of ``llpf dim``, ``llpf variance``, ``llpf
-barrier``, ``llpf pca`` and ``llpf compare``. The page shows, per run, its path figure, the
+barrier``, ``llpf pca``, ``llpf m2o-baselines`` and ``llpf compare``. The page shows, per run, its path figure, the
 segment certificate and straight-line comparison where computed, its summary
 and its resolved config; across runs, the per-layer PCA of the paths and the
 M2O generalisation curve; and every analysis output given. Figures are
@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import RunDirError
-from ..files import atomic_write
+from .. import files
+from ..files import check_output_folder
 from ..store import RunDir
 from .runs import is_run, run_kind
 
 ANALYSIS_FILES = ("dimension.json", "variance.json", "barrier.json", "pca.json", "generalisation.json",
-                  "comparison.csv")
+                  "m2o-baselines.json", "comparison.csv")
 
 CSS = """
 body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
@@ -234,6 +235,21 @@ def generalisation_section(d: Path) -> str:
     return "\n".join(parts)
 
 
+def baselines_section(d: Path) -> str:
+    from ..baselines.m2o import COLUMNS
+
+    r = json.loads((d / "m2o-baselines.json").read_text())
+    parts = [f"<h2>M2O against its baselines: {esc(d)}</h2>",
+             f"<p>{esc(r['config'])} from {esc(r['start'])}: every method chose its point on validation by "
+             f"{esc(r['select_by'])} (validation fraction {fmt(r['validation_fraction'])}), then was read on test; "
+             f"budget {esc(r['budget_gradient_steps'])} gradient steps. Best on validation: "
+             f"{esc(r['chosen_on_validation'])}.</p>"]
+    if (d / "m2o-baselines.png").is_file():
+        parts.append(img(d / "m2o-baselines.png", "M2O and its baselines"))
+    parts.append(table([[row[c] for c in COLUMNS] for row in r["rows"]], COLUMNS))
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -258,12 +274,16 @@ def classify(paths: Iterable[str | Path]) -> tuple[list[Path], list[Path]]:
     return runs, outputs
 
 
-def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = True) -> Path:
-    """Write ``out_dir/index.html`` (and the figures it embeds, under ``out_dir``) and return its path."""
+def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = True, force: bool = False) -> Path:
+    """Write ``out_dir/index.html`` (and the figures it embeds, under ``out_dir``) and return its path.
+
+    A non-empty ``out_dir`` is refused unless ``force``.
+    """
     from .. import __version__
     from .generalisation import analyse_generalisation, write_generalisation
     from .pca import run_pca
 
+    check_output_folder(out_dir, force)
     runs, outputs = classify(paths)
     out_dir = Path(out_dir)
     work = out_dir / "figures"
@@ -273,7 +293,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
         sections.append(run_section(r, work))
     paths_for_pca = [r for r in runs if run_kind(r) == "m2m"] or runs
     if pca and paths_for_pca and sum(len(RunDir(r).points()) for r in paths_for_pca) >= 2:
-        run_pca(paths_for_pca, out_dir / "pca")
+        run_pca(paths_for_pca, out_dir / "pca", force=True)  # inside the folder claimed above
         sections.append(pca_section(out_dir / "pca"))
     if any(run_kind(r) == "m2o" for r in runs):
         write_generalisation(analyse_generalisation([r for r in runs if run_kind(r) == "m2o"]),
@@ -290,6 +310,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
             sections.append(pca_section(d, f"Per-layer PCA ({d})"))
         if (d / "generalisation.json").is_file():
             sections.append(generalisation_section(d))
+        if (d / "m2o-baselines.json").is_file():
+            sections.append(baselines_section(d))
         if (d / "comparison.csv").is_file():
             sections.append(comparison_section(d))
     if not sections:
@@ -299,5 +321,5 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
             f"<p>llpf {esc(__version__)}, {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}; "
             f"{len(runs)} run(s), {len(outputs)} analysis output(s).</p>\n" + "\n".join(sections) + "\n</body></html>\n")
     index = out_dir / "index.html"
-    atomic_write(index, page.encode())
+    files.atomic_write(index, page.encode())
     return index

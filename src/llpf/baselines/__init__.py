@@ -2,6 +2,8 @@
 
 The algorithms live here; ``llpf.methods`` makes them (and the straight line)
 path methods of the engine, so that ``llpf compare`` runs them as it runs M2M.
+M2O's baselines (move-only, fine-tuning with weight decay, at M2O's budget of
+gradient steps) are :func:`llpf.baselines.m2o.m2o_baselines`.
 """
 from .autoneb import (PAPER_CYCLES, AutoNEB, AutoNEBConfig, Band, Cycle, along, chain_points, insert_pivot, neb_force,
                       paper_cycles, redistribute, tangent)

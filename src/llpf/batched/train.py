@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from ..config import Phase
+from ..fast import FastPath
 from ..train import LossFn
 from .params import BatchedParams
 from .streams import StackedStreams
@@ -35,19 +36,28 @@ class BatchedTrainR:
     """
 
     def __init__(self, bp: BatchedParams, streams: StackedStreams, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0):
+                 momentum: float = 0.0, weight_decay: float = 0.0, fast: FastPath | None = None):
         if len(streams) != bp.paths:
             raise ValueError(f"{len(streams)} batch streams for {bp.paths} paths")
         self.bp, self.streams, self.loss_fn = bp, streams, loss_fn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.fast = fast or FastPath()
+        self.module = self.fast.module(bp.scratch) if self.fast.bf16 else bp.scratch
         self.buf = torch.zeros_like(bp.flat) if momentum else None
         self.grad_fn = vmap(grad_and_value(self._loss, has_aux=True), randomness="different")
+        if self.fast.compile:
+            self.grad_fn = torch.compile(self.grad_fn)
 
     def _loss(self, row: Tensor, fixed: dict, buffers: dict, x: Tensor, y: Tensor):
-        """One path's batch loss as a function of its flat vector; also its updated buffers."""
+        """One path's batch loss as a function of its flat vector; also its updated buffers.
+
+        On the fast path the forward pass runs under bf16 autocast (channels_last
+        does not apply inside vmap).
+        """
         buffers = {n: b.clone() for n, b in buffers.items()}  # updated in place by the forward (BatchNorm)
-        out = functional_call(self.bp.scratch, (self.bp.params(row), fixed, buffers), (x,))
-        return self.loss_fn(out, y), buffers
+        with self.fast.autocast(self.bp.device):
+            out = functional_call(self.module, (self.bp.params(row), fixed, buffers), (x,))
+            return self.loss_fn(out, y), buffers
 
     def step(self, lr_elem: Tensor | float, going: Tensor | None = None, drawing=None) -> Tensor:
         """One SGD step of every path with ``going[k]`` (all when None); returns the ``[K]`` batch losses."""
@@ -83,7 +93,7 @@ class BatchedTrainR:
         not finite), the step ending when no path goes on or at ``max_rounds``.
         """
         bp = self.bp
-        bp.scratch.train()
+        self.module.train()
         lr_elem = self.lr if lr_per_layer is None else bp.seg.expand(lr_per_layer)
         if not any(bp.active):
             return self._no_losses(), torch.zeros(bp.paths, dtype=torch.long)

@@ -9,7 +9,7 @@ from typing import Sequence
 import matplotlib
 import numpy as np
 
-from ..files import atomic_write
+from .. import files
 from ..plots import new_figure, save_figure
 from ..reproduce.aggregate import statistics
 
@@ -42,7 +42,7 @@ def write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> Path:
     w.writeheader()
     for r in rows:
         w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write(path, buf.getvalue().encode())
+    files.atomic_write(path, buf.getvalue().encode())
     return path
 
 

@@ -44,13 +44,19 @@ driver calls, in this order:
     the sequence of points the driver saved (AutoNEB's pivots, a curve's
     control points) as :class:`Knots`; None for M2M and M2O.
 
+``model_of(k)`` may hand back one module that the next call for another path
+overwrites (a batched method's scratch module): the driver copies what it keeps.
+``kind`` names what each path is in summaries and run directories (a batched
+M2M's paths are ``m2m`` paths); empty, it is ``name``.
+
 A method with ``data_parallel`` set is computed by all ranks of a process
 group together: the driver then shards its evaluations over the ranks and
 makes every rank act on the same stop request, and the ranks' copies of
 everything above must stay equal.
 
 A new method is one module with a subclass of :class:`Method` (or of
-:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``.
+:class:`SinglePath`) and one entry in ``llpf.methods.METHODS``. ``table``
+names the config table it reads (``[m2m]`` or ``[m2o]``; default its name).
 """
 from __future__ import annotations
 
@@ -68,7 +74,9 @@ from ..data import BatchStream, Split
 from ..data.augment import augmented
 from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
+from ..fast import fast_path
 from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
+from ..geometry import Segments
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, resolve
 from ..train import LossFn, TrainR, cycle
@@ -90,6 +98,11 @@ class Record:
     batch_losses_above: int = 0  # ... and of those, the ones above cfg.loss_threshold
 
 
+def ratio_to(x: Tensor, ref: Tensor) -> Tensor:
+    """``x / ref`` elementwise, 1 where ``ref`` is 0 (per-layer ratios to a start value)."""
+    return torch.where(ref > 0, x / torch.where(ref > 0, ref, 1.0), 1.0)
+
+
 @dataclass
 class Knots:
     """A path in parameter space given by model states.
@@ -108,6 +121,8 @@ class Method:
     """A path method: see the module docstring for what the driver calls and when."""
 
     name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    table: ClassVar[str] = ""  # the config table this method reads; "" means the one named like the method
     needs_dest: ClassVar[bool] = False
     paths: int = 1
     data_parallel: bool = False  # the ranks of a process group compute the paths together (evaluation sharded too)
@@ -169,6 +184,65 @@ class Method:
         raise NotImplementedError
 
 
+class FlatPaths(Method):
+    """What the paths of Algorithms 1 and 2 share, one path or K: flat points, start variances, phase masks.
+
+    A subclass keeps its points in ``flat`` (``[n]`` for one path, ``[K, n]``
+    for K) beside ``start_flat``, ``v0`` (the variance sphere S_var of each
+    start, taken once) and, with a destination, ``dest_flat``; ``of_path(t, k)``
+    is path k's part of any of them. Measurements and verdicts are written once
+    over these, for one path and for K.
+    """
+
+    seg: Segments
+    start_flat: Tensor
+    v0: Tensor
+    dest_flat: Tensor | None = None
+
+    def _setup(self, cfg: PathConfig | dict | None, device, loss_fn: LossFn | None) -> None:
+        self.cfg = path_config(cfg)
+        self.device = pick_device(device)
+        self.loss_fn = loss_fn or F.cross_entropy
+
+    def _resolve(self, layout, model: nn.Module) -> None:
+        """The phase schedule against ``model``'s layers, with one layer mask per phase."""
+        self.names = layout.names
+        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(model))
+        self.total = self.cfg.total_iterations
+        self.masks = [layout.mask(rp.moved, self.device) for rp in self.schedule]
+        self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
+        self.ever_moved = torch.stack(self.masks).any(0)
+
+    def excluded_layers(self, model: nn.Module) -> set[str]:
+        """Layers no phase moves, whatever its patterns say."""
+        return set()
+
+    @property
+    def flat(self) -> Tensor:
+        raise NotImplementedError
+
+    def of_path(self, t: Tensor, k: int) -> Tensor:
+        """Path k's row of a per-path tensor (``t`` itself for one path)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ measurements
+
+    def variance_ratio(self, k: int = 0) -> Tensor:
+        """Per-layer variance ratio Var(P_l) / v_l of path k (1 where v_l is 0)."""
+        return ratio_to(self.seg.variance(self.of_path(self.flat, k)), self.of_path(self.v0, k))
+
+    def ratio_layers(self) -> Tensor:
+        """The layers whose variance ratios the mean is taken over."""
+        return self.all_layers
+
+    def mean_variance_ratio(self, k: int = 0) -> Tensor:
+        return self.variance_ratio(k)[self.ratio_layers()].mean()
+
+    def measure(self, k: int) -> dict:
+        return {"distance_to_origin": float(self.of_path(self.flat, k).norm()),
+                "mean_variance_ratio": float(self.mean_variance_ratio(k))}
+
+
 class TrainBatches:
     """The one continuing stream of training batches a method draws from, and its exact position.
 
@@ -214,7 +288,7 @@ class TrainBatches:
             self.augmenter.load_state_dict(state["augment"])
 
 
-class SinglePath(Method):
+class SinglePath(FlatPaths):
     """One path: a copy of the start model whose parameters are views of one flat vector.
 
     Holds what Algorithms 1 and 2 share: the start variances ``v0`` (the
@@ -232,9 +306,7 @@ class SinglePath(Method):
     def __init__(self, start: nn.Module, cfg: PathConfig | dict | None, train_data, *,
                  dest: nn.Module | None = None, loss_fn: LossFn | None = None, device=None,
                  augmentation: str | None = None):
-        self.cfg = path_config(cfg)
-        self.device = pick_device(device)
-        self.loss_fn = loss_fn or F.cross_entropy
+        self._setup(cfg, device, loss_fn)
         self.data_parallel = is_distributed()
         if self.data_parallel and isinstance(train_data, Split):
             check_divisible(min(self.cfg.batch_size, len(train_data)))
@@ -242,17 +314,13 @@ class SinglePath(Method):
         torch.manual_seed(self.cfg.seed)
         self.model = copy.deepcopy(start).to(self.device)
         self.fp = FlatParams(self.model)
-        self.names = self.fp.layout.names
-        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(self.model))
-        self.total = self.cfg.total_iterations
-        self.masks = [self.fp.layout.mask(rp.moved, self.device) for rp in self.schedule]
-        self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
-        self.ever_moved = torch.stack(self.masks).any(0)
+        self.seg = self.fp.seg
+        self._resolve(self.fp.layout, self.model)
         self.batches = TrainBatches(train_data, self.cfg.batch_size, self.cfg.seed, self.device, self.cfg.augment,
                                     augmentation)
         make = DataParallelTrainR if self.data_parallel else TrainR  # data-parallel: every rank takes rank 0's start
         self.train_r = make(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                            self.cfg.weight_decay, self.device)
+                            self.cfg.weight_decay, self.device, fast=fast_path(self.cfg, self.device, self.model))
         self.start_flat = self.fp.flat.clone()
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
@@ -260,30 +328,18 @@ class SinglePath(Method):
         if self.data_parallel and self.dest_flat is not None:
             broadcast_(self.dest_flat)
 
-    def excluded_layers(self, model: nn.Module) -> set[str]:
-        """Layers no phase moves, whatever its patterns say."""
-        return set()
+    @property
+    def flat(self) -> Tensor:
+        return self.fp.flat
 
-    # ------------------------------------------------------------ measurements
+    def of_path(self, t: Tensor, k: int) -> Tensor:
+        return t
 
-    def variance_ratio(self) -> Tensor:
-        """Per-layer variance ratio Var(P_l) / v_l (1 where v_l is 0)."""
-        v = self.fp.seg.variance(self.fp.flat)
-        return torch.where(self.v0 > 0, v / torch.where(self.v0 > 0, self.v0, 1.0), 1.0)
-
-    def ratio_layers(self) -> Tensor:
-        """The layers whose variance ratios the mean is taken over."""
-        return self.all_layers
-
-    def mean_variance_ratio(self) -> Tensor:
-        return self.variance_ratio()[self.ratio_layers()].mean()
+    def dest_module(self, k: int) -> nn.Module:
+        return copy.deepcopy(self.dest_model).to(self.device)
 
     def model_of(self, k: int) -> nn.Module:
         return self.model
-
-    def measure(self, k: int) -> dict:
-        return {"distance_to_origin": float(self.fp.flat.norm()),
-                "mean_variance_ratio": float(self.mean_variance_ratio())}
 
     # ------------------------------------------------------------ checkpoint
 

@@ -1,13 +1,13 @@
 """M2M: a low-loss path from a start model to a destination model (paper Algorithm 1).
 
 ``m2m_iteration`` is the loop body and reads line by line against Algorithm 1;
-:class:`M2M` adds what the path records: the layer-wise distance to the
-destination at every evaluation, the destination's own training loss, and the
-verdicts of paper section 4 in the summary.
+:class:`M2MRecords` is what an M2M path records, for one path or K batched
+ones: the layer-wise distance to the destination at every evaluation, the
+destination's own training loss, and the verdicts of paper section 4 in the
+summary. :class:`M2M` is the two together for one path.
 """
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 
@@ -20,7 +20,7 @@ from ..flat import FlatParams
 from ..geometry import distance_floor, layer_distances, move_, variance_correction_
 from ..schedule import ResolvedPhase
 from ..train import TrainR
-from .base import Evaluate, Record, SinglePath
+from .base import Evaluate, FlatPaths, Record, SinglePath
 
 PAPER_THRESHOLD = 0.1  # section 4: training losses and final layer-wise distances below 10^-1
 
@@ -38,34 +38,36 @@ def m2m_iteration(fp: FlatParams, dest: Tensor, v0: Tensor, rp: ResolvedPhase, c
     return loss, rounds
 
 
-class M2M(SinglePath):
-    """Algorithm 1 on one path; VarianceCorrection on every layer or only the moved ones (``cfg.correct``)."""
+class M2MRecords(FlatPaths):
+    """What an M2M path records and how it is judged, for each of a method's paths.
 
-    name = "m2m"
+    A subclass provides ``dest_module(k)`` (path k's destination as a module),
+    ``dest_flat`` and the per-path points of :class:`FlatPaths`.
+    """
+
     needs_dest = True
-    dest_train_loss: float | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dest_train_losses: list[float | None] = [None] * self.paths
 
     def begin(self, evaluate: Evaluate) -> None:
-        """The destination's full training-set loss, once (for the relative threshold and section 3.2's premise)."""
-        self.dest_train_loss = evaluate(copy.deepcopy(self.dest_model).to(self.device), sets=("train",)).get("train_loss")
-
-    def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, int]:
-        moved = self.masks[phase.index]
-        corrected = self.all_layers if self.cfg.correct == "all" else moved
-        return m2m_iteration(self.fp, self.dest_flat, self.v0, phase, self.cfg, self.train_r, moved, corrected)
+        """Each destination's full training-set loss, once (for the relative threshold and section 3.2's premise)."""
+        self.dest_train_losses = [evaluate(self.dest_module(k), sets=("train",)).get("train_loss")
+                                  for k in range(self.paths)]
 
     def measure(self, k: int) -> dict:
-        d = layer_distances(self.fp.flat, self.dest_flat, self.fp.seg).tolist()
+        d = layer_distances(self.of_path(self.flat, k), self.of_path(self.dest_flat, k), self.seg).tolist()
         return {**super().measure(k), **{f"dist/{n}": x for n, x in zip(self.names, d)}}
 
     def after_evaluation(self, k: int, iteration: int, row: dict, record: Record, measured: nn.Module) -> bool:
         if iteration == 0:
-            self._warn_about_prerequisites(row.get("train_loss"))
+            self._warn_about_prerequisites(row.get("train_loss"), self.dest_train_losses[k])
         return False
 
-    def _warn_about_prerequisites(self, start_loss: float | None) -> None:
+    def _warn_about_prerequisites(self, start_loss: float | None, dest_loss: float | None) -> None:
         """Paper §3.2: endpoints must sit in flat minima with near-zero training loss."""
-        for what, loss in (("start", start_loss), ("destination", self.dest_train_loss)):
+        for what, loss in (("start", start_loss), ("destination", dest_loss)):
             if loss is not None and loss > self.cfg.loss_threshold:
                 warnings.warn(f"the {what} model's training loss {loss:.4f} is above the path's loss threshold "
                               f"{self.cfg.loss_threshold}: the paper's M2M needs endpoints with near-zero training "
@@ -73,11 +75,11 @@ class M2M(SinglePath):
                               stacklevel=2)
 
     def state_dict(self, k: int) -> dict:
-        return {**super().state_dict(k), "dest_train_loss": self.dest_train_loss}
+        return {**super().state_dict(k), "dest_train_loss": self.dest_train_losses[k]}
 
     def load_state_dict(self, k: int, state: dict) -> None:
         super().load_state_dict(k, state)
-        self.dest_train_loss = state["dest_train_loss"]
+        self.dest_train_losses[k] = state["dest_train_loss"]
 
     def summary(self, k: int, record: Record) -> dict:
         """Two verdicts, both named: llpf's (``valid``) and the paper's (``valid_paper``, section 4).
@@ -89,16 +91,17 @@ class M2M(SinglePath):
         every ``eval_every`` iterations where a ``train`` set was evaluated, else
         the batch losses (``judged_on``).
         """
-        cfg, seg = self.cfg, self.fp.seg
-        init = layer_distances(self.start_flat, self.dest_flat, seg)
-        final = layer_distances(self.fp.flat, self.dest_flat, seg)
-        floor = distance_floor(self.start_flat, self.dest_flat, seg)
+        cfg, seg = self.cfg, self.seg
+        start, dest = self.of_path(self.start_flat, k), self.of_path(self.dest_flat, k)
+        init = layer_distances(start, dest, seg)
+        final = layer_distances(self.of_path(self.flat, k), dest, seg)
+        floor = distance_floor(start, dest, seg)
         rel = torch.where(init > 0, final / torch.where(init > 0, init, 1.0), 0.0)
         floor_reached = bool((final <= floor + cfg.arrival_tolerance * init).all())
         judged_on = "train_loss" if math.isfinite(record.max_train_loss) else "batch_loss"
         loss = getattr(record, f"max_{judged_on}")
         loss = loss if math.isfinite(loss) else None
-        ends = [record.start_metrics.get("train_loss"), self.dest_train_loss]
+        ends = [record.start_metrics.get("train_loss"), self.dest_train_losses[k]]
         rel_thres = None
         if cfg.loss_threshold_relative and None not in ends:
             rel_thres = max(cfg.loss_threshold, cfg.loss_threshold_relative * max(ends))
@@ -129,3 +132,14 @@ class M2M(SinglePath):
         s["valid_paper"] = bool(paper["loss_ok"] and paper["distance_ok"] and ok)
         s["paper_criteria"] = paper
         return s
+
+
+class M2M(M2MRecords, SinglePath):
+    """Algorithm 1 on one path; VarianceCorrection on every layer or only the moved ones (``cfg.correct``)."""
+
+    name = "m2m"
+
+    def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, int]:
+        moved = self.masks[phase.index]
+        corrected = self.all_layers if self.cfg.correct == "all" else moved
+        return m2m_iteration(self.fp, self.dest_flat, self.v0, phase, self.cfg, self.train_r, moved, corrected)

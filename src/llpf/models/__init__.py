@@ -18,6 +18,10 @@ MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "cct7-3x1": lambda c: cct7_3x1(c.num_classes, c.in_channels, c.image_size),
 }
 
+# Models whose training forward pass draws random numbers (dropout, stochastic depth): a batch of paths would
+# draw them differently from each path alone, so their repetitions are not batched by default.
+STOCHASTIC_MODELS = {"cct7-3x1"}
+
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised model of the architecture ``cfg.name``."""

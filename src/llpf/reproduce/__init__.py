@@ -20,6 +20,12 @@ each rank runs its share, endpoints included, on its own device, and the
 ranks do not talk while they work. Rank 0 alone writes ``reproduce.json`` and
 the aggregate, once, when every rank is done (in one process the aggregate is
 also redrawn after every repetition, so partial results are readable).
+
+``batch_paths`` repetitions run together as one batched method
+(``m2m-batched``, ``m2o-batched``; ``batching``), each still in its own run
+directory that reads as if it had run alone: by default all of a process's
+repetitions on CUDA where the experiment allows it, and one at a time on the
+CPU (where vmap is slower than the same steps one by one).
 ``dry_run`` (``estimate``) checks a config end to end on random tensors and estimates its cost.
 """
 from __future__ import annotations
@@ -46,19 +52,22 @@ from ..models import build_model
 from ..runtime import pick_device
 from ..store import RunDir
 from .aggregate import aggregate
+from .batching import check_batch_paths, default_batch_paths, unbatchable
 from .estimate import dry_run, format_plan, random_bundle
 from .experiment import experiments, kind_of, load_experiment
 
-__all__ = ["Ledger", "aggregate", "dry_run", "experiments", "format_plan", "kind_of", "load_experiment",
-           "random_bundle", "reproduce"]
+__all__ = ["Ledger", "aggregate", "check_batch_paths", "default_batch_paths", "dry_run", "experiments",
+           "format_plan", "kind_of", "load_experiment", "random_bundle", "reproduce", "unbatchable"]
 
 
 def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None, device=None,
               start: str | Path | None = None, dest: str | Path | None = None, progress: bool = True,
-              log=print, method: str | None = None) -> dict:
+              log=print, method: str | None = None, batch_paths: int | None = None, fast: dict | None = None) -> dict:
     """Run (or continue) ``reps`` repetitions of experiment ``name`` into ``out``; return the aggregate.
 
     ``method`` picks the path table of a config holding both (``demo``).
+    ``batch_paths`` repetitions run together (default: ``default_batch_paths``);
+    ``fast`` overrides the path table's fast-path settings (``{"bf16": "off"}``).
     Under torchrun each rank runs its share and rank 0 returns the aggregate;
     the other ranks return ``{}``.
     """
@@ -68,8 +77,11 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
     kind = kind_of(cfg)
     if dest is not None and kind == "m2o":
         raise ConfigError("--dest is for M2M experiments; M2O walks toward the origin")
+    for key, value in (fast or {}).items():
+        setattr(getattr(cfg, kind), key, value)
     world, rank = D.world_size(), D.rank()
     device = D.init(device) if world > 1 else pick_device(device)
+    n = check_batch_paths(cfg, kind, device, len(shards.assign(reps, world, rank)) or 1, batch_paths)
     _check_given(cfg, start, dest)
     out = Path(out)
     say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
@@ -78,16 +90,20 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
     run_id = D.shared_run_id()
     D.cleanup()  # the ranks work apart from here: a repetition may outlast any collective's timeout
 
-    def run_one(k: int) -> dict:
-        info = exp.run(k, start, dest)
-        if world == 1 and k < reps - 1:  # one process: partial results readable while the next repetition runs
-            entries = {**shards.collect(out, reps, 1, run_id).entries, k: info}
+    def run_group(ks: list[int]) -> dict[int, dict]:
+        infos = exp.run_group(ks, start, dest)
+        if world == 1 and ks[-1] < reps - 1:  # one process: partial results readable while the next ones run
+            entries = {**shards.collect(out, reps, 1, run_id).entries, **infos}
             exp.report(reps, world, run_id, shards.Tally(entries=entries), partial=True)
-        return info
+        return infos
 
     with _signals_interrupt():
         try:
-            shards.run_shard(out, reps, world, rank, run_id, run_one, exp.finished, say)
+            if n == 1:
+                shards.run_shard(out, reps, world, rank, run_id, lambda k: run_group([k])[k], exp.finished, say)
+            else:
+                shards.run_shard(out, reps, world, rank, run_id, run_group, exp.finished, say,
+                                 together=lambda todo: exp.groups(todo, n))
             if rank != 0:
                 return {}
             tally = shards.wait_for_ranks(out, reps, world, run_id)
@@ -202,9 +218,57 @@ class Experiment:
         path_s = time.perf_counter() - t0
         if not summary:
             raise shards.Interrupted(path_s=path_s)
+        self.log_done(k, summary)
+        return {"path_s": path_s, "path_status": summary.get("status")}
+
+    def run_group(self, ks: list[int], start, dest) -> dict[int, dict]:
+        """Repetitions ``ks`` together as one batched run (new ones, or ones resumed at one checkpoint); the
+        facts each one's rank keeps (its share of the time the paths took)."""
+        from ..runner import resume_paths, run_paths
+
+        if len(ks) == 1:
+            return {ks[0]: self.run(ks[0], start, dest)}
+        reps = [self.rep_dir(k) for k in ks]
+        resuming = RunDir(reps[0]).exists
+        ends = [] if resuming else [self.endpoints(k, start, dest) for k in ks]
+        for i, k in enumerate(ks):
+            self.log(f"rep {k}: resuming the interrupted run" if resuming else
+                     f"rep {k}: {self.kind.upper()} from {ends[i][0].name}" + (f" to {ends[i][1].name}"
+                                                                               if ends[i][1] else ""))
+        self.log(f"reps {', '.join(map(str, ks))}: {len(ks)} paths batched together")
+        common = dict(device=self.device, progress=self.progress, data=self.data())
+        t0 = time.perf_counter()
+        if resuming:
+            summaries = resume_paths(reps, **common)
+        else:
+            summaries = run_paths(self.kind, [_rep_config(self.cfg, k) for k in ks], [a for a, _ in ends],
+                                  [b for _, b in ends], reps, **common)
+        share = (time.perf_counter() - t0) / len(ks)
+        if not all(summaries):
+            raise shards.Interrupted(path_s=share)
+        for k, summary in zip(ks, summaries):
+            self.log_done(k, summary)
+        return {k: {"path_s": share, "path_status": s.get("status"), "batched_with": [r.name for r in reps]}
+                for k, s in zip(ks, summaries)}
+
+    def groups(self, todo: list[int], n: int) -> list[list[int]]:
+        """Repetitions in runs of up to ``n`` that can go together: new ones, or ones at one checkpoint."""
+        out: list[list[int]] = []
+        last = None
+        for k in todo:
+            resuming = self.prepare(self.rep_dir(k))
+            state = RunDir(self.rep_dir(k)).load_checkpoint() if resuming else None
+            key = (resuming, None if state is None else int(state["iteration"]))
+            if out and key == last and len(out[-1]) < n:
+                out[-1].append(k)
+            else:
+                out.append([k])
+            last = key
+        return out
+
+    def log_done(self, k: int, summary: dict) -> None:
         self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
                                                          f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
-        return {"path_s": path_s, "path_status": summary.get("status")}
 
     def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
         """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
@@ -234,13 +298,14 @@ class Experiment:
     def endpoint(self, seed: int) -> Path:
         """The endpoint of ``seed``: trained with the Table 3 recipe unless OUT/endpoints already holds it."""
         from ..runner import train
+        from ..train import endpoint_epochs
 
         path = self.out / "endpoints" / f"seed{seed}.safetensors"
         if path.is_file():
             return path
         if self.cfg.data.name == "imagenet":
             return self.torchvision_endpoint()
-        self.log(f"training endpoint seed {seed} ({self.cfg.train.epochs} epochs)")
+        self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train)} epochs)")
         t0 = time.perf_counter()
         metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data())
         write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics})
@@ -264,16 +329,29 @@ class Experiment:
         """Run repetition k into ``rep`` (new, or resumed after a kill); its summary, ``{}`` if interrupted."""
         from ..runner import resume, run_path
 
-        rd = RunDir(rep)
-        if rd.exists:
-            if rd.info().get("status") == "complete":  # summary lost after completion: redo from the last checkpoint
-                rd.set_status("interrupted")
+        if self.prepare(rep):
             return resume(rep, device=self.device, progress=self.progress, data=self.data())
-        if rep.exists():  # a directory left without a run by a kill before the run began
-            for p in sorted(rep.rglob("*"), reverse=True):
-                p.rmdir() if p.is_dir() else p.unlink()
         return run_path(self.kind, _rep_config(self.cfg, k), a, b, rep, device=self.device, progress=self.progress,
                         data=self.data())
+
+
+    @staticmethod
+    def prepare(rep: Path) -> bool:
+        """Whether ``rep`` holds a run to resume.
+
+        A run marked complete whose summary was lost is redone from its last
+        checkpoint; a directory left without a run by a kill before the run
+        began is emptied.
+        """
+        rd = RunDir(rep)
+        if rd.exists:
+            if rd.info().get("status") == "complete":
+                rd.set_status("interrupted")
+            return True
+        if rep.exists():
+            for p in sorted(rep.rglob("*"), reverse=True):
+                p.rmdir() if p.is_dir() else p.unlink()
+        return False
 
 
 def _why_unfinished(k: int, world: int, tally: shards.Tally) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..files import atomic_write, write_json
+from .. import files
+from ..files import write_json
 from ..plots import SMOOTH, paths_figure
 from ..store import read_metrics
 
@@ -39,7 +40,7 @@ def aggregate(out: str | Path, unfinished: dict[str, str] | None = None) -> dict
               "aggregate": statistics(reps), "unfinished": dict(unfinished or {}),
               "endpoints": ledger.get("endpoints", {})}
     write_json(out / "summary.json", result)
-    atomic_write(out / "summary.md", markdown(result).encode())
+    files.atomic_write(out / "summary.md", markdown(result).encode())
     if runs:
         paths_figure(runs, out / "figure.png", f"{ledger['name']}: {len(runs)} repetition(s), mean ± std, "
                                                      f"moving average over {SMOOTH} iterations", list(reps.values()))

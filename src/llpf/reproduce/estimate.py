@@ -22,6 +22,7 @@ from ..models import build_model
 from ..methods import method_class
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, normalisation_parameters, resolve
+from ..train import endpoint_epochs
 from .experiment import kind_of, load_experiment
 
 USUAL_TRAIN = {"imagenet": 1281167, "cifar10": 50000, "cifar100": 50000}  # when the dataset is absent; else 60000
@@ -54,7 +55,7 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     n_evals = pc.total_iterations // pc.eval_every + 1
     eval_examples = n_test + (n_train if cfg.data.name != "imagenet" else 0)  # ImageNet: validation only
     endpoints = 0 if cfg.data.name == "imagenet" else (2 if kind == "m2m" else 1)
-    ep_steps = endpoints * cfg.train.epochs * (n_train // cfg.train.batch_size)
+    ep_steps = endpoints * endpoint_epochs(cfg.train) * (n_train // cfg.train.batch_size)
     plan = {
         "name": cfg.name, "kind": kind, "description": cfg.description, "device": str(device),
         "model": cfg.model.name, "parameters": nparams, "layers": len(names), "data": source,
@@ -62,7 +63,8 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
         "phases": phases, "iterations": pc.total_iterations, "steps_min": lo_steps, "steps_max": hi_steps,
         "estimate_s": {"path_min": lo_steps * step_s, "path_max": hi_steps * step_s,
                        "evaluation": n_evals * eval_examples * fwd_s, "endpoints": ep_steps * step_s},
-        "endpoints_per_rep": endpoints,
+        "endpoints_per_rep": endpoints, "endpoint_epochs": endpoint_epochs(cfg.train),
+        "endpoint_steps": ep_steps,
     }
     log(format_plan(plan))
     return plan
@@ -166,7 +168,8 @@ def format_plan(p: dict) -> str:
         lines.append(f"  (timed at batch {p['timed_batch_size']}, not {p['batch_size']}: the times above are not estimates "
                      f"for the real batch size)")
     if p["endpoints_per_rep"]:
-        lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, ~{_hms(e['endpoints'])} to train them")
+        lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, {p['endpoint_epochs']} epochs each, "
+                     f"~{_hms(e['endpoints'])} to train them")
     return "\n".join(lines)
 
 
