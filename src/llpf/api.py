@@ -8,6 +8,7 @@ paper's two; ``find_paths`` runs K paths at once with a batched method.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from typing import Any, Mapping, Sequence
 
 from torch import nn
@@ -72,13 +73,14 @@ def _drive(m: Method, train_data, test_data, eval_sets, metrics, progress, obser
     if test_data is not None:
         sets.setdefault("test", test_data)
     if "train" not in sets:
-        if isinstance(train_data, Split) or (iter(train_data) is not train_data and not hasattr(train_data, "state_dict")):
-            sets["train"] = train_data  # re-iterable (a DataLoader, a list): judged on the full training loss
+        # Re-iterable (a Split, a DataLoader, a list): judged on the full training loss. Asked of the type, not by
+        # calling iter(), which would start a DataLoader's worker processes for nothing.
+        if isinstance(train_data, Split) or not (isinstance(train_data, Iterator) or hasattr(train_data, "state_dict")):
+            sets["train"] = train_data
         else:
             warnings.warn("train_data is a one-shot iterator or a stateful loader and no 'train' evaluation set was "
-                          "given: the path is "
-                          "judged on its batch losses (pass eval_sets={'train': ...} for the full training loss)",
-                          PrerequisiteWarning, stacklevel=4)
+                          "given: the path is judged on its batch losses (pass eval_sets={'train': ...} for the "
+                          "full training loss)", PrerequisiteWarning, stacklevel=4)
     driver = Driver(m, eval_sets=sets, metrics=metrics, observers=observers, keep_points=keep_points,
                     eval_batch_size=eval_batch_size)
     return driver.run(progress=progress)
