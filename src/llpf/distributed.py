@@ -24,8 +24,10 @@ r = 1 it would double it) while the other ranks wait. The one condition is
 that the geometry be deterministic: on a GPU the per-layer sums are an
 ``index_add_`` whose float atomics add in no fixed order, so a data-parallel
 path switches them to per-layer reductions (:func:`deterministic_geometry_`).
-:func:`in_sync` checks the claim cheaply at evaluation time, and
-:func:`ensure_synced_` repairs any drift from rank 0.
+:func:`in_sync` checks the claim (one all-reduce over the weights) and
+:func:`ensure_synced_` repairs any drift from rank 0; the driver calls
+neither, since the tests show the ranks stay bit-identical, but a user who
+doubts it on other hardware can.
 
 Models with BatchNorm see the statistics of their shard, as under
 DistributedDataParallel without SyncBatchNorm; the running statistics are
