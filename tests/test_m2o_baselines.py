@@ -177,3 +177,30 @@ def test_an_interrupted_baseline_resumes_with_force_and_ends_as_an_uninterrupted
     whole = load_weights(root / "out" / "finetune-wd0.5" / "final.safetensors")
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
     assert result["rows"][-1]["gradient_steps"] == result["budget_gradient_steps"]
+
+
+def test_a_failed_m2o_costs_fine_tuning_not_move_only_and_a_rerun_completes_the_table(setup, tmp_path, monkeypatch):
+    import llpf.baselines.m2o as B
+
+    root, cfg, whole, data = setup
+    original = B.run_once
+
+    def m2o_fails(kind, *args):
+        if kind == "m2o":
+            raise RuntimeError("out of memory")
+        return original(kind, *args)
+
+    monkeypatch.setattr(B, "run_once", m2o_fails)
+    go = lambda force: m2o_baselines(cfg, root / "start.safetensors", tmp_path / "out", decays=[0.0, 0.5],  # noqa: E731
+                                     device="cpu", data=data, force=force, log=lambda line: None)
+    with pytest.raises(B.RunDirError, match=r"^3 of 4 runs did not finish: m2o \(RuntimeError: out of memory\); "
+                                            r"fine-tuning run 1 \(RunDirError: M2O did not finish"):
+        go(False)
+    with open(tmp_path / "out" / "m2o-baselines.csv") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["move-only"]  # what finished is written
+    move_only = (tmp_path / "out" / "move-only" / "final.safetensors").stat().st_mtime_ns
+    monkeypatch.setattr(B, "run_once", original)
+    result = go(True)
+    assert (tmp_path / "out" / "move-only" / "final.safetensors").stat().st_mtime_ns == move_only  # kept
+    assert [r["run"] for r in result["rows"]] == [r["run"] for r in whole["rows"]]
+    assert [r["test_loss"] for r in result["rows"]] == [r["test_loss"] for r in whole["rows"]]

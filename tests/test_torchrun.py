@@ -189,3 +189,47 @@ def test_a_rank_killed_in_its_second_repetition_costs_only_that_one_and_a_rerun_
     points = {p.name for p in rerun if p.parts[:2] == ("rep-03", "points")}
     assert points == {"0000008.safetensors", "0000012.safetensors"}  # rep 3 resumed from its checkpoint at 4
     assert s["reps"]["rep-03"]["status"] == "complete"
+
+
+# ---------------------------------------------------------------- m2o-baselines' runs dealt to two ranks
+
+
+def test_m2o_baselines_deals_its_runs_to_two_ranks_and_rank_0_writes_the_table_once(tmp_path):
+    from test_m2o_baselines import TINY as BASELINES
+
+    (tmp_path / "b.toml").write_text(BASELINES)
+    torch.manual_seed(0)
+    save_weights(tmp_path / "start.safetensors", build_model(ModelConfig()).state_dict())
+    args = ["m2o-baselines", "b.toml", "--start-model", "start.safetensors", "--decays", "0", "0.5", "--device", "cpu",
+            "--validation-fraction", "0.25", "--quiet"]
+    log = tmp_path / "writes.log"
+    r = torchrun(HERE / "ranked.py", *args, "--out", "two", cwd=tmp_path, hooks={"LLPF_TEST_WRITES": str(log)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = ["m2o", "move-only", "finetune-wd0", "finetune-wd0.5"]
+    shares = {rank: json.loads((tmp_path / "two" / "ranks" / f"rank-{rank}.json").read_text()) for rank in (0, 1)}
+    assert {rank: [e["run"] for e in s["reps"].values()] for rank, s in shares.items()} == {
+        0: ["m2o", "finetune-wd0"], 1: ["move-only", "finetune-wd0.5"]}  # fine-tuning waited for M2O's budget
+    writes = writers(log)
+    assert {(rank, p.parts[-2]) for rank, p in writes if p.name == "checkpoint.pt"} == {
+        (0, "m2o"), (0, "finetune-wd0"), (1, "move-only"), (1, "finetune-wd0.5")}
+    tables = [rank for rank, p in writes if p.name.startswith("m2o-baselines.")]
+    assert sorted(tables) == [0, 0] and (tmp_path / "two" / "m2o-baselines.png").is_file()  # csv, json: rank 0, once
+    assert r.stdout.count("best on validation") == 1
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:  # the same comparison in one process
+        assert main([*args, "--out", "one"]) == 0
+    finally:
+        os.chdir(cwd)
+    one, two = (json.loads((tmp_path / d / "m2o-baselines.json").read_text()) for d in ("one", "two"))
+    assert [r["run"] for r in two["rows"]] == ["m2o", *runs]  # the start row reads M2O's run
+    assert two["budget_gradient_steps"] == one["budget_gradient_steps"] > 6
+    for a, b in zip(one["rows"], two["rows"]):
+        assert (a["run"], a["gradient_steps"], a["best_iteration"]) == (b["run"], b["gradient_steps"],
+                                                                       b["best_iteration"])
+        assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-4)
+    for run in runs:
+        wa, wb = (load_weights(tmp_path / d / run / "final.safetensors") for d in ("one", "two"))
+        for name in wa:
+            torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)

@@ -227,9 +227,10 @@ def _run_analysis_parsers(sub) -> None:
     _force_arg(p)
 
     p = sub.add_parser("m2o-baselines", help="M2O beside move-only and fine-tuning with weight decay, "
-                                             "same start and gradient steps, best point on validation")
+                                             "same start and gradient steps, best point on validation; "
+                                             "under torchrun the runs are dealt to the ranks")
     p.add_argument("config", help="TOML file or shipped config name (with an [m2o] table)")
-    p.add_argument("--start", required=True, help="start model weights")
+    p.add_argument("--start", "--start-model", required=True, help="start model weights (--start-model under torchrun)")
     p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
     p.add_argument("--decays", type=float, nargs="+", default=None,
                    help="fine-tuning weight decays (default: 0 and 1/4, 1, 4 x the decay that shrinks as Move does)")
@@ -527,6 +528,8 @@ def cmd_m2o_baselines(args) -> int:
     r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
                       validation_fraction=args.validation_fraction, device=args.device, force=args.force,
                       progress=not args.quiet)
+    if not r:  # a rank other than 0 under torchrun: rank 0 prints the table
+        return 0
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     shown = [c for c in COLUMNS if c not in ("status", "iterations")]
     print("  ".join(shown))
@@ -626,7 +629,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"llpf: warning: {message}", file=sys.stderr)
 
 
-SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce"}  # the commands that run under torchrun
+SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce", "m2o-baselines"}  # the commands that run under torchrun
 
 
 def _join_ranks(args) -> None:

@@ -9,6 +9,7 @@ start model and one config this runs, into ``DIR``::
     DIR/m2o-baselines.csv      one row per method: its best point on validation, and that point's test metrics
     DIR/m2o-baselines.json     the same, with the settings
     DIR/m2o-baselines.png      the selection metric on validation and test along each run
+    DIR/ranks/rank-R.json      how each run went on the rank that ran it (:mod:`llpf.shards`)
 
 Every run starts from the same model and draws the same batch stream (the
 config's seed) at the same batch size, learning rate and momentum; each
@@ -28,8 +29,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .. import config as C
+from .. import distributed as D
+from .. import shards
 from ..data import Bundle, prepare_data
-from ..errors import ConfigError
+from ..errors import ConfigError, RunDirError
 from .. import files
 from ..files import check_output_folder, write_json
 from ..runner import resolve_run, resume, run_path
@@ -136,32 +139,124 @@ def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: 
 
     ``decays`` defaults to 0 and 1/4, 1 and 4 times :func:`matched_decay`.
     ``data`` (default: the config's dataset) must hold a validation split.
+    Under torchrun the runs are dealt to the ranks as repetitions are
+    (:mod:`llpf.shards`): M2O to rank 0, move-only to rank 1, and each
+    fine-tuning run, which waits for M2O's budget, round robin after them.
+    Rank 0 writes the table and returns it; the other ranks return ``{}``.
     """
-    out, start = check_output_folder(out, force), Path(start)
     cfg = baseline_config(cfg, validation_fraction)
-    device = pick_device(device)
+    world, rank = D.world_size(), D.rank()
+    device = D.init(device) if world > 1 else pick_device(device)
+    out, start = D.on_main(lambda: check_output_folder(out, force)), Path(start)
     data = data or prepare_data(cfg, device)
     if data.validation is None:
         raise ConfigError("m2o-baselines selects on a validation split, and the data holds none")
-    go = lambda kind, c, name: run_once(kind, c, start, out / name, data, device, progress, force)  # noqa: E731
-    log("M2O from the start model")
-    m2o = go("m2o", cfg, "m2o")
-    steps = gradient_steps(out / "m2o")
-    rows = [start_row(m2o), row_of("m2o", out / "m2o", m2o, cfg.m2o.weight_decay)]
-    log(f"  {steps} gradient steps in {m2o['iterations']} iterations; move-only: the same Moves, no steps")
-    rows.append(row_of("move-only", out / "move-only", go("move-only", cfg, "move-only"), None))
-    matched = matched_decay(cfg.m2o, steps)
-    for wd in (decays if decays is not None else [k * matched for k in DECAY_MULTIPLES]):
-        log(f"fine-tuning, weight decay {wd:.4g}: {steps} SGD steps")
-        name = f"finetune-wd{wd:.4g}"
-        rows.append(row_of("finetune", out / name, go("finetune", finetune_config(cfg, steps, m2o["iterations"], wd),
-                                                       name), wd))
-    result = {"config": cfg.name, "start": str(start), "device": str(device), "select_on": "validation",
-              "select_by": cfg.m2o.select_by, "validation_fraction": cfg.data.validation_fraction,
-              "budget_gradient_steps": steps, "matched_decay": matched, "rows": rows,
-              "chosen_on_validation": best_row(rows, cfg.m2o.select_by)["run"]}
-    write_baselines(result, out)
-    return result
+    run_id = D.shared_run_id()
+    D.cleanup()  # the ranks work apart from here: a fine-tuning run may outlast any collective's timeout
+    say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
+    plan = Plan(cfg, start, out, decays, data, device, progress, force, world, run_id)
+    shards.run_shard(out, plan.count, world, rank, run_id, lambda k: plan.run(k, say), plan.finished, say)
+    if rank != 0:
+        return {}
+    return plan.report(shards.wait_for_ranks(out, plan.count, world, run_id))
+
+
+@dataclasses.dataclass
+class Plan:
+    """The runs of one comparison, numbered for :func:`llpf.shards.run_shard`: 0 M2O, 1 move-only, then fine-tuning.
+
+    Fine-tuning gets M2O's gradient steps, so run 2 and later wait until M2O is complete.
+    """
+
+    cfg: C.Config
+    start: Path
+    out: Path
+    decays: Sequence[float] | None
+    data: Bundle
+    device: object
+    progress: bool
+    force: bool
+    world: int
+    run_id: str
+
+    @property
+    def count(self) -> int:
+        return 2 + len(self.decays if self.decays is not None else DECAY_MULTIPLES)
+
+    def budget(self) -> int | None:
+        """M2O's gradient steps, or None while M2O is not complete."""
+        m2o = RunDir(self.out / "m2o")
+        return gradient_steps(m2o.path) if m2o.exists and m2o.info().get("status") == "complete" else None
+
+    def decay(self, k: int, steps: int) -> float:
+        multiples = [m * matched_decay(self.cfg.m2o, steps) for m in DECAY_MULTIPLES]
+        return (self.decays if self.decays is not None else multiples)[k - 2]
+
+    def settings(self, k: int, steps: int | None) -> tuple[str, str, C.Config]:
+        """Run ``k``'s (folder, kind, config); fine-tuning needs M2O's ``steps``."""
+        if k < 2:
+            return ("m2o", "move-only")[k], ("m2o", "move-only")[k], self.cfg
+        wd, iterations = self.decay(k, steps), RunDir(self.out / "m2o").summary()["iterations"]
+        return f"finetune-wd{wd:.4g}", "finetune", finetune_config(self.cfg, steps, iterations, wd)
+
+    def finished(self, k: int) -> bool:
+        """Run ``k`` is complete with these settings (one of other settings is refused, as ``--force`` does)."""
+        steps = self.budget()
+        if k >= 2 and steps is None:
+            return False
+        name, kind, cfg = self.settings(k, steps)
+        rd = RunDir(self.out / name)
+        if not rd.exists:
+            return False
+        resolve_run(rd, kind, cfg, self.start)
+        return rd.info().get("status") == "complete"
+
+    def run(self, k: int, log: Callable[[str], object]) -> dict:
+        steps = self.budget() if k < 2 else self.wait_for_m2o()
+        name, kind, cfg = self.settings(k, steps)
+        if k == 0:
+            log("M2O from the start model")
+        elif k == 1:
+            log("move-only: M2O's Moves, no gradient step")
+        else:
+            log(f"fine-tuning, weight decay {cfg.m2o.weight_decay:.4g}: {steps} SGD steps")
+        s = run_once(kind, cfg, self.start, self.out / name, self.data, self.device, self.progress, self.force)
+        return {"run": name}
+
+    def wait_for_m2o(self, poll_s: float = 2.0) -> int:
+        """M2O's gradient steps once it is complete; raises when its rank failed, was stopped or is gone."""
+        while (steps := self.budget()) is None:
+            tally = shards.collect(self.out, self.count, self.world, self.run_id)
+            if tally.statuses[0] in ("failed", "interrupted") or shards.owner(0, self.world) in tally.gone:
+                raise RunDirError("M2O did not finish, and fine-tuning takes its budget of gradient steps")
+            time.sleep(poll_s)
+        return steps
+
+    def report(self, tally: shards.Tally) -> dict:
+        """Rank 0: the table of the finished runs, written; one line naming those that did not finish."""
+        steps = self.budget()
+        rows, lost = [], []
+        for k in range(self.count):
+            if tally.statuses.get(k) not in ("complete", "skipped"):
+                label = self.settings(k, steps)[0] if k < 2 or steps else f"fine-tuning run {k - 1}"
+                lost.append(f"{label} ({tally.reasons.get(k, tally.statuses.get(k, 'missing'))})")
+                continue
+            name, kind, cfg = self.settings(k, steps)
+            s = RunDir(self.out / name).summary()
+            if k == 0:
+                rows.append(start_row(s))
+            rows.append(row_of(kind, self.out / name, s, None if kind == "move-only" else cfg.m2o.weight_decay))
+        result = {"config": self.cfg.name, "start": str(self.start), "device": str(self.device),
+                  "select_on": "validation", "select_by": self.cfg.m2o.select_by,
+                  "validation_fraction": self.cfg.data.validation_fraction, "budget_gradient_steps": steps,
+                  "matched_decay": matched_decay(self.cfg.m2o, steps) if steps else None, "rows": rows,
+                  "chosen_on_validation": best_row(rows, self.cfg.m2o.select_by)["run"] if rows else None}
+        if rows:
+            write_baselines(result, self.out)
+        if lost:
+            raise RunDirError(f"{len(lost)} of {self.count} runs did not finish: {'; '.join(lost)}; "
+                              f"run the same command with --force to complete them")
+        return result
 
 
 def best_row(rows: list[dict], select_by: str) -> dict:
@@ -191,7 +286,7 @@ def baselines_figure(result: dict, runs_dir: Path, path: Path) -> Path:
     metric = result["select_by"]
     fig = new_figure(figsize=(7, 6))
     axes = fig.subplots(2, 1, sharex=True)
-    for r in result["rows"][1:]:
+    for r in (r for r in result["rows"] if r["method"] != "start"):
         rows = [m for m in RunDir(runs_dir / r["run"]).metrics() if m.get(f"validation_{metric}") is not None]
         if not rows:
             continue
