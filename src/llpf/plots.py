@@ -13,6 +13,7 @@ so importing llpf leaves the caller's backend (a notebook's, say) as it is.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from . import files
 from .store import RunDir
 
 SMOOTH = 10  # the paper's figures: moving average over 10 iterations
@@ -71,10 +73,15 @@ def new_figure(**kw) -> Figure:
 
 
 def save_figure(fig: Figure, out: str | Path) -> Path:
-    """Write ``fig`` to ``out`` (making its folder); every llpf figure ends here."""
+    """Write ``fig`` to ``out`` atomically (making its folder); every llpf figure ends here.
+
+    The format follows the suffix (``.png``, ``.pdf``, ``.svg``), as ``savefig`` reads it.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format=out.suffix.lstrip(".") or "png")
+    files.atomic_write(out, buf.getvalue())
     return out
 
 
