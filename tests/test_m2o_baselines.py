@@ -135,6 +135,10 @@ def test_cli_runs_refuses_a_used_folder_and_continues_with_force(setup, tmp_path
     assert capsys.readouterr().err.strip().endswith("is not empty; choose another --out or pass --force")
     assert main(args + ["--force"]) == 0  # finished runs of the same settings are kept, not rerun
     assert (tmp_path / "b" / "m2o" / "final.safetensors").stat().st_mtime_ns == before
+    recorded = tmp_path / "b" / "m2o" / "config.toml"  # as an llpf from before the key existed wrote it
+    recorded.write_text(recorded.read_text().replace("compile = false\n", ""))
+    assert main(args + ["--force"]) == 0
+    assert (tmp_path / "b" / "m2o" / "final.safetensors").stat().st_mtime_ns == before
     other = root / "other.toml"
     other.write_text(TINY.replace("lr = 0.1", "lr = 0.01"))
     capsys.readouterr()

@@ -22,7 +22,7 @@ from . import distributed as D
 from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
-from .errors import ConfigError, PrerequisiteWarning, RunDirError
+from .errors import ConfigError, LLPFError, PrerequisiteWarning, RunDirError
 from .files import load_weights, save_weights
 from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
@@ -236,12 +236,23 @@ def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: 
 
 
 def resolve_run(rd: RunDir, kind: str, cfg: C.Config, start: str | Path) -> None:
-    """Refuse a run directory that holds a run of another method, config or start model than these."""
+    """Refuse a run directory that holds a run of another method, config or start model than these.
+
+    The configs are compared as read, so a run recorded before a key with a
+    default was added to llpf is still the same run.
+    """
     info, recorded = rd.info(), rd.path / "config.toml"
     same = (info.get("kind") == kind and info.get("inputs", {}).get("start") == str(start)
-            and recorded.is_file() and recorded.read_text() == resolved_config(cfg, kind))
+            and recorded.is_file() and _recorded_config(recorded, kind) == resolved_config(cfg, kind))
     if not same:
         raise RunDirError(f"{rd.path} holds a run of other settings (method, config or start); choose another --out")
+
+
+def _recorded_config(path: Path, kind: str) -> str | None:
+    try:
+        return resolved_config(C.load_config(path), kind)
+    except LLPFError:  # not a config this llpf reads: not the same run
+        return None
 
 
 def _resumable(rd: RunDir) -> tuple[dict, C.Config, Weights, Weights | None, dict | None]:
