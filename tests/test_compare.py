@@ -245,6 +245,31 @@ def test_pairs_train_endpoints_and_report_mean_and_spread(pair, tmp_path):
     assert load_config(out / "pair-01" / "bezier" / "config.toml").bezier.seed == 1
 
 
+
+def test_a_failed_pair_costs_only_itself_and_the_same_command_completes_it(pair, tmp_path, monkeypatch):
+    import llpf.comparison as comparison
+
+    out, original = tmp_path / "pairs", comparison.run_method
+
+    def pair_1_fails(name, cfg, a, b, run, *args):
+        if run.parent.name == "pair-01":
+            raise RuntimeError("out of memory")
+        return original(name, cfg, a, b, run, *args)
+
+    monkeypatch.setattr(comparison, "run_method", pair_1_fails)
+    go = lambda: llpf.compare(pair / "c.toml", out, pairs=2, methods="line", points=5, device="cpu",  # noqa: E731
+                              log=lambda s: None)
+    with pytest.raises(RunDirError, match=r"^1 of 2 pair\(s\) did not finish: pair 1 \(RuntimeError: out of memory\)"):
+        go()
+    with open(out / "comparison_pairs.csv") as fh:
+        assert [r["pair"] for r in csv.DictReader(fh)] == ["0"]  # what finished is written
+    done = (out / "pair-00" / "line" / "profile.json").stat().st_mtime_ns
+    monkeypatch.setattr(comparison, "run_method", original)
+    result = go()
+    assert [(p["pair"], p["status"]) for p in result["pairs"]] == [(0, "complete"), (1, "complete")]
+    assert (out / "pair-00" / "line" / "profile.json").stat().st_mtime_ns == done  # kept, not rerun
+
+
 # ---------------------------------------------------------------- the methods through the driver
 
 

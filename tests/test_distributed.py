@@ -167,7 +167,7 @@ def test_commands_that_run_in_one_process_refuse_several_ranks_in_one_line(monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["configs"]) == 2
     assert capsys.readouterr().err.strip() == ("llpf: error: llpf configs runs in one process; launch it without "
-                                               "torchrun (several ranks run: m2m, m2o, m2o-baselines, reproduce, resume, train)")
+                                               "torchrun (several ranks run: compare, m2m, m2o, m2o-baselines, reproduce, resume, train)")
     assert main(["reproduce", "demo", "--method", "m2m", "--dry-run"]) == 2
     assert "llpf reproduce --dry-run runs in one process" in capsys.readouterr().err
 

@@ -50,6 +50,16 @@ def torchrun(*args, cwd: Path, hooks: dict | None = None, timeout: int = 240) ->
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
+def main_in(folder: Path, args: list[str]) -> int:
+    """The llpf command in one process, run from ``folder`` (as torchrun runs it there)."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return main(args)
+    finally:
+        os.chdir(cwd)
+
+
 def writers(log: Path) -> list[tuple[int, Path]]:
     """(rank, path) of every write the hooked ranks logged (paths relative to the folder of ``log``)."""
     return [(int(r), log.parent / p) for r, p in (line.split(" ", 1) for line in log.read_text().splitlines())]
@@ -67,12 +77,7 @@ def path_runs(tmp_path_factory):
         torch.manual_seed(seed)
         save_weights(d / f"w{seed}.safetensors", build_model(ModelConfig()).state_dict())
     args = ["m2m", "c.toml", "--dest", "w1.safetensors", "--device", "cpu", "--quiet"]
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        assert main([*args, "--start", "w0.safetensors", "--out", "one"]) == 0
-    finally:
-        os.chdir(cwd)
+    assert main_in(d, [*args, "--start", "w0.safetensors", "--out", "one"]) == 0
     r = torchrun("-m", "llpf", *args, "--start-model", "w0.safetensors", "--out", "two", cwd=d)
     assert r.returncode == 0, r.stderr[-3000:]
     return d, r
@@ -216,12 +221,7 @@ def test_m2o_baselines_deals_its_runs_to_two_ranks_and_rank_0_writes_the_table_o
     assert sorted(tables) == [0, 0, 0]  # csv, json, png: by rank 0, once
     assert r.stdout.count("best on validation") == 1
 
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:  # the same comparison in one process
-        assert main([*args, "--out", "one"]) == 0
-    finally:
-        os.chdir(cwd)
+    assert main_in(tmp_path, [*args, "--out", "one"]) == 0  # the same comparison in one process
     one, two = (json.loads((tmp_path / d / "m2o-baselines.json").read_text()) for d in ("one", "two"))
     assert [r["run"] for r in two["rows"]] == ["m2o", *runs]  # the start row reads M2O's run
     assert two["budget_gradient_steps"] == one["budget_gradient_steps"] > 6
@@ -233,3 +233,60 @@ def test_m2o_baselines_deals_its_runs_to_two_ranks_and_rank_0_writes_the_table_o
         wa, wb = (load_weights(tmp_path / d / run / "final.safetensors") for d in ("one", "two"))
         for name in wa:
             torch.testing.assert_close(wb[name], wa[name], rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- compare's pairs dealt to two ranks
+
+COMPARE = """
+name = "tiny-compare"
+""" + LENET5_ON_DIGITS + """[train]
+epochs = 1
+batch_size = 32
+lr = 0.05
+[m2m]
+lr = 0.02
+eval_every = 4
+save_every = 4
+checkpoint_every = 4
+[[m2m.phases]]
+iterations = 8
+step_a = 0.05
+rounds = 1
+[bezier]
+steps = 8
+lr = 0.02
+eval_every = 4
+save_every = 4
+checkpoint_every = 4
+[line]
+points = 5
+"""
+
+
+def test_compare_deals_its_pairs_to_two_ranks_and_rank_0_writes_the_tables_once(tmp_path):
+    (tmp_path / "c.toml").write_text(COMPARE)
+    args = ["compare", "c.toml", "--pairs", "2", "--methods", "line,llpf,bezier", "--points", "9", "--device", "cpu",
+            "--quiet"]
+    log = tmp_path / "writes.log"
+    r = torchrun(HERE / "ranked.py", *args, "--out", "two", cwd=tmp_path, hooks={"LLPF_TEST_WRITES": str(log)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    writes = writers(log)
+    ran = {(rank, p.relative_to(tmp_path / "two").parts[0]) for rank, p in writes if p.name == "profile.json"}
+    assert ran == {(0, "pair-00"), (1, "pair-01")}
+    trained = {(rank, p.name) for rank, p in writes if p.parent.name == "endpoints" and p.suffix == ".safetensors"}
+    assert trained == {(0, "seed0.safetensors"), (0, "seed1.safetensors"), (1, "seed2.safetensors"),
+                       (1, "seed3.safetensors")}
+    tables = Counter((rank, p.name) for rank, p in writes if p.name.startswith("comparison"))
+    assert tables == Counter({(0, "comparison.csv"): 1, (0, "comparison_pairs.csv"): 1, (0, "comparison.json"): 1,
+                              (0, "comparison.png"): 1})  # once, by rank 0
+    assert r.stdout.count("wrote ") == 1
+    ledger = json.loads((tmp_path / "two" / "compare.json").read_text())
+    assert sorted(ledger["runs"]) == [f"pair-0{k}/{m}" for k in (0, 1) for m in ("bezier", "line", "llpf")]
+
+    assert main_in(tmp_path, [*args, "--out", "one"]) == 0  # the same comparison in one process
+    one, two = (json.loads((tmp_path / d / "comparison.json").read_text()) for d in ("one", "two"))
+    assert [(p["pair"], p["method"]) for p in two["pairs"]] == [(p["pair"], p["method"]) for p in one["pairs"]]
+    assert len(two["pairs"]) == 6 and all(p["status"] == "complete" for p in two["pairs"])
+    for a, b in zip(one["pairs"], two["pairs"]):
+        assert b["max_train_loss"] == pytest.approx(a["max_train_loss"], rel=1e-4)
+        assert b["gradient_steps"] == a["gradient_steps"]

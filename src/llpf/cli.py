@@ -145,10 +145,12 @@ def _path_parsers(sub) -> None:
 
 
 def _compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="LLPF beside the straight line, AutoNEB and Bezier curves on the same pairs")
+    p = sub.add_parser("compare", help="LLPF beside the straight line, AutoNEB and Bezier curves on the same pairs; "
+                                       "under torchrun the pairs are dealt to the ranks")
     p.add_argument("config", help="TOML file or shipped config name (model, data, [m2m] and the baselines' tables)")
-    p.add_argument("--start", default=None, help="start model weights (with --dest)")
-    p.add_argument("--dest", default=None, help="destination model weights")
+    p.add_argument("--start", "--start-model", default=None,
+                   help="start model weights (with --dest; --start-model under torchrun)")
+    p.add_argument("--dest", "--dest-model", default=None, help="destination model weights")
     p.add_argument("--pairs", type=int, default=None, help="instead: train N pairs of endpoints from seeds 0..2N-1")
     p.add_argument("--methods", default="line,llpf,autoneb,bezier",
                    help="comma-separated: line, llpf, autoneb, bezier, polychain (default line,llpf,autoneb,bezier)")
@@ -554,6 +556,8 @@ def cmd_compare(args) -> int:
                      points=args.points, points_per_segment=args.points_per_segment,
                      train_samples=args.train_samples, recompute_bn=_recompute(args.recompute_bn),
                      data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+    if not result:  # a rank other than 0 under torchrun: rank 0 prints the table
+        return 0
     _print_comparison(result["methods"])
     st = result["settings"]
     print(f"every path evaluated at {args.points} points or more: training loss on {st['train_samples']} samples, "
@@ -629,7 +633,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"llpf: warning: {message}", file=sys.stderr)
 
 
-SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce", "m2o-baselines"}  # the commands that run under torchrun
+SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce", "m2o-baselines", "compare"}  # the commands that run under torchrun
 
 
 def _join_ranks(args) -> None:

@@ -11,6 +11,7 @@
     DIR/comparison_pairs.csv          with --pairs: one row per pair and method
     DIR/comparison.json               both tables and the evaluation settings
     DIR/comparison.png                loss and accuracy profiles over path position; each method's maximum
+    DIR/ranks/rank-R.json             how each pair went on the rank that ran it (``llpf.shards``)
 
 Methods: ``line`` (the ``[line]`` table), ``llpf`` (M2M with the config's
 ``[m2m]``), ``autoneb`` (``[autoneb]``), ``bezier`` and ``polychain`` (the
@@ -19,7 +20,9 @@ table means its defaults. Pair k runs from the endpoint of seed 2k to that of
 seed 2k+1, each method with its table's seed + k (as ``llpf reproduce`` does).
 Running the same command again skips what is finished, resumes an interrupted
 run from its checkpoint and rewrites the tables and the figure; a different
-command on a non-empty DIR is refused.
+command on a non-empty DIR is refused. Under torchrun the pairs are dealt to
+the ranks as ``llpf reproduce`` deals repetitions, and rank 0 writes the
+tables; a pair that fails costs only itself, and is named in one line.
 
 Cost is counted in gradient evaluations (one forward and backward pass on one
 batch): Train_r steps for LLPF, interior pivots per band step for AutoNEB, one
@@ -33,9 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import config as C
-from ..errors import ConfigError
+from .. import distributed as D
+from .. import shards
+from ..errors import ConfigError, RunDirError
 from ..files import write_json
 from ..runtime import pick_device
+from ..store import RunDir
 from .profile import profile_run, read_path, stats
 from .run import (COMPARED, DEFAULT_METHODS, CompareLedger, Evaluation, method_config, method_result, parse_methods,
                   run_method, with_tables)
@@ -76,7 +82,8 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
     if data_dir:
         cfg.data.root = str(data_dir)
     cfg = with_tables(cfg, names)
-    device = pick_device(device)
+    world, rank = D.world_size(), D.rank()
+    device = D.init(device) if world > 1 else pick_device(device)
     ends = None
     if pairs is None:
         from ..runner import load_model
@@ -88,32 +95,61 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
     command = {"config": C.to_dict(cfg), "methods": names, "pairs": pairs, "points": points,
                "points_per_segment": points_per_segment, "train_samples": train_samples, "recompute_bn": recompute_bn,
                **({"start": str(ends[0].resolve()), "dest": str(ends[1].resolve())} if ends else {})}
-    ledger = CompareLedger(out, command)
-    ledger.data["device"] = str(device)
+    ledger = D.on_main(lambda: CompareLedger(out, command))
+    D.on_main(lambda: ledger.set("device", str(device)))
     return _run(cfg, names, out, ledger, ends, pairs, points, points_per_segment, train_samples, recompute_bn,
                 device, progress, log)
 
 
 def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, points_per_segment, train_samples,
          recompute_bn, device, progress, log) -> dict:
+    """Each rank runs its share of the pairs (all of them in one process); rank 0 writes the tables.
+
+    Pairs are dealt to torchrun's ranks as ``llpf reproduce`` deals repetitions
+    (:mod:`llpf.shards`); the other ranks return ``{}``.
+    """
     from ..data import prepare_data
     from ..reproduce import Experiment
 
+    world, rank, count = D.world_size(), D.rank(), pairs or 1
+    run_id = D.shared_run_id()
+    D.cleanup()  # the ranks work apart from here: a pair may outlast any collective's timeout
+    say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
     data = prepare_data(cfg, device)
     ev = Evaluation(cfg, data, train_samples, recompute_bn, device)
-    exp = Experiment(cfg, "m2m", out, device, progress, log, cache={"data": data})
-    results: list[dict] = []
-    for k in range(pairs or 1):
+    exp = Experiment(cfg, "m2m", out, device, progress, say, cache={"data": data})
+    run_of = lambda k, name: out / name if ends else out / f"pair-{k:02d}" / name  # noqa: E731
+
+    def results(upto: int) -> list[dict]:
+        """The finished runs of pairs below ``upto``, profiled (each profile is kept in its run directory)."""
+        return [{"pair": k, **method_result(name, run, RunDir(run).summary(), ev, ledger, points, points_per_segment,
+                                            progress)}
+                for k in range(upto) for name in names
+                if (run := run_of(k, name)).joinpath("summary.json").is_file()]
+
+    def run_pair(k: int) -> None:
         a, b = ends if ends else (exp.endpoint(2 * k), exp.endpoint(2 * k + 1))
         for name in names:
-            run = out / name if ends else out / f"pair-{k:02d}" / name
-            summary = run_method(name, method_config(cfg, name, k), a, b, run, ledger, device, progress, data, log)
-            results.append({"pair": k, **method_result(name, run, summary, ev, ledger, points, points_per_segment,
-                                                       progress)})
-        files = write_results(out, cfg, names, results, pairs, ev)
-    rows = method_rows(results, names, pairs or 1)
-    return {"methods": rows, "pairs": [{k: v for k, v in r.items() if k != "profile"} for r in results],
-            "files": files, "settings": settings(cfg, names, results, ev)}
+            run = run_of(k, name)
+            summary = run_method(name, method_config(cfg, name, k), a, b, run, ledger, device, progress, data, say)
+            method_result(name, run, summary, ev, ledger, points, points_per_segment, progress)
+        if world == 1:  # one process: the tables so far are readable while the next pair runs
+            write_results(out, cfg, names, results(k + 1), pairs, ev)
+
+    shards.run_shard(out, count, world, rank, run_id, run_pair, lambda k: False, say)
+    if rank != 0:
+        return {}
+    tally = shards.wait_for_ranks(out, count, world, run_id)
+    done = results(count)
+    files = write_results(out, cfg, names, done, pairs, ev)
+    if tally.failed or tally.missing:
+        raise RunDirError(f"{len(tally.failed) + len(tally.missing)} of {count} pair(s) did not finish: "
+                          + "; ".join(f"pair {k} ({tally.reasons.get(k, tally.statuses[k])})"
+                                      for k in tally.failed + tally.missing)
+                          + "; run the same command again to complete them")
+    rows = method_rows(done, names, count)
+    return {"methods": rows, "pairs": [{k: v for k, v in r.items() if k != "profile"} for r in done],
+            "files": files, "settings": settings(cfg, names, done, ev)}
 
 
 def settings(cfg: C.Config, names: Sequence[str], results: list[dict], ev: Evaluation) -> dict:

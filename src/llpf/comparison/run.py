@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import json
 import time
 from dataclasses import dataclass
@@ -84,11 +85,27 @@ class CompareLedger:
         out.mkdir(parents=True, exist_ok=True)
         write_json(self.file, self.data)
 
+    def update(self, change: Callable[[dict], Any]) -> None:
+        """Apply ``change`` to compare.json as it is on disk, under a lock: the ranks of a launch share the file."""
+        with open(self.file.with_name(".compare.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self.data = json.loads(self.file.read_text())
+            change(self.data)
+            write_json(self.file, self.data)
+
+    def set(self, key: str, value: Any) -> None:
+        self.update(lambda data: data.__setitem__(key, value))
+
     def add_time(self, key: str, seconds: float) -> None:
         """Add ``seconds`` to run ``key``'s wall time (a resumed run adds each session's)."""
-        entry = self.data["runs"].setdefault(key, {})
-        entry["wall_s"] = entry.get("wall_s", 0.0) + seconds
-        write_json(self.file, self.data)
+        def add(data: dict) -> None:
+            entry = data["runs"].setdefault(key, {})
+            entry["wall_s"] = entry.get("wall_s", 0.0) + seconds
+        self.update(add)
+
+    def wall_s(self, key: str) -> float | None:
+        """Run ``key``'s wall time so far, whichever rank ran it."""
+        return json.loads(self.file.read_text())["runs"].get(key, {}).get("wall_s")
 
 
 @dataclass
@@ -159,7 +176,7 @@ def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: C
     """One method's numbers on one pair: its path profiled (once; kept in RUN/profile.json), cost and time."""
     key = str(run.relative_to(ledger.file.parent))
     row = {"method": name, "run": key, "status": summary.get("status"),
-           "wall_seconds": ledger.data["runs"].get(key, {}).get("wall_s")}
+           "wall_seconds": ledger.wall_s(key)}
     if summary.get("status") != "complete":
         return {**row, "reason": summary.get("reason")}
     f = run / "profile.json"
