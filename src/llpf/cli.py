@@ -235,7 +235,7 @@ def _run_analysis_parsers(sub) -> None:
     p.add_argument("--start", "--start-model", required=True, help="start model weights (--start-model under torchrun)")
     p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
     p.add_argument("--decays", type=float, nargs="+", default=None,
-                   help="fine-tuning weight decays (default: 0 and 1/4, 1, 4 x the decay that shrinks as Move does)")
+                   help="fine-tuning weight decays (default: 0 and 1, 1/4, 4 x the decay that shrinks as Move does)")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the training set held out for choosing points, when the config sets none "
                         "(default 0.1; the start model should not have trained on it)")

@@ -42,7 +42,8 @@ from ..store import RunDir
 COLUMNS = ["method", "weight_decay", "status", "gradient_steps", "iterations", "best_iteration",
            "best_fraction_to_origin", "validation_loss", "validation_accuracy", "test_loss", "test_accuracy",
            "wall_s", "run"]
-DECAY_MULTIPLES = (0.0, 0.25, 1.0, 4.0)  # of the matched decay (see matched_decay)
+# Of the matched decay (see matched_decay). The plain and the matched runs come first: on 2 ranks they run together.
+DECAY_MULTIPLES = (0.0, 1.0, 0.25, 4.0)
 
 
 def baseline_config(cfg: C.Config, validation_fraction: float = 0.1) -> C.Config:
@@ -137,7 +138,7 @@ def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: 
                   data: Bundle | None = None, log: Callable[[str], object] = print) -> dict:
     """Run M2O, move-only and fine-tuning over ``decays`` from ``start`` into ``out``; write and return the table.
 
-    ``decays`` defaults to 0 and 1/4, 1 and 4 times :func:`matched_decay`.
+    ``decays`` defaults to 0 and 1, 1/4 and 4 times :func:`matched_decay`, in that order.
     ``data`` (default: the config's dataset) must hold a validation split.
     Under torchrun the runs are dealt to the ranks as repetitions are
     (:mod:`llpf.shards`): M2O to rank 0, move-only to rank 1, and each
