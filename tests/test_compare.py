@@ -257,10 +257,12 @@ def test_a_failed_pair_costs_only_itself_and_the_same_command_completes_it(pair,
         return original(name, cfg, a, b, run, *args)
 
     monkeypatch.setattr(comparison, "run_method", pair_1_fails)
+    said = []
     go = lambda: llpf.compare(pair / "c.toml", out, pairs=2, methods="line", points=5, device="cpu",  # noqa: E731
-                              log=lambda s: None)
+                              log=said.append)
     with pytest.raises(RunDirError, match=r"^1 of 2 pair\(s\) did not finish: pair 1 \(RuntimeError: out of memory\)"):
         go()
+    assert "rank 0: pair 1 failed: RuntimeError: out of memory" in said
     with open(out / "comparison_pairs.csv") as fh:
         assert [r["pair"] for r in csv.DictReader(fh)] == ["0"]  # what finished is written
     done = (out / "pair-00" / "line" / "profile.json").stat().st_mtime_ns

@@ -87,7 +87,8 @@ def _one_line(e: BaseException) -> str:
 def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
               run_one: Callable, finished: Callable[[int], bool],
               log: Callable[[str], None] = print,
-              together: Callable[[list[int]], list[list[int]]] | None = None) -> dict[str, dict]:
+              together: Callable[[list[int]], list[list[int]]] | None = None,
+              noun: str = "repetition") -> dict[str, dict]:
     """Run this rank's share of ``reps`` repetitions, keeping OUT/ranks/rank-R.json; return its entries.
 
     ``finished(k)`` says repetition k is already done (skipped); ``run_one(k)``
@@ -97,6 +98,7 @@ def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
     With ``together``, which splits the unfinished repetitions into groups that
     run at once (paths batched on one device), ``run_one(ks)`` runs a group and
     returns ``{k: facts}``; the group's repetitions share one fate.
+    ``noun`` names a unit of work in the log ("pair" for ``compare``).
     """
     mine = assign(reps, world, rank)
     status = RankStatus(out, rank, world, run_id, mine)
@@ -113,12 +115,13 @@ def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
     else:
         groups, run = together([k for k in mine if unfinished(k)]), run_one
     for ks in groups:
-        _run_group(status, ks, run, rank, log)
+        _run_group(status, ks, run, rank, log, noun)
     status.finish()
     return status.data["reps"]
 
 
-def _run_group(status: RankStatus, ks: list[int], run: Callable[[list[int]], dict], rank: int, log) -> None:
+def _run_group(status: RankStatus, ks: list[int], run: Callable[[list[int]], dict], rank: int, log,
+               noun: str) -> None:
     for k in ks:
         status.mark(k, "running")
     t0 = time.perf_counter()
@@ -131,7 +134,7 @@ def _run_group(status: RankStatus, ks: list[int], run: Callable[[list[int]], dic
     except Exception as e:  # one repetition's failure must not cost the others
         for k in ks:
             status.mark(k, "failed", reason=_one_line(e), wall_s=time.perf_counter() - t0)
-            log(f"rank {rank}: repetition {k} failed: {_one_line(e)}")
+            log(f"rank {rank}: {noun} {k} failed: {_one_line(e)}")
         return
     for k in ks:
         status.mark(k, "complete", wall_s=time.perf_counter() - t0, **(infos.get(k) or {}))

@@ -156,7 +156,8 @@ def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: 
     D.cleanup()  # the ranks work apart from here: a fine-tuning run may outlast any collective's timeout
     say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
     plan = Plan(cfg, start, out, decays, data, device, progress, force, world, run_id)
-    shards.run_shard(out, plan.count, world, rank, run_id, lambda k: plan.run(k, say), plan.finished, say)
+    shards.run_shard(out, plan.count, world, rank, run_id, lambda k: plan.run(k, say), plan.finished, say,
+                     noun="run")
     if rank != 0:
         return {}
     return plan.report(shards.wait_for_ranks(out, plan.count, world, run_id))

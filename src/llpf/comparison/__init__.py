@@ -136,7 +136,7 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
         if world == 1:  # one process: the tables so far are readable while the next pair runs
             write_results(out, cfg, names, results(k + 1), pairs, ev)
 
-    shards.run_shard(out, count, world, rank, run_id, run_pair, lambda k: False, say)
+    shards.run_shard(out, count, world, rank, run_id, run_pair, lambda k: False, say, noun="pair")
     if rank != 0:
         return {}
     tally = shards.wait_for_ranks(out, count, world, run_id)
