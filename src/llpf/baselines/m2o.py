@@ -180,15 +180,19 @@ class Plan:
     force: bool
     world: int
     run_id: str
+    m2o_done: tuple[int, int] | None = None  # M2O's (gradient steps, iterations), read once it is complete
 
     @property
     def count(self) -> int:
         return 2 + len(self.decays if self.decays is not None else DECAY_MULTIPLES)
 
     def budget(self) -> int | None:
-        """M2O's gradient steps, or None while M2O is not complete."""
-        m2o = RunDir(self.out / "m2o")
-        return gradient_steps(m2o.path) if m2o.exists and m2o.info().get("status") == "complete" else None
+        """M2O's gradient steps, or None while M2O is not complete (its run is read once, when it is)."""
+        if self.m2o_done is None:
+            m2o = RunDir(self.out / "m2o")
+            if m2o.exists and m2o.info().get("status") == "complete":
+                self.m2o_done = (gradient_steps(m2o.path), m2o.summary()["iterations"])
+        return None if self.m2o_done is None else self.m2o_done[0]
 
     def decay(self, k: int, steps: int) -> float:
         multiples = [m * matched_decay(self.cfg.m2o, steps) for m in DECAY_MULTIPLES]
@@ -198,8 +202,8 @@ class Plan:
         """Run ``k``'s (folder, kind, config); fine-tuning needs M2O's ``steps``."""
         if k < 2:
             return ("m2o", "move-only")[k], ("m2o", "move-only")[k], self.cfg
-        wd, iterations = self.decay(k, steps), RunDir(self.out / "m2o").summary()["iterations"]
-        return f"finetune-wd{wd:.4g}", "finetune", finetune_config(self.cfg, steps, iterations, wd)
+        wd = self.decay(k, steps)
+        return f"finetune-wd{wd:.4g}", "finetune", finetune_config(self.cfg, steps, self.m2o_done[1], wd)
 
     def finished(self, k: int) -> bool:
         """Run ``k`` is complete with these settings (one of other settings is refused, as ``--force`` does)."""
