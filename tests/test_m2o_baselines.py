@@ -208,3 +208,22 @@ def test_a_failed_m2o_costs_fine_tuning_not_move_only_and_a_rerun_completes_the_
     assert (tmp_path / "out" / "move-only" / "final.safetensors").stat().st_mtime_ns == move_only  # kept
     assert [r["run"] for r in result["rows"]] == [r["run"] for r in whole["rows"]]
     assert [r["test_loss"] for r in result["rows"]] == [r["test_loss"] for r in whole["rows"]]
+
+
+def test_an_m2o_that_ends_failed_stops_fine_tuning_instead_of_leaving_it_waiting(setup, tmp_path, monkeypatch):
+    import llpf.baselines.m2o as B
+
+    root, cfg, _, data = setup
+    original = B.run_once
+
+    def m2o_ends_failed(kind, cfg, start, out, *args):  # as a run whose loss became NaN ends: failed, with a summary
+        summary = original(kind, cfg, start, out, *args)
+        if kind == "m2o":
+            RunDir(out).set_status("failed", reason="NonFiniteError: loss is nan")
+        return summary
+
+    monkeypatch.setattr(B, "run_once", m2o_ends_failed)
+    with pytest.raises(B.RunDirError, match=r"fine-tuning run 1 \(RunDirError: M2O failed \(NonFiniteError"):
+        m2o_baselines(cfg, root / "start.safetensors", tmp_path / "out", decays=[0.0], device="cpu", data=data,
+                      log=lambda line: None)
+

@@ -57,11 +57,6 @@ def baseline_config(cfg: C.Config, validation_fraction: float = 0.1) -> C.Config
                                m2o=dataclasses.replace(cfg.m2o, select_on="validation"))
 
 
-def gradient_steps(run: str | Path) -> int:
-    """Gradient steps a run took: the sum of its per-iteration rounds (metrics.csv)."""
-    return int(sum(r["rounds"] or 0 for r in RunDir(run).metrics()))
-
-
 def matched_decay(pc: C.PathConfig, steps: int) -> float:
     """The weight decay at which ``steps`` SGD steps shrink a weight as much as the Move schedule does.
 
@@ -111,6 +106,11 @@ def run_once(kind: str, cfg: C.Config, start: Path, out: Path, data: Bundle, dev
     if not summary:
         raise KeyboardInterrupt
     return rd.update_summary({"wall_s": time.perf_counter() - t0})
+
+
+def gradient_steps(run: str | Path) -> int:
+    """Gradient steps a run took: the sum of its per-iteration rounds (metrics.csv)."""
+    return int(sum(r["rounds"] or 0 for r in RunDir(run).metrics()))
 
 
 def row_of(method: str, run: Path, s: dict, decay: float | None) -> dict:
@@ -232,6 +232,10 @@ class Plan:
     def wait_for_m2o(self, poll_s: float = 2.0) -> int:
         """M2O's gradient steps once it is complete; raises when its rank failed, was stopped or is gone."""
         while (steps := self.budget()) is None:
+            m2o = RunDir(self.out / "m2o")
+            if m2o.exists and m2o.info().get("status") == "failed":  # its rank went on: the run ended, not the rank
+                raise RunDirError(f"M2O failed ({m2o.info().get('reason')}), and fine-tuning takes its budget "
+                                  f"of gradient steps")
             tally = shards.collect(self.out, self.count, self.world, self.run_id)
             if tally.statuses[0] in ("failed", "interrupted") or shards.owner(0, self.world) in tally.gone:
                 raise RunDirError("M2O did not finish, and fine-tuning takes its budget of gradient steps")
