@@ -252,3 +252,8 @@ class RunDir(Observer):
             except ValueError:
                 continue
         return out
+
+
+def gradient_steps(run: str | Path) -> int:
+    """Gradient evaluations a run took: the sum of its ``rounds`` column (Train_r steps, band pivots, curve steps)."""
+    return int(sum(r.get("rounds") or 0 for r in RunDir(run).metrics()))

@@ -37,7 +37,7 @@ from .. import files
 from ..files import check_output_folder, write_json
 from ..runner import resolve_run, resume, run_path
 from ..runtime import pick_device
-from ..store import RunDir
+from ..store import RunDir, gradient_steps
 
 COLUMNS = ["method", "weight_decay", "status", "gradient_steps", "iterations", "best_iteration",
            "best_fraction_to_origin", "validation_loss", "validation_accuracy", "test_loss", "test_accuracy",
@@ -106,11 +106,6 @@ def run_once(kind: str, cfg: C.Config, start: Path, out: Path, data: Bundle, dev
     if not summary:
         raise KeyboardInterrupt
     return rd.update_summary({"wall_s": time.perf_counter() - t0})
-
-
-def gradient_steps(run: str | Path) -> int:
-    """Gradient steps a run took: the sum of its per-iteration rounds (metrics.csv)."""
-    return int(sum(r["rounds"] or 0 for r in RunDir(run).metrics()))
 
 
 def row_of(method: str, run: Path, s: dict, decay: float | None) -> dict:

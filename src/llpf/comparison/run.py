@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError, RunDirError
 from ..files import write_json
 from ..flat import layout_of
 from ..models import build_model
-from ..store import RunDir
+from ..store import RunDir, gradient_steps
 from ..train import DEFAULT_METRICS, evaluate_state, has_batchnorm
 from .profile import profile_run
 
@@ -164,11 +164,6 @@ def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: Co
     if not summary:
         raise KeyboardInterrupt
     return summary
-
-
-def gradient_steps(run: Path) -> int:
-    """Gradient evaluations a run took: the sum of its ``rounds`` column (Train_r steps, band pivots, curve steps)."""
-    return int(sum(r.get("rounds") or 0 for r in RunDir(run).metrics()))
 
 
 def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: CompareLedger,
