@@ -21,8 +21,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-SWITCHES = ("auto", "on", "off")
-
 
 @dataclass(frozen=True)
 class FastPath:

@@ -159,16 +159,11 @@ def _stop_on_signals(driver: Driver):
             signal.signal(s, h)
 
 
-def finish(rd: RunDir | None, driver: Driver, progress: bool) -> dict:
-    """Run the driver into ``rd``; mark the run complete, failed or interrupted; draw its figure.
-
-    ``rd`` is None on the ranks of a data-parallel run other than 0, which compute and write nothing.
-    """
-    return finish_all([rd], driver, progress)[0]
-
-
 def finish_all(rds: list[RunDir | None], driver: Driver, progress: bool) -> list[dict]:
-    """Run the driver, path k into ``rds[k]``; each path's summary (``{}`` where interrupted)."""
+    """Run the driver, path k into ``rds[k]``; each path's summary (``{}`` where interrupted).
+
+    ``rds[k]`` is None on the ranks of a data-parallel run other than 0, which compute and write nothing.
+    """
     with _stop_on_signals(driver):
         results = driver.run(progress=progress)
     return [result.summary if rd is None else _close(rd, driver, result.summary)
