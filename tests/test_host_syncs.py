@@ -63,6 +63,6 @@ def test_fixed_r_iterations_make_no_host_sync_and_until_loss_one_per_step(split,
     assert calls == []
     with counted(monkeypatch) as calls:
         _, rounds = m.iterate(4, until)
-    steps = 6 if isinstance(rounds, int) else int(rounds.max())
+    steps = rounds if isinstance(rounds, int) else int(rounds.max())
     assert steps == 6
     assert len(calls) == steps - UNTIL.min_rounds + 1  # one sync per step from min_rounds on: the loss the rule reads
