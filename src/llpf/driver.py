@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .data import Split
 from .distributed import any_rank, evaluate_sharded, recompute_bn_stats_sharded
+from .flat import cpu_state
 from .methods.base import Knots, Method, Record
 from .observer import Observer
 from .runtime import rng_state, set_rng_state
@@ -81,11 +82,6 @@ class PathResult:
     def column(self, name: str) -> list[tuple[int, float]]:
         """``(iteration, value)`` for every row that has ``name``."""
         return [(r["iteration"], r[name]) for r in self.rows if r.get(name) is not None]
-
-
-def _state_of(model: nn.Module) -> dict[str, Tensor]:
-    """A model's parameters and buffers, on the CPU."""
-    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
 
 
 class Driver:
@@ -169,7 +165,7 @@ class Driver:
         if self.iteration == 0:
             rec.start_metrics = dict(ev)
         if self.method.after_evaluation(k, self.iteration, ev, rec, measured):
-            self.observers[k].on_best(self.iteration, _state_of(measured))
+            self.observers[k].on_best(self.iteration, cpu_state(measured))
         row.update(ev)
 
     # ------------------------------------------------------------ recording
@@ -201,7 +197,7 @@ class Driver:
             self.observers[k].on_rows(rows)
 
     def _save_point(self, k: int) -> None:
-        state, obs = _state_of(self.method.model_of(k)), self.observers[k]
+        state, obs = cpu_state(self.method.model_of(k)), self.observers[k]
         obs.on_point(self.iteration, state)
         loader = obs.point_loader(self.iteration)
         if self.keep_points or loader is not None:

@@ -84,3 +84,9 @@ def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float
         else:
             out[k] = torch.lerp(va, vb, t)
     return out
+
+
+def cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    """A model's parameters and buffers (its ``state_dict``), detached copies on the CPU."""
+    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
+

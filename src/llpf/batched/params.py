@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import ModelMismatchError
 from ..geometry import Segments
-from ..flat import check_same_architecture, layout_of
+from ..flat import check_same_architecture, cpu_state, layout_of
 
 
 def _stacked(models: Sequence[nn.Module], named: str, device) -> dict[str, Tensor]:
@@ -88,7 +88,7 @@ class BatchedParams:
 
     def state_dict(self, k: int) -> dict[str, Tensor]:
         """Path k as the model's own ``state_dict`` (parameters and buffers), on the CPU."""
-        return {n: t.detach().cpu().clone() for n, t in self.model_of(k).state_dict().items()}
+        return cpu_state(self.model_of(k))
 
     def load_(self, k: int, state: Mapping[str, Tensor] | nn.Module) -> None:
         """Set path k from a model or a state dict of the same architecture."""

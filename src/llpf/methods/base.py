@@ -75,7 +75,7 @@ from ..data.augment import augmented
 from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
 from ..fast import fast_path
-from ..flat import FlatParams, check_finite, check_same_architecture, flat_of
+from ..flat import FlatParams, check_finite, check_same_architecture, cpu_state, flat_of
 from ..geometry import Segments
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, resolve
@@ -345,7 +345,7 @@ class SinglePath(FlatPaths):
 
     def state_dict(self, k: int) -> dict:
         """The weights, Train_r's state and the exact position of the batch stream (tensor Split or stateful loader)."""
-        return {"model": {n: v.detach().cpu().clone() for n, v in self.model.state_dict().items()},
+        return {"model": cpu_state(self.model),
                 **self.batches.state_dict(), "train_r": self.train_r.state_dict()}
 
     def load_state_dict(self, k: int, state: dict) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Phase, method_config
-from ..flat import layout_of
+from ..flat import cpu_state, layout_of
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase
 from ..train import LossFn
@@ -34,10 +34,6 @@ def stages(steps: list[int], names: tuple[str, ...]) -> list[ResolvedPhase]:
         out.append(ResolvedPhase(i, Phase(iterations=n), tuple(names), it + 1, it + n))
         it += n
     return out
-
-
-def cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
 
 
 class FixedEnds(Method):
