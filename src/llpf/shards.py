@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,6 +87,22 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM (torchrun stopping the ranks) interrupts like SIGINT, so the unit of work under way is marked."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
               run_one: Callable, finished: Callable[[int], bool],
               log: Callable[[str], None] = print,
@@ -114,8 +133,9 @@ def run_shard(out: str | Path, reps: int, world: int, rank: int, run_id: str,
         run = lambda ks: {ks[0]: run_one(ks[0]) or {}}  # noqa: E731
     else:
         groups, run = together([k for k in mine if unfinished(k)]), run_one
-    for ks in groups:
-        _run_group(status, ks, run, rank, log, noun)
+    with sigterm_interrupts():
+        for ks in groups:
+            _run_group(status, ks, run, rank, log, noun)
     status.finish()
     return status.data["reps"]
 

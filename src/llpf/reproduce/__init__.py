@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -97,7 +94,7 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
             exp.report(reps, world, run_id, shards.Tally(entries=entries), partial=True)
         return infos
 
-    with _signals_interrupt():
+    with shards.sigterm_interrupts():  # also while rank 0 waits for the others
         try:
             if n == 1:
                 shards.run_shard(out, reps, world, rank, run_id, lambda k: run_group([k])[k], exp.finished, say)
@@ -121,22 +118,6 @@ def _check_given(cfg: C.Config, start, dest) -> None:
     for path, what in ((start, "start"), (dest, "destination")):
         if path is not None:
             load_model(cfg, path, what)
-
-
-@contextmanager
-def _signals_interrupt():
-    """SIGTERM (torchrun stopping the ranks) interrupts like SIGINT, so the repetition under way is marked."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 class Ledger:
