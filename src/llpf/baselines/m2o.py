@@ -221,7 +221,7 @@ class Plan:
             log("move-only: M2O's Moves, no gradient step")
         else:
             log(f"fine-tuning, weight decay {cfg.m2o.weight_decay:.4g}: {steps} SGD steps")
-        s = run_once(kind, cfg, self.start, self.out / name, self.data, self.device, self.progress, self.force)
+        run_once(kind, cfg, self.start, self.out / name, self.data, self.device, self.progress, self.force)
         return {"run": name}
 
     def wait_for_m2o(self, poll_s: float = 2.0) -> int:

@@ -82,7 +82,7 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
     if data_dir:
         cfg.data.root = str(data_dir)
     cfg = with_tables(cfg, names)
-    world, rank = D.world_size(), D.rank()
+    world = D.world_size()
     device = D.init(device) if world > 1 else pick_device(device)
     ends = None
     if pairs is None:
