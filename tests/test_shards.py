@@ -83,6 +83,21 @@ def test_an_interrupted_rank_marks_the_repetition_and_stops(tmp_path):
                                                      4: "missing", 5: "missing"}
 
 
+
+def test_sigterm_marks_the_repetition_under_way_interrupted_and_the_handler_is_restored(tmp_path):
+    calls, run_one, finished = fake_experiment(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def sigterm_at_2(k):  # torchrun stopping the ranks
+        if k == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_one(k)
+    with pytest.raises(KeyboardInterrupt):
+        run_shard(tmp_path, 6, 2, 0, "L", sigterm_at_2, finished, log=lambda s: None)
+    data = json.loads(rank_file(tmp_path, 0).read_text())
+    assert {k: e["status"] for k, e in data["reps"].items()} == {"0": "complete", "2": "interrupted", "4": "pending"}
+    assert signal.getsignal(signal.SIGTERM) is before
+
 def test_groups_of_repetitions_run_together_and_share_one_fate(tmp_path):
     """With ``together`` a rank runs its unfinished repetitions in the groups it gives (paths batched together):
     a group completes, fails or is interrupted as one."""
