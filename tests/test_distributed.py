@@ -1,7 +1,5 @@
 """Data-parallel Train_r under torchrun (2 CPU ranks, Gloo) against one process at the same global batch."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,15 +9,9 @@ import torch.nn.functional as F
 
 from llpf import distributed as D
 from llpf.train import TrainR, evaluate, recompute_bn_stats
+from tiny import torchrun
 
 HERE = Path(__file__).parent
-
-
-def torchrun(script: Path, *args, nproc: int = 2, timeout: int = 180) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(script), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ share their launches through module fixtures.
 """
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from llpf.files import load_weights, save_weights
 from llpf.models import build_model
 from llpf.store import read_metrics
 from test_reproduce import TINY
-from tiny import LENET5_ON_DIGITS
+from tiny import LENET5_ON_DIGITS, torchrun
 
 HERE = Path(__file__).parent
 
@@ -41,13 +39,6 @@ step_a = 0.03
 until_loss = 2.28
 max_rounds = 4
 """
-
-
-def torchrun(*args, cwd: Path, hooks: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``torchrun --nproc-per-node 2`` of ``-m llpf ...`` or of the hooked entry point tests/ranked.py."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", **(hooks or {}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def main_in(folder: Path, args: list[str]) -> int:
