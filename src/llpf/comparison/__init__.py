@@ -120,19 +120,24 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
     exp = Experiment(cfg, "m2m", out, device, progress, say, cache={"data": data})
     run_of = lambda k, name: out / name if ends else out / f"pair-{k:02d}" / name  # noqa: E731
 
+    known: dict[tuple[int, str], dict] = {}  # the results this rank computed; the others' are read from disk
+
+    def result(k: int, name: str, summary: dict) -> dict:
+        return {"pair": k, **method_result(name, run_of(k, name), summary, ev, ledger, points, points_per_segment,
+                                           progress)}
+
     def results(upto: int) -> list[dict]:
         """The finished runs of pairs below ``upto``, profiled (each profile is kept in its run directory)."""
-        return [{"pair": k, **method_result(name, run, RunDir(run).summary(), ev, ledger, points, points_per_segment,
-                                            progress)}
+        return [known.get((k, name)) or result(k, name, RunDir(run).summary())
                 for k in range(upto) for name in names
                 if (run := run_of(k, name)).joinpath("summary.json").is_file()]
 
     def run_pair(k: int) -> None:
         a, b = ends if ends else (exp.endpoint(2 * k), exp.endpoint(2 * k + 1))
         for name in names:
-            run = run_of(k, name)
-            summary = run_method(name, method_config(cfg, name, k), a, b, run, ledger, device, progress, data, say)
-            method_result(name, run, summary, ev, ledger, points, points_per_segment, progress)
+            summary = run_method(name, method_config(cfg, name, k), a, b, run_of(k, name), ledger, device, progress,
+                                 data, say)
+            known[(k, name)] = result(k, name, summary)
         if world == 1:  # one process: the tables so far are readable while the next pair runs
             write_results(out, cfg, names, results(k + 1), pairs, ev)
 
