@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llpf.analysis.barriers import straight_line
-from llpf.baselines.autoneb import (AutoNEB, AutoNEBConfig, Band, Cycle, chain_points, insert_pivot, neb_force,
+from llpf.baselines.elastic_band import (AutoNEB, AutoNEBConfig, Band, Cycle, chain_points, insert_pivot, neb_force,
                                     paper_cycles, redistribute, tangent)
 from llpf.baselines.bezier import Curve, CurveConfig, curve_point, lr_factor
 from llpf.baselines.functional import FlatModel

@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from llpf.baselines.m2o import finetune_config, m2o_baselines, matched_decay
+from llpf.baselines.m2o_baselines import finetune_config, m2o_baselines, matched_decay
 from llpf.cli import main
 from llpf.config import TrainConfig, load_config
 from llpf.data import Bundle, Split, prepare_data
@@ -184,7 +184,7 @@ def test_an_interrupted_baseline_resumes_with_force_and_ends_as_an_uninterrupted
 
 
 def test_a_failed_m2o_costs_fine_tuning_not_move_only_and_a_rerun_completes_the_table(setup, tmp_path, monkeypatch):
-    import llpf.baselines.m2o as B
+    import llpf.baselines.m2o_baselines as B
 
     root, cfg, whole, data = setup
     original = B.run_once
@@ -211,7 +211,7 @@ def test_a_failed_m2o_costs_fine_tuning_not_move_only_and_a_rerun_completes_the_
 
 
 def test_an_m2o_that_ends_failed_stops_fine_tuning_instead_of_leaving_it_waiting(setup, tmp_path, monkeypatch):
-    import llpf.baselines.m2o as B
+    import llpf.baselines.m2o_baselines as B
 
     root, cfg, _, data = setup
     original = B.run_once

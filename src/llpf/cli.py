@@ -215,7 +215,7 @@ def _analysis_parsers(sub) -> None:
 
 
 def _run_analysis_parsers(sub) -> None:
-    """The commands that read run directories or run methods beside M2O (llpf.analysis, llpf.baselines.m2o)."""
+    """The commands that read run directories or run methods beside M2O (llpf.analysis, llpf.baselines.m2o_baselines)."""
     p = sub.add_parser("segments", help="certify a path: training loss on the straight segments between saved points")
     p.add_argument("run")
     p.add_argument("--points-per-segment", type=int, default=5, help="interior points per segment (default 5)")
@@ -524,7 +524,7 @@ def cmd_generalisation(args) -> int:
 
 
 def cmd_m2o_baselines(args) -> int:
-    from .baselines.m2o import COLUMNS, m2o_baselines
+    from .baselines.m2o_baselines import COLUMNS, m2o_baselines
     from .config import load_config
 
     r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,

@@ -183,7 +183,7 @@ def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> list[Cycle]:
 
 @dataclass
 class AutoNEBConfig(DriverSettings):
-    """AutoNEB (``llpf.baselines.autoneb``): a nudged elastic band grown in cycles.
+    """AutoNEB (``llpf.baselines.elastic_band``): a nudged elastic band grown in cycles.
 
     The published settings but two, both for LeNet5: the published schedule's
     shape at 2% of its steps (320 band steps; 20 per 1000) and a tenth of its

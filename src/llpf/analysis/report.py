@@ -236,7 +236,7 @@ def generalisation_section(d: Path) -> str:
 
 
 def baselines_section(d: Path) -> str:
-    from ..baselines.m2o import COLUMNS
+    from ..baselines.m2o_baselines import COLUMNS
 
     r = json.loads((d / "m2o-baselines.json").read_text())
     parts = [f"<h2>M2O against its baselines: {esc(d)}</h2>",

@@ -8,6 +8,6 @@ paths with one vmapped gradient per step; ``batched_m2m_iteration`` and
 from .iterations import batched_m2m_iteration, batched_m2o_iteration
 from .params import BatchedParams
 from .streams import StackedStreams
-from .train import BatchedTrainR
+from .train_r import BatchedTrainR
 
 __all__ = ["BatchedParams", "BatchedTrainR", "StackedStreams", "batched_m2m_iteration", "batched_m2o_iteration"]

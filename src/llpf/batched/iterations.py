@@ -14,7 +14,7 @@ from ..config import PathConfig
 from ..geometry import angle_conformal_lr, move_, variance_correction_
 from ..schedule import ResolvedPhase
 from .params import BatchedParams
-from .train import BatchedTrainR
+from .train_r import BatchedTrainR
 
 
 def _active(mask: Tensor, bp: BatchedParams) -> Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .autoneb import AutoNEBPath
 from .base import FlatPaths, Knots, Method, Record, SinglePath, TrainBatches
-from .baselines import FineTune, MoveOnly
+from .finetune import FineTune, MoveOnly
 from .batched import BatchedM2M, BatchedM2O, BatchedPaths
 from .curve import CurvePath
 from .fixed_ends import FixedEnds

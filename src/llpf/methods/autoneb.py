@@ -1,6 +1,6 @@
 """AutoNEB (Draxler et al. 2018) as a path method: one driver iteration is one band step.
 
-The algorithm is :class:`llpf.baselines.autoneb.AutoNEB`; its cycles are the
+The algorithm is :class:`llpf.baselines.elastic_band.AutoNEB`; its cycles are the
 phases of the schedule, so cycle boundaries and pivot insertions fall at the
 iterations the ``[autoneb]`` table gives, and a resumed run continues inside a
 cycle with the optimizer's state. Each iteration's ``batch_loss`` is the
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..baselines.autoneb import AutoNEB, along
+from ..baselines.elastic_band import AutoNEB, along
 from ..config import AutoNEBConfig
 from ..data import Split
 from ..errors import ConfigError
