@@ -36,6 +36,7 @@ class ModelConfig:
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 32
+    width: float = 1.0  # channels (ResNet18, LeNet5) or embedding dimension (CCT) times this; 1.0: the paper's model
 
 
 @dataclass
@@ -282,7 +283,7 @@ _CHOICES = {
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
              "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size", "steps",
-             "initial_pivots", "max_pivots", "points_per_segment", "points"}
+             "initial_pivots", "max_pivots", "points_per_segment", "points", "width"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
@@ -339,7 +340,7 @@ def from_dict(cls, data: dict, where: str = ""):
         choices = _CHOICES.get((cls.__name__, key))
         if choices and v not in choices:
             raise ConfigError(f"{full} must be one of {', '.join(choices)}, got {v!r}")
-        if key in _POSITIVE and v <= 0:
+        if key in _POSITIVE and not v > 0:
             raise ConfigError(f"{full} must be positive, got {v!r}")
         if key in _NON_NEGATIVE and (v < 0 or v != v):
             raise ConfigError(f"{full} must not be negative, got {v!r}")
