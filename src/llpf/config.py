@@ -44,7 +44,9 @@ class DataConfig:
     name: str = "digits"
     root: str = ""
     validation_fraction: float = 0.0
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 0  # 0: measured for the model on its device (llpf.evaluation)
+    # BatchNorm statistics are recomputed on this many training examples, a slice drawn once (0: all of them)
+    recalibration_examples: int = 8192
     limit_train: int = 0
     limit_test: int = 0
 
@@ -282,12 +284,12 @@ _CHOICES = {
     ("CurveConfig", "kind"): ("bezier", "polychain"),
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
-             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size", "steps",
+             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "steps",
              "initial_pivots", "max_pivots", "points_per_segment", "points", "width"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
-                 "insertion_samples"}
+                 "insertion_samples", "eval_batch_size", "recalibration_examples"}
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
