@@ -248,7 +248,8 @@ def test_counts_at_a_quarter_width_are_a_sixteenth_of_the_convolutions():
     """What the widths say, as ratios: the 3x3 convolutions, most of ResNet18, shrink as width squared."""
     full = build_model(ModelConfig("resnet18", 10, 3))
     quarter = build_model(ModelConfig("resnet18", 10, 3, width=0.25))
-    convs = lambda m: sum(p.numel() for n, p in m.named_parameters() if p.dim() == 4 and n != "conv1.weight")  # noqa: E731
+    def convs(m):
+        return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 4 and n != "conv1.weight")
     assert convs(full) == 16 * convs(quarter)
     assert 15 < n_params(full) / n_params(quarter) < 16
 

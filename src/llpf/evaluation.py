@@ -55,8 +55,9 @@ def split_in(split: Split, fmt: torch.memory_format) -> Split:
 
 
 def bn_slice(train: Split, examples: int, seed: int = 0) -> Split:
-    """The fixed slice BatchNorm statistics are recomputed on: ``examples`` training examples (all when 0 or more
-    than there are), drawn once with ``seed``, in a random order, so no batch of a class-sorted split holds one class."""
+    """The fixed slice BatchNorm statistics are recomputed on: ``examples`` training examples (all when 0 or
+    more than there are), drawn once with ``seed``, in a random order, so no batch of a class-sorted split holds
+    one class."""
     n = len(train)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:examples or n].to(train.y.device)
     return Split(train.x[idx], train.y[idx])
@@ -73,7 +74,7 @@ def _seconds(fn, cuda: bool) -> float:
 
 
 def eval_batch_for(model: nn.Module, split: Split) -> int:
-    """The batch ``model`` is evaluated on ``split`` in: measured on its first examples (:func:`measured_batch_size`)."""
+    """The batch ``model`` is evaluated on ``split`` in, measured on its first examples (``measured_batch_size``)."""
     return measured_batch_size(model, split.x[:CANDIDATE_BATCHES[-1]])
 
 
