@@ -1,7 +1,7 @@
 """The layer-order experiment's tables (docs/results.md) from its run directories.
 
     PYTHONPATH=src python benchmarks/layer_order_report.py RUNS/pair0/one-phase RUNS/pair0/six-phases \
-        RUNS/pair0/line ...
+        RUNS/pair0/line ... [--figure FILE.png]
 
 For each M2M run: its gradient steps (all, and per phase), the largest
 training-set loss at its evaluated points and the phase it was in, the
@@ -10,14 +10,17 @@ accuracy at the start, their extremes along the path and at the end, the
 largest final/initial distance over layers, whether every layer reached its
 variance-sphere floor, and the verdicts. For each straight line (``llpf
 line``): its largest training loss, the barrier above the endpoints' linear
-interpolation, and the lowest test accuracy. Prints markdown.
+interpolation, and the lowest test accuracy. Prints markdown. ``--figure``
+draws every run's training-set loss and test accuracy against the fraction of
+its way (iterations over the path's, t along a line).
 """
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from llpf.analysis.barriers import line_summary
+from llpf.plots import new_figure, save_figure
 from llpf.store import RunDir, gradient_steps
 
 
@@ -54,8 +57,29 @@ def line_row(run: Path) -> str:
             f"lowest test accuracy {min(test):.4f} |")
 
 
-def main(runs: list[str]) -> None:
-    paths = [Path(r) for r in runs]
+def figure(paths: list[Path], out: Path) -> None:
+    fig = new_figure(figsize=(11, 4.2))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for p in paths:
+        rows = RunDir(p).metrics()
+        last = max(r["iteration"] for r in rows) or 1
+        style = "--" if RunDir(p).info().get("kind") == "line" else "-"
+        for ax, key in ((loss_ax, "train_loss"), (acc_ax, "test_accuracy")):
+            pts = column(rows, key)
+            ax.plot([r["iteration"] / last for r, _ in pts], [v for _, v in pts], style, marker=".", label=str(p))
+    loss_ax.set(xlabel="fraction of the way (iterations / path's; t on a line)", ylabel="training-set loss",
+                yscale="log", title="training loss at evaluated points")
+    acc_ax.set(xlabel="fraction of the way", ylabel="test accuracy", title="test accuracy")
+    loss_ax.legend(fontsize=7)
+    save_figure(fig, out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--figure", default=None)
+    args = ap.parse_args()
+    paths = [Path(r) for r in args.runs]
     m2m = [p for p in paths if RunDir(p).info().get("kind") == "m2m"]
     lines = [p for p in paths if RunDir(p).info().get("kind") == "line"]
     if m2m:
@@ -70,7 +94,10 @@ def main(runs: list[str]) -> None:
         print("|---|---|---|---|---|")
         for p in lines:
             print(line_row(p))
+    if args.figure:
+        figure(m2m + lines, Path(args.figure))
+        print(f"\nfigure: {args.figure}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
