@@ -11,7 +11,8 @@ subset) and of one path (its iterations at 1 and at 2 Train_r steps per
 iteration on average, plus an evaluation every ``eval_every``), and the widest
 width whose endpoint fits ``--endpoint-minutes`` and whose path at 2 steps
 per iteration fits ``--path-minutes``. Every time is the median of a few
-blocks, one thread; say the machine's load beside them.
+blocks of the process's CPU time (one thread, so a machine shared with other
+jobs slows the wall clock, not this); say the machine's load beside them.
 
     PYTHONPATH=src python benchmarks/resnet18_width.py benchmarks/resnet18-quarter-cifar10-six-phases.toml
 """
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import os
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +34,15 @@ from llpf.data.augment import augment, default_augmentation
 from llpf.methods import M2M
 from llpf.models import build_model
 from llpf.train import endpoint_optimizer
+
+
+class CpuClock(Clock):
+    """CPU seconds of this process a function takes (one thread: its time on a core)."""
+
+    def __call__(self, fn) -> float:
+        t0 = time.process_time()
+        fn()
+        return time.process_time() - t0
 
 
 def median_seconds(clock: Clock, fn, repeats: int) -> float:
@@ -94,7 +105,7 @@ def main() -> None:
     ap.add_argument("--path-minutes", type=float, default=70.0)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg, clock = load_config(args.config), Clock(torch.device("cpu"))
+    cfg, clock = load_config(args.config), CpuClock(torch.device("cpu"))
     n_train, n_test = cfg.data.limit_train or 50000, cfg.data.limit_test or 10000
     g = torch.Generator().manual_seed(0)
     split = Split(torch.randn(2048, 3, 32, 32, generator=g), torch.randint(0, 10, (2048,), generator=g))
