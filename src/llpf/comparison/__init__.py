@@ -3,7 +3,8 @@
 ::
 
     DIR/compare.json                  the command that made it (re-running it continues), wall times
-    DIR/endpoints/seedS.safetensors   with --pairs N: endpoints trained from seeds 0 .. 2N-1 (Table 3 recipe),
+    DIR/endpoints/seedS.safetensors   with --pairs N: endpoints trained from seeds 0 .. 2N-1 (Table 3 recipe;
+                                      the odd seeds with [train.dest] when the config has it, as seedS-dest),
                                       seedS.json their metrics and training time
     DIR/METHOD/                       one run directory per method (DIR/pair-XX/METHOD/ with --pairs)
     DIR/.../METHOD/profile.json       the dense evaluation of its path (llpf.comparison.profile)
@@ -133,7 +134,7 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
                 if (run := run_of(k, name)).joinpath("summary.json").is_file()]
 
     def run_pair(k: int) -> None:
-        a, b = ends if ends else (exp.endpoint(2 * k), exp.endpoint(2 * k + 1))
+        a, b = ends if ends else (exp.endpoint(2 * k), exp.endpoint(2 * k + 1, "dest"))
         for name in names:
             summary = run_method(name, method_config(cfg, name, k), a, b, run_of(k, name), ledger, device, progress,
                                  data, say)

@@ -55,7 +55,8 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     n_evals = pc.total_iterations // pc.eval_every + 1
     eval_examples = n_test + (n_train if cfg.data.name != "imagenet" else 0)  # ImageNet: validation only
     endpoints = 0 if cfg.data.name == "imagenet" else (2 if kind == "m2m" else 1)
-    ep_steps = endpoints * endpoint_epochs(cfg.train) * (n_train // cfg.train.batch_size)
+    recipes = [cfg.train.recipe("start"), cfg.train.recipe("dest")][:endpoints]  # M2M: a start and a destination
+    ep_steps = sum(endpoint_epochs(r) * (n_train // r.batch_size) for r in recipes)
     plan = {
         "name": cfg.name, "kind": kind, "description": cfg.description, "device": str(device),
         "model": cfg.model.name, "parameters": nparams, "layers": len(names), "data": source,
