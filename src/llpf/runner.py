@@ -154,17 +154,35 @@ def _driver(kind: str, cfgs: list[C.Config], starts: list[Weights], dests: list[
 
 
 def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:
-    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer."""
+    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer.
+
+    What the warning says follows the spheres of the schedule: a path that
+    ends on the start's sphere cannot get closer to the destination than the
+    distance between the spheres; one that switches to the destination's
+    sphere at once (``sphere = "dest"``) rescales those layers in one
+    iteration; one whose sphere moves there gradually needs no warning.
+    """
     from .analysis.variance import check_variance_pair
 
     m = driver.method
+    ends_on_dest = m.schedule[-1].sphere_to == 1
+    jump = next((rp for rp in m.schedule if rp.sphere == "dest" and rp.sphere_from == 0), None)
+    if ends_on_dest and jump is None:
+        return
     for k in range(m.paths):
         far = check_variance_pair(m.model_of(k), m.dest_module(k), tolerance)
-        if far:
-            worst = max(far, key=lambda r: r["relative_difference"])
-            warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
-                          f"{tolerance:.0%} (worst {worst['layer']}: {worst['relative_difference']:.0%}); the path "
-                          f"cannot get closer than the distance between their variance spheres (paper Eq. 4)",
+        if not far:
+            continue
+        worst = max(far, key=lambda r: r["relative_difference"])
+        differ = (f"{len(far)} layer(s) of start and destination differ in variance by more than {tolerance:.0%} "
+                  f"(worst {worst['layer']}: {worst['relative_difference']:.0%})")
+        if ends_on_dest:
+            warnings.warn(f"{differ}; sphere = \"dest\" rescales them onto the destination's variance sphere at "
+                          f"iteration {jump.first}, at once; sphere = \"moving\" spreads that over the phase",
+                          PrerequisiteWarning, stacklevel=2)
+        else:
+            warnings.warn(f"{differ}; the path cannot get closer than the distance between their variance spheres "
+                          f"(paper Eq. 4); [m2m] sphere = \"dest\" or \"moving\" ends it on the destination's sphere",
                           PrerequisiteWarning, stacklevel=2)
 
 
