@@ -40,6 +40,30 @@ def normalisation_parameters(model: nn.Module) -> set[str]:
     return out
 
 
+@dataclass(frozen=True)
+class LayerGroup:
+    """The parameters one module owns directly, in model order: what a phase pattern like ``module.*`` selects."""
+
+    module: str
+    type: str
+    parameters: tuple[tuple[str, tuple[int, ...]], ...]  # (short name, shape)
+    normalisation: bool
+
+    @property
+    def size(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.parameters)
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """The model's trainable parameters grouped by the module that owns them, in order (``llpf layers``)."""
+    out = []
+    for mname, module in model.named_modules():
+        params = tuple((n, tuple(p.shape)) for n, p in module.named_parameters(recurse=False) if p.requires_grad)
+        if params:
+            out.append(LayerGroup(mname, type(module).__name__, params, isinstance(module, NORM_TYPES)))
+    return out
+
+
 def select(patterns: list[str], names: tuple[str, ...] | list[str]) -> list[str]:
     """The names matched by any of the glob ``patterns``, in model order.
 
@@ -51,7 +75,8 @@ def select(patterns: list[str], names: tuple[str, ...] | list[str]) -> list[str]
         hits = {n for n in names if fnmatchcase(n, pat) or fnmatchcase(n, pat + ".*")}
         if not hits:
             shown = ", ".join(names[:40]) + (", ..." if len(names) > 40 else "")
-            raise ConfigError(f"layer pattern {pat!r} matches no parameter; valid names: {shown}")
+            raise ConfigError(f"layer pattern {pat!r} matches no parameter; valid names: {shown} "
+                              f"(llpf layers CONFIG lists them by module)")
         chosen |= hits
     return [n for n in names if n in chosen]
 
