@@ -177,9 +177,9 @@ sphere = "moving"
 """
 
 
-def test_a_moving_sphere_is_recorded_and_drawn_per_layer(tmp_path, capsys):
-    """metrics.csv holds each layer's S_var over its start variance; figures/path.png gets a fourth panel."""
-    import matplotlib.image
+def test_a_moving_sphere_is_recorded_and_drawn_per_layer(tmp_path, capsys, monkeypatch):
+    """metrics.csv holds each layer's S_var over its start variance; the path figure draws it, one curve per layer."""
+    from llpf import plots
 
     (tmp_path / "c.toml").write_text(MOVING)
     for seed, recipe in ((0, "start"), (1, "dest")):
@@ -199,7 +199,14 @@ def test_a_moving_sphere_is_recorded_and_drawn_per_layer(tmp_path, capsys):
         for n in va:
             want = ((1 - f) * math.sqrt(va[n]) + f * math.sqrt(vb[n])) ** 2 / va[n]
             assert r[f"target_var_ratio/{n}"] == pytest.approx(want, rel=1e-5)
-    assert matplotlib.image.imread(run / "figures" / "path.png").shape[0] == 11 * 110  # four panels, not three
+    assert (run / "figures" / "path.png").is_file()
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: drawn.append(fig))
+    plots.path_figure(run)
+    panel = drawn[0].axes[3]
+    assert panel.get_ylabel() == "target variance / start variance"
+    curves = {line.get_label(): list(line.get_ydata()) for line in panel.get_lines()}
+    assert curves == {n: [r[f"target_var_ratio/{n}"] for r in rows] for n in va}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["endpoint_recipes"]["dest"]["lr"] == 0.05 and summary["endpoint_recipes"]["start"]["lr"] == 0.01
 

@@ -76,6 +76,8 @@ def test_width_channels_and_random_draws():
     assert sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in full.parameters()) / 2
     grey = build_model(tv("shufflenet_v2_x0_5", in_channels=1, stem="cifar"))
     assert first_conv(grey).in_channels == 1 and grey(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    grey = first_conv(build_model(tv("resnet18", in_channels=1)))  # the builder's own stem, one input channel
+    assert (grey.in_channels, grey.kernel_size, grey.stride, grey.out_channels) == (1, (7, 7), (2, 2), 64)
     assert draws_random_numbers(tv("mobilenet_v2")) and not draws_random_numbers(tv("shufflenet_v2_x0_5"))
 
 
