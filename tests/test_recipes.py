@@ -105,6 +105,8 @@ def test_reproduce_trains_destinations_with_the_dest_recipe_and_summaries_say_wh
     dest = load_weights(ends / "seed1-dest.safetensors")
     assert all(torch.equal(dest[k], v) for k, v in initialisation(cfg, 1).items())
     assert json.loads((ends / "seed1-dest.json").read_text())["recipe"] == "dest"
+    table = (out / "summary.md").read_text()
+    assert "| seed1-dest | dest |" in table and "| seed0 | start |" in table
     summary = json.loads((out / "rep-00" / "summary.json").read_text())
     recipes = summary["endpoint_recipes"]
     assert (recipes["start"]["recipe"], recipes["start"]["lr"]) == ("start", 0.05)
