@@ -23,6 +23,7 @@ _PUBLIC = {
     "Driver": "driver", "PathResult": "driver",
     "METHODS": "methods", "register": "methods",
     "compare": "comparison",
+    "align": "alignment",
 }
 
 __all__ = [*_PUBLIC, "__version__"]
