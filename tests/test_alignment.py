@@ -10,6 +10,7 @@ from llpf.alignment import align, permutation_spec
 from llpf.alignment.layout import permute_state
 from llpf.alignment.matching import weight_matching
 from llpf.errors import AlignmentError, ModelMismatchError
+from llpf.models.cct import CCT
 from llpf.models.lenet5 import LeNet5
 from tiny import ConvBN
 
@@ -36,6 +37,21 @@ def narrow_resnet18(width: int = 8) -> nn.Module:
     return m
 
 
+class Dense(nn.Module):
+    """DenseNet-like: two convolutions' channels concatenated, normalised together, read by a third."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.conv1 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+        self.norm, self.conv2 = nn.BatchNorm2d(10), nn.Conv2d(10, 5, 1)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        a = F.relu(self.conv0(x))
+        c = self.norm(torch.cat([a, F.relu(self.conv1(a))], 1))
+        return self.head(F.adaptive_avg_pool2d(F.relu(self.conv2(c)), 1).flatten(1))
+
+
 def randomised(model: nn.Module, seed: int) -> nn.Module:
     """Every tensor random (BatchNorm statistics and affine parameters too), so any unit out of place shows."""
     g = torch.Generator().manual_seed(seed)
@@ -51,6 +67,11 @@ CASES = {
     "mlp": (MLP, (4, 20)),
     "lenet5": (lambda: LeNet5(10, 1, 32), (4, 1, 32, 32)),
     "resnet18-narrow": (narrow_resnet18, (4, 3, 32, 32)),
+    "concat": (Dense, (4, 3, 8, 8)),
+    # depthwise convolutions and inverted residuals
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25), (2, 3, 32, 32)),
+    # a transformer: its residual stream (positional embedding, LayerNorms) and MLPs move, attention's qkv stays
+    "cct": (lambda: CCT(10, 3, 16, dim=16, depth=2, heads=2), (2, 3, 16, 16)),
 }
 
 
@@ -121,6 +142,30 @@ def test_residual_additions_join_groups_and_the_outputs_stay():
     assert 0 not in spec.axes.get("fc.weight", {}) and "fc.bias" not in spec.axes
     assert "fc" in spec.fixed and "output" in spec.fixed["fc"]
     assert len(spec.units) == 12  # 4 stages x (a stream + 2 inner groups)
+
+
+def test_concatenated_channels_keep_their_groups_side_by_side():
+    spec = permutation_spec(Dense(), torch.randn(2, 3, 8, 8))
+    g0, g1 = group_of(spec, "conv0.weight", 0), group_of(spec, "conv1.weight", 0)
+    for name, axis in (("conv2.weight", 1), ("norm.weight", 0), ("norm.running_mean", 0)):
+        assert [(s.group, s.units) for s in spec.axes[name][axis]] == [(g0, 6), (g1, 4)], name
+
+
+def test_depthwise_convolutions_keep_their_input_s_units_and_transformers_their_stream():
+    mobile = permutation_spec(torchvision.models.mobilenet_v2(width_mult=0.25), torch.randn(2, 3, 32, 32))
+    expand = group_of(mobile, "features.2.conv.0.0.weight", 0)
+    for name, axis in (("features.2.conv.1.0.weight", 0), ("features.2.conv.1.1.running_var", 0),
+                       ("features.2.conv.2.weight", 1)):
+        assert group_of(mobile, name, axis) == expand, name
+    assert group_of(mobile, "features.2.conv.2.weight", 0) == group_of(mobile, "features.3.conv.2.weight", 0)
+    cct = permutation_spec(CCT(10, 3, 16, dim=16, depth=2, heads=2), torch.randn(2, 3, 16, 16))
+    stream = group_of(cct, "tokenizer.conv_layers.0.0.weight", 0)
+    for name, axis in (("classifier.positional_emb", 2), ("classifier.blocks.0.self_attn.proj.weight", 0),
+                       ("classifier.blocks.1.linear2.bias", 0), ("classifier.norm.weight", 0),
+                       ("classifier.attention_pool.weight", 1), ("classifier.fc.weight", 1)):
+        assert group_of(cct, name, axis) == stream, name
+    assert 0 not in cct.axes["classifier.blocks.0.self_attn.qkv.weight"]
+    assert "reshape across units" in cct.fixed["classifier.blocks.0.self_attn.qkv"]
 
 
 def test_lenet5_flatten_ties_each_channel_to_its_block_of_fc1_inputs():
