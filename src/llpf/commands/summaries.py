@@ -14,6 +14,8 @@ def print_summary(kind: str, s: dict, out=None) -> None:
         _print_m2o(s, out)
     else:
         _print_baseline(kind, s, out)
+    if "alignment" in s:
+        print_alignment(s["alignment"], out, indent="  ")
 
 
 def _print_m2m(s: dict, out) -> None:
@@ -35,8 +37,6 @@ def _print_m2m(s: dict, out) -> None:
     if "straight_line_max_train_loss" in s:
         print(f"  straight line between the same endpoints peaks at training loss "
               f"{s['straight_line_max_train_loss']:.4f}", file=out)
-    if "alignment" in s:
-        print_alignment(s["alignment"], out, indent="  ")
 
 
 def print_alignment(r: dict, out=None, indent: str = "") -> None:
