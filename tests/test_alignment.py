@@ -227,3 +227,13 @@ def test_an_untraceable_model_or_another_architecture_is_one_clear_error():
         align(LeNet5(10, 1, 32), ConvBN(), torch.randn(2, 1, 32, 32))
     with pytest.raises(ModelMismatchError, match="fc3.weight"):
         align(LeNet5(10, 1, 32), LeNet5(5, 1, 32), torch.randn(2, 1, 32, 32))
+
+
+def test_an_alignment_that_would_change_the_function_is_refused(monkeypatch):
+    """The safety net behind every rule: were the outputs misread as movable, B's function would change."""
+    from llpf.alignment import rules
+
+    monkeypatch.setattr(rules, "output", lambda w, node: {})
+    a, b = randomised(MLP(), 9), randomised(MLP(), 10)
+    with pytest.raises(AlignmentError, match="outputs differ from B's by .* on the example batch"):
+        align(a, b, torch.randn(8, 20))
