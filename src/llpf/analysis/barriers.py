@@ -69,7 +69,7 @@ def straight_line(model_a: nn.Module, model_b: nn.Module, data_split, points: in
 
 
 class PointEvaluator:
-    """``at(state)``: loss and metrics of ``model``'s architecture at any state, every split, as a line is evaluated.
+    """``at(state)``: loss and metrics of ``model``'s architecture at any state on every split, as on a line.
 
     ``data_split`` is read as :func:`straight_line` reads it; ``train_samples``
     (> 0) keeps a fixed random subset of the training split (the ``train``
