@@ -287,3 +287,45 @@ def test_files_and_report_section(runs, tmp_path):
         assert files[k].stat().st_size > 5_000
     html = build_report([tmp_path / "lw"], tmp_path / "report").read_text()
     assert "Layer-wise linear connectivity" in html and html.count("<img") >= 3
+
+
+def test_the_command_on_two_models_and_on_a_run(runs, tmp_path, capsys):
+    from llpf.analysis.report import build_report
+    from llpf.cli import main
+
+    cfg, a, b = str(runs["config"]), str(runs["a"]), str(runs["b"])
+    out = tmp_path / "lw"
+    assert main(["layerwise", cfg, a, b, "--out", str(out), "--points", "3", "--groups", "tensors", "--train-samples",
+                 "64", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    j = json.loads((out / "layerwise.json").read_text())
+    assert j["inputs"] == {"config": "tiny", "a": a, "b": b} and j["settings"]["groups"] == "tensors"
+    assert len(j["groups"]) == 10 and f"whole-model barrier (train_loss at λ=0.5 minus the endpoints' mean): " \
+        f"{j['whole_model_barrier']:.4f}" in printed and "fc1.bias" in printed
+    assert main(["layerwise", cfg, a, b, "--out", str(out), "--points", "3"]) == 2  # a finished output is kept
+    assert "not empty" in capsys.readouterr().err
+    run = tmp_path / "m2m"
+    import shutil
+
+    shutil.copytree(runs["m2m"], run)
+    assert main(["layerwise", str(run), "--points", "3", "--train-samples", "100", "--quiet"]) == 0
+    assert "segments between saved points" in capsys.readouterr().out
+    j = json.loads((run / "layerwise" / "layerwise.json").read_text())
+    assert j["settings"]["train_samples"] == 100 and len(j["segments"]) == len(j["run"]["points"]) - 1
+    assert "Layer-wise linear connectivity" in build_report([run], tmp_path / "report", pca=False).read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["A", "B"], "CONFIG A B or one RUN"), (["C", "A", "B"], "--out is required"),
+    (["C", "A", "B", "--out", "o", "--points", "4"], "must be odd"),
+    (["C", "A", "B", "--out", "o", "--carrier-fraction", "2"], r"\(0, 1\]"),
+    (["C", "A", "B", "--out", "o", "--train-samples", "-5"], "at least 0"),
+    (["C", "A", "B", "--out", "o", "--groups", "layers"], "invalid choice")])
+def test_command_line_mistakes_are_one_line(argv, message, capsys):
+    import re
+
+    from llpf.cli import main
+
+    assert main(["layerwise", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
