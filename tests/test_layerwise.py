@@ -167,6 +167,7 @@ def test_lambda_0_and_1_reproduce_the_endpoints_exactly(digits):
 
 def test_groups_are_modules_or_tensors_and_buffers_go_with_their_module():
     from llpf.models import LeNet5
+    from llpf.models.resnet18 import resnet18_cifar
     from tiny import ConvBN
 
     assert layer_groups(LeNet5())["fc1"] == ["fc1.weight", "fc1.bias"]
@@ -176,6 +177,10 @@ def test_groups_are_modules_or_tensors_and_buffers_go_with_their_module():
     assert g["norm"] == ["norm.weight", "norm.bias", "norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
     assert layer_groups(ConvBN(), "tensors")["norm.weight"][1:] == ["norm.running_mean", "norm.running_var",
                                                                    "norm.num_batches_tracked"]
+    blocks = layer_groups(resnet18_cifar(), "blocks")
+    assert list(blocks) == ["conv1", "bn1"] + [f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)] + ["fc"]
+    assert "layer2.0.downsample.1.running_var" in blocks["layer2.0"] and layer_groups(LeNet5(), "blocks") == \
+        layer_groups(LeNet5())
     assert layer_groups(nn.BatchNorm1d(3, affine=False)) == {
         "running_mean": ["running_mean"], "running_var": ["running_var"], "num_batches_tracked": ["num_batches_tracked"]}
 
@@ -206,10 +211,14 @@ def test_a_fixed_training_subset(digits):
     assert r["settings"]["train_samples"] == 100 and r["settings"]["test_samples"] == len(digits.test)
     sub = digits.train.subset(100, seed=0)
     assert r["endpoints"]["a"]["train_loss"] == evaluate(a, sub.batches(1024))["loss"]
+    r = layerwise(a, b, digits, points=3, test_samples=50)
+    assert r["settings"]["train_samples"] == len(digits.train) and r["settings"]["test_samples"] == 50
+    assert r["endpoints"]["b"]["test_loss"] == evaluate(b, digits.test.subset(50, seed=0).batches(1024))["loss"]
 
 
 @pytest.mark.parametrize("kwargs, message", [({"points": 4}, "odd"), ({"points": 1}, "odd"),
                                              ({"groups": "layers"}, "groups"), ({"train_samples": -1}, "train"),
+                                             ({"test_samples": -2}, "test samples"),
                                              ({"carrier_fraction": 0}, "fraction")])
 def test_bad_settings_are_one_line_errors_before_any_evaluation(kwargs, message):
     a, b, data = linear_pair()
@@ -320,6 +329,7 @@ def test_the_command_on_two_models_and_on_a_run(runs, tmp_path, capsys):
     (["C", "A", "B", "--out", "o", "--points", "4"], "must be odd"),
     (["C", "A", "B", "--out", "o", "--carrier-fraction", "2"], r"\(0, 1\]"),
     (["C", "A", "B", "--out", "o", "--train-samples", "-5"], "at least 0"),
+    (["C", "A", "B", "--out", "o", "--test-samples", "x"], "expected an integer"),
     (["C", "A", "B", "--out", "o", "--groups", "layers"], "invalid choice")])
 def test_command_line_mistakes_are_one_line(argv, message, capsys):
     import re

@@ -74,17 +74,20 @@ class PointEvaluator:
     ``data_split`` is read as :func:`straight_line` reads it; ``train_samples``
     (> 0) keeps a fixed random subset of the training split (the ``train``
     split, else the only one), which then also serves for the BatchNorm
-    statistics unless ``bn_data`` is given. ``recompute`` says whether they are
-    recomputed at every point (``recompute_bn`` None: when the model has BatchNorm).
+    statistics unless ``bn_data`` is given; ``test_samples`` likewise of the
+    ``test`` split. ``recompute`` says whether the statistics are recomputed at
+    every point (``recompute_bn`` None: when the model has BatchNorm).
     """
 
     def __init__(self, model: nn.Module, data_split, loss_fn: LossFn = F.cross_entropy, recompute_bn: bool | None = None,
                  metrics: Mapping[str, MetricFn] | None = None, batch_size: int = 1024, device=None,
-                 bn_data: Split | None = None, train_samples: int = 0):
+                 bn_data: Split | None = None, train_samples: int = 0, test_samples: int = 0):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.splits = {k: v.to(self.device) for k, v in _as_splits(data_split).items()}
         name = "train" if "train" in self.splits else next(iter(self.splits))
         self.splits[name] = self.splits[name].subset(train_samples, seed=0)
+        if "test" in self.splits:
+            self.splits["test"] = self.splits["test"].subset(test_samples, seed=0)
         self.bn = _bn_split(self.splits, bn_data.to(self.device) if bn_data is not None else None)
         self.recompute = has_batchnorm(model) if recompute_bn is None else recompute_bn
         self.loss_fn, self.batch_size = loss_fn, batch_size

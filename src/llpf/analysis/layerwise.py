@@ -10,7 +10,7 @@ endpoint, and read the loss at the midpoint against the endpoints' mean; grow
 the interpolated set layer by layer from the input or the output side.
 
 Terms. The parameters fall into groups g = 1..G (``layer_groups``: a module's
-parameters together, or one tensor each), in the order the model lists them
+parameters together, a block of modules, or one tensor each), in the order the model lists them
 (input to output for the shipped models). A *point* gives every group a
 coefficient t_g; its state is ``a_g + t_g (b_g - a_g)`` group by group (ends
 exact: t = 0 is A's tensor, t = 1 is B's). A *line* interpolates a set S of
@@ -43,7 +43,7 @@ from ..train import LossFn, MetricFn
 from .barriers import PointEvaluator
 from .coupling import summarise
 
-GROUPINGS = ("modules", "tensors")
+GROUPINGS = ("modules", "blocks", "tensors")
 Key = tuple[int, ...]
 
 
@@ -51,9 +51,11 @@ def layer_groups(model: nn.Module, mode: str = "modules") -> dict[str, list[str]
     """Group name -> its state-dict keys, in state-dict order.
 
     ``modules``: a module's parameters together (Adilova et al.'s layer: weight
-    and bias), named after the module. ``tensors``: one parameter tensor each.
-    A buffer (BatchNorm running statistics) goes with its module's (first)
-    group; a module with buffers and no parameters is a group of its own.
+    and bias), named after the module. ``blocks``: everything under the same
+    first two levels of the module tree (a ResNet's residual blocks,
+    ``layer1.0``; a flat model's modules). ``tensors``: one parameter tensor
+    each. A buffer (BatchNorm running statistics) goes with its module's
+    (first) group; a module with buffers and no parameters is a group of its own.
     """
     if mode not in GROUPINGS:
         raise ConfigError(f"groups must be one of {', '.join(GROUPINGS)}, got {mode!r}")
@@ -61,12 +63,14 @@ def layer_groups(model: nn.Module, mode: str = "modules") -> dict[str, list[str]
     groups: dict[str, list[str]] = {}
     first: dict[str, str] = {}
     for key in model.state_dict():
-        module = key.rpartition(".")[0]
+        owner = key.rpartition(".")[0]
+        if mode == "blocks":
+            owner = ".".join(owner.split(".")[:2])
         if key in params:
-            name = key if mode == "tensors" or not module else module
-            first.setdefault(module, name)
+            name = key if mode == "tensors" or not owner else owner
+            first.setdefault(owner, name)
         else:
-            name = first.get(module, module or key)
+            name = first.get(owner, owner or key)
         groups.setdefault(name, []).append(key)
     return groups
 
@@ -165,35 +169,35 @@ def evaluate_spans(spans: Sequence[Span], group_keys: Mapping[str, list[str]], p
     return out, len(cache)
 
 
-def check_settings(groups: str, points: int, train_samples: int, carrier_fraction: float) -> None:
+def check_settings(groups: str, points: int, train_samples: int, test_samples: int, carrier_fraction: float) -> None:
     """Every setting checked before any evaluation: one ConfigError line for the first bad one."""
     if groups not in GROUPINGS:
         raise ConfigError(f"groups must be one of {', '.join(GROUPINGS)}, got {groups!r}")
     if points < 3 or points % 2 == 0:
         raise ConfigError(f"points must be odd and at least 3, so that the grid holds λ = 0.5; got {points}")
-    if train_samples < 0:
-        raise ConfigError(f"train samples must be 0 (all) or positive, got {train_samples}")
+    if train_samples < 0 or test_samples < 0:
+        raise ConfigError(f"train and test samples must be 0 (all) or positive, got {train_samples}, {test_samples}")
     if not 0 < carrier_fraction <= 1:
         raise ConfigError(f"carrier fraction must be in (0, 1], got {carrier_fraction}")
 
 
 def layerwise(model_a: nn.Module, model_b: nn.Module, data, *, groups: str = "modules", points: int = 11,
-              train_samples: int = 0, recompute_bn: bool | None = None, loss_fn: LossFn = F.cross_entropy,
-              metrics: Mapping[str, MetricFn] | None = None, batch_size: int = 1024, device=None,
-              progress: bool = False, carrier_fraction: float = 0.25) -> dict:
+              train_samples: int = 0, test_samples: int = 0, recompute_bn: bool | None = None,
+              loss_fn: LossFn = F.cross_entropy, metrics: Mapping[str, MetricFn] | None = None, batch_size: int = 1024,
+              device=None, progress: bool = False, carrier_fraction: float = 0.25) -> dict:
     """Layer-wise linear connectivity between ``model_a`` and ``model_b`` (see the module docstring).
 
     ``data`` is read as :func:`~llpf.analysis.barriers.straight_line` reads it
-    (a Split, a Bundle, or name -> Split); ``train_samples`` > 0 evaluates the
-    training loss on that many fixed random training samples. Returns the
+    (a Split, a Bundle, or name -> Split); ``train_samples`` (``test_samples``)
+    > 0 evaluates on that many fixed random training (test) samples. Returns the
     numbers of :func:`llpf.analysis.coupling.summarise` (``whole_model_barrier``,
     ``single``, ``cumulative``, ``coupling``, ``carriers`` ...), ``settings``,
     and ``rows`` (one per line and λ, the CSV). The models are not modified.
     """
-    check_settings(groups, points, train_samples, carrier_fraction)
+    check_settings(groups, points, train_samples, test_samples, carrier_fraction)
     check_same_architecture(model_a, model_b, ("A", "B"))
     ev = PointEvaluator(model_a, data, loss_fn, recompute_bn, metrics, batch_size, device,
-                        train_samples=train_samples)
+                        train_samples=train_samples, test_samples=test_samples)
     group_keys = layer_groups(model_a, groups)
     sa, sb = ev.state(model_a), ev.state(model_b)
     span = Span("a-b", lambda: sa, lambda: sb, plan_lines(list(group_keys), points), ("a", "b"))
@@ -214,8 +218,8 @@ PATH_KINDS = ("m2m", "m2o")
 
 
 def path_layerwise(run: str | Path, data=None, *, groups: str = "modules", points: int = 11, train_samples: int = 0,
-                   recompute_bn: bool | None = None, batch_size: int | None = None, device=None,
-                   progress: bool = False, carrier_fraction: float = 0.25) -> dict:
+                   test_samples: int = 0, recompute_bn: bool | None = None, batch_size: int | None = None,
+                   device=None, progress: bool = False, carrier_fraction: float = 0.25) -> dict:
     """:func:`layerwise` between a path's first and last saved points, and on every segment between consecutive ones.
 
     A segment gets the whole-model and single-group lines (its ``single``
@@ -231,7 +235,7 @@ def path_layerwise(run: str | Path, data=None, *, groups: str = "modules", point
     from .coupling import segment_summary
     from .runs import run_config, run_kind
 
-    check_settings(groups, points, train_samples, carrier_fraction)
+    check_settings(groups, points, train_samples, test_samples, carrier_fraction)
     cfg, kind, pts = run_config(run), run_kind(run), RunDir(run).points()
     if kind not in PATH_KINDS:
         raise RunDirError(f"{run} is a {kind} run; layerwise RUN reads the saved points of an M2M or M2O path")
@@ -240,7 +244,8 @@ def path_layerwise(run: str | Path, data=None, *, groups: str = "modules", point
     device = pick_device(device)
     data = data if data is not None else prepare_data(cfg, device)
     ev = PointEvaluator(load_model(cfg, pts[0][1], "saved point"), data, F.cross_entropy, recompute_bn, None,
-                        batch_size or cfg.data.eval_batch_size, device, train_samples=train_samples)
+                        batch_size or cfg.data.eval_batch_size, device, train_samples=train_samples,
+                        test_samples=test_samples)
     group_keys = layer_groups(ev.work, groups)
     names = list(group_keys)
     load = lambda f: lambda: ev.state(load_model(cfg, f, "saved point"))  # noqa: E731

@@ -22,12 +22,15 @@ def add(sub) -> None:
                    help="a config (model and data) and two weight files, or an M2M/M2O run directory")
     p.add_argument("--out", default=None,
                    help="folder for layerwise.csv, layerwise.json and the figures (default for RUN: RUN/layerwise)")
-    p.add_argument("--groups", choices=("modules", "tensors"), default="modules",
-                   help="a group is a module's parameters together (default) or one tensor")
+    p.add_argument("--groups", choices=("modules", "blocks", "tensors"), default="modules",
+                   help="a group is a module's parameters together (default), a block (the first two levels of the "
+                        "module tree: a ResNet's layer1.0) or one tensor")
     p.add_argument("--points", type=odd_at_least_3, default=11,
                    help="grid points on each line including both ends, odd so that λ = 0.5 is one (default 11)")
     p.add_argument("--train-samples", type=at_least(0), default=0,
                    help="evaluate the training loss on this many fixed random training samples (default 0: all)")
+    p.add_argument("--test-samples", type=at_least(0), default=0,
+                   help="evaluate the test loss on this many fixed random test samples (default 0: all)")
     p.add_argument("--carrier-fraction", type=fraction, default=0.25,
                    help="a group or pair carries the barrier when its barrier or coupling reaches this fraction of "
                         "the whole model's (default 0.25)")
@@ -75,6 +78,7 @@ def layerwise(args) -> int:
     from ..files import check_output_folder
 
     settings = dict(groups=args.groups, points=args.points, train_samples=args.train_samples,
+                    test_samples=args.test_samples,
                     recompute_bn=recompute(args.recompute_bn), progress=not args.quiet,
                     carrier_fraction=args.carrier_fraction)
     if len(args.inputs) == 1:
