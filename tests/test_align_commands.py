@@ -168,3 +168,17 @@ def test_compare_align_runs_every_method_to_the_aligned_destination_once(ends, t
     stamp = (out / "alignment.json").stat().st_mtime_ns
     assert main(args) == 0 and (out / "alignment.json").stat().st_mtime_ns == stamp  # continued, not redone
     assert main([a for a in args if a != "--align"]) == 2  # another command on the same folder
+
+
+def test_layerwise_align_analyses_the_line_to_the_aligned_destination(ends, tmp_path, capsys):
+    args = ["layerwise", str(ends / "tiny.toml"), str(ends / "e0.safetensors"), str(ends / "e1.safetensors"),
+            "--points", "3", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*args, "--out", str(tmp_path / "aligned"), "--align"]) == 0
+    assert "aligned by weight matching" in capsys.readouterr().out
+    plain, aligned = (json.loads((tmp_path / d / "layerwise.json").read_text()) for d in ("plain", "aligned"))
+    record = aligned["inputs"]["alignment"]
+    assert aligned["inputs"]["aligned"] is True and "alignment" not in plain["inputs"]
+    assert record["straight_line"]["after"]["barrier"] < record["straight_line"]["before"]["barrier"]
+    assert aligned["whole_model_barrier"] < plain["whole_model_barrier"]
+    assert main(["layerwise", str(tmp_path / "plain"), "--align"]) == 2

@@ -74,7 +74,8 @@ def parameter_distance(state_a: dict[str, Tensor], state_b: dict[str, Tensor], n
 def output_difference(model_b: nn.Module, aligned: nn.Module, inputs: Tensor, batch_size: int = 1024
                       ) -> tuple[float, float]:
     """The largest absolute difference between the two models' outputs on ``inputs`` (eval mode), and the largest
-    absolute output (its scale)."""
+    absolute output (its scale). ``batch_size`` 0 (a config's "measured") evaluates in batches of 1024."""
+    batch_size = batch_size or 1024
     modes = model_b.training, aligned.training
     model_b.eval(), aligned.eval()
     device = next(model_b.parameters()).device
