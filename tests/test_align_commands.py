@@ -182,3 +182,16 @@ def test_layerwise_align_analyses_the_line_to_the_aligned_destination(ends, tmp_
     assert record["straight_line"]["after"]["barrier"] < record["straight_line"]["before"]["barrier"]
     assert aligned["whole_model_barrier"] < plain["whole_model_barrier"]
     assert main(["layerwise", str(tmp_path / "plain"), "--align"]) == 2
+
+
+def test_compare_pairs_align_each_trained_pair(ends, tmp_path):
+    out = tmp_path / "pairs"
+    assert main(["compare", str(ends / "tiny.toml"), "--pairs", "2", "--methods", "line", "--points", "5",
+                 "--align", "--out", str(out), "--quiet"]) == 0
+    records = json.loads((out / "comparison.json").read_text())["alignment"]
+    assert sorted(records) == ["0", "1"]
+    for k in (0, 1):
+        assert records[str(k)]["dest"] == str(out / "endpoints" / f"seed{2 * k + 1}.safetensors")
+        dest = load_weights(out / f"pair-{k:02d}" / "line" / "dest.safetensors")
+        aligned = load_weights(out / f"pair-{k:02d}" / "dest-aligned.safetensors")
+        assert all(torch.equal(dest[n], aligned[n]) for n in aligned)
