@@ -40,9 +40,6 @@ class FromParam:
     axis: int
 
 
-Units = "Layout | FromParam"
-
-
 def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     """The model's graph, with each node's output shape (``node.meta['tensor_meta']``) from one eval-mode pass."""
     from torch.fx.passes.shape_prop import ShapeProp
@@ -167,7 +164,10 @@ class Walk:
             return None
         out = layouts[0]
         for other in layouts[1:]:
-            out = self.unify(out, other, why) if out is not None else self.fix(other, why)
+            if out is None:
+                self.fix(other, why)
+            else:
+                out = self.unify(out, other, why)
         for p in params:
             self.tie(p.name, p.axis, out, why)
         if still and out is not None:

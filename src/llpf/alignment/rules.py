@@ -87,6 +87,7 @@ def spatial(w: Walk, node: fx.Node, trailing: int | None = None) -> dict:
 
 
 def spatial_fn(w: Walk, node: fx.Node) -> dict:
+    """Pooling and padding functions: max_pool2d acts on the last 2 axes, pad on as many as its widths name."""
     name = node.target if isinstance(node.target, str) else node.target.__name__
     if name == "pad":
         return spatial(w, node, len(w.arg(node, 1, "pad")) // 2)
@@ -195,7 +196,7 @@ def reduce(w: Walk, node: fx.Node) -> dict:
     """sum, mean, amax ... : a reduction over units does not depend on their order, so they are forgotten."""
     x = node.args[0]
     nd = len(w.shape(x))
-    dim, keep = w.arg(node, 1, "dim"), w.arg(node, 2, "keepdim", False)
+    dim, keep = w.arg(node, 1, "dim"), len(w.shape(node)) == nd  # keepdim, read from the shapes
     if dim is None:
         return {}
     dims = {_axis(d, nd) for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
