@@ -28,6 +28,7 @@ from ..data import Bundle, Split, prepare_data
 from ..errors import RunDirError
 from ..files import load_weights, write_json
 from ..flat import interpolate_state
+from ..runtime import pick_device
 from ..store import RunDir
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm
 
@@ -63,7 +64,7 @@ def straight_line(model_a: nn.Module, model_b: nn.Module, data_split, points: in
     """
     if points < 2:
         raise ValueError("a straight line needs at least 2 points")
-    device = torch.device(device) if device is not None else next(model_a.parameters()).device
+    device = pick_device(device) if device is not None else next(model_a.parameters()).device
     splits = {k: v.to(device) for k, v in _as_splits(data_split).items()}
     bn = _bn_split(splits, bn_data.to(device) if bn_data is not None else None)
     recompute = has_batchnorm(model_a) if recompute_bn is None else recompute_bn
@@ -138,7 +139,6 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     if len(pts) < 2:
         raise RunDirError(f"{run_dir} has fewer than two saved points; nothing to connect")
     from ..models import build_model
-    from ..runtime import pick_device
 
     device = pick_device(device)
     if data is None:

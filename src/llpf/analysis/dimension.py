@@ -49,6 +49,7 @@ from ..errors import ConfigError
 from ..files import write_json
 from ..schedule import select
 from ..flat import FlatParams
+from ..runtime import pick_device
 from ..train import LossFn, TrainR, evaluate
 from .units import LayerStructure, find_dead_units, structure
 
@@ -95,7 +96,7 @@ def low_loss_moves(model: nn.Module, train: Split, settings: MoveSettings, loss_
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = pick_device(device) if device is not None else next(model.parameters()).device
     dtype = DTYPES[settings.dtype]
     work = copy.deepcopy(model).to(device=device, dtype=dtype)
     fp = FlatParams(work)
@@ -228,7 +229,7 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
     settings = settings or MoveSettings()
     if softmax_output is None:
         softmax_output = loss_fn is F.cross_entropy
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = pick_device(device) if device is not None else next(model.parameters()).device
     model = copy.deepcopy(model).to(device)
     split = train.to(device)
     units = find_dead_units(model, split.batches(eval_batch_size), device)
