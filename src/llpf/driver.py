@@ -242,6 +242,9 @@ class Driver:
                 self._evaluate_into(k, row)
                 self._emit(k, [row])
                 self._save_point(k)
+            for k in [k for k in self.active if m.zero_length(k)]:  # nothing to walk: the path is its start
+                self._hand_over_path(k)
+                self._retire(k)
         bar = tqdm(total=m.total, initial=self.iteration, desc=m.name.upper(), disable=not progress,
                    dynamic_ncols=True, leave=False)
         stop = self._stop_agreed()
@@ -340,5 +343,7 @@ def path_summary(method: Method, k: int, rec: Record) -> dict:
     }
     if rec.failure:
         s["reason"] = rec.failure
+    if method.zero_length(k):
+        s["zero_length"] = True
     s.update(method.summary(k, rec))
     return s

@@ -162,8 +162,8 @@ def _measures_panel(ax, runs: list[list[dict]], band) -> None:
     for k in layers:
         band(ax, k, k[len(prefix):], lw=1)
     ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
-    if distances:
-        ax.set_yscale("log")
+    if distances and any(isinstance(r.get(k), (int, float)) and r[k] > 0 for rows in runs for r in rows for k in layers):
+        ax.set_yscale("log")  # not for a zero-length pair, whose distances are all 0
     if len(layers) <= 12:
         ax.legend(fontsize=7, ncol=2)
 

@@ -89,6 +89,8 @@ def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) ->
     monotonically through ``cur`` the tangent is the segment towards the higher
     neighbour; at a local maximum or minimum it is the sum of both segments,
     the one towards the higher neighbour weighted by the larger loss difference.
+    Where the pivots leave no direction (all three coincide, or ``next`` is
+    ``prev``) the tangent is zero: no part of the gradient is projected out.
     """
     l_prev, l_cur, l_next = (float(v) for v in losses)
     fwd, back = next - cur, cur - prev
@@ -101,10 +103,10 @@ def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) ->
         small = min(abs(l_next - l_cur), abs(l_prev - l_cur))
         tau = fwd * big + back * small if l_next > l_prev else fwd * small + back * big
     norm = tau.norm()
-    if norm == 0:  # all three losses equal
+    if norm == 0:  # all three losses equal, or cur coincides with the neighbour that carries the weight
         tau = fwd + back
         norm = tau.norm()
-    return tau / norm
+    return tau / norm if norm > 0 else torch.zeros_like(tau)
 
 
 def neb_force(grad: Tensor, tangent: Tensor, prev: Tensor, cur: Tensor, next: Tensor, k: float) -> Tensor:
