@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import files
+from .errors import RunDirError
 from .store import RunDir
 
 SMOOTH = 10  # the paper's figures: moving average over 10 iterations
@@ -171,6 +172,8 @@ def _measures_panel(ax, runs: list[list[dict]], band) -> None:
 def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``figures/path.png`` for one run, as measured (no smoothing)."""
     rd = RunDir(run)
+    if not rd.exists:
+        raise RunDirError(f"{run} holds no llpf run")
     kind = rd.info().get("kind", "m2m")
     summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
     where = f" (rows at {summary['evaluated_point']})" if summary.get("evaluated_point") else ""

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Bundle, Split, prepare_data
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..files import load_weights, write_json
 from ..flat import interpolate_state
 from ..runtime import pick_device
@@ -63,7 +63,7 @@ def straight_line(model_a: nn.Module, model_b: nn.Module, data_split, points: in
     Each row also holds ``t`` in [0, 1].
     """
     if points < 2:
-        raise ValueError("a straight line needs at least 2 points")
+        raise ConfigError(f"a straight line needs at least 2 points (its two ends), got {points}")
     device = pick_device(device) if device is not None else next(model_a.parameters()).device
     splits = {k: v.to(device) for k, v in _as_splits(data_split).items()}
     bn = _bn_split(splits, bn_data.to(device) if bn_data is not None else None)
@@ -120,6 +120,12 @@ def segment_rows(states: Sequence[tuple[Any, Callable[[], Mapping[str, Tensor]]]
     return segments
 
 
+def check_points_per_segment(points_per_segment: int) -> None:
+    """A segment certified by no point between its ends certifies nothing: at least one interior point."""
+    if points_per_segment < 1:
+        raise ConfigError(f"points per segment must be at least 1, got {points_per_segment}")
+
+
 def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, recompute_bn: bool | None = None,
                   loss_fn: LossFn = F.cross_entropy, batch_size: int | None = None, device=None,
                   progress: bool = False) -> dict[str, Any]:
@@ -133,6 +139,7 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     """
     from .runs import run_config
 
+    check_points_per_segment(points_per_segment)
     rd = RunDir(run_dir)
     cfg = run_config(run_dir)
     pts = rd.points()
