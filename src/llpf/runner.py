@@ -23,7 +23,7 @@ from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
 from .errors import ConfigError, LLPFError, PrerequisiteWarning, RunDirError
-from .files import load_weights, save_weights
+from .files import check_creatable, load_weights, save_weights
 from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
 from .observer import Observer
@@ -52,6 +52,7 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
     def check():
         if out.exists():
             raise C.ConfigError(f"{out} already exists; choose another --out")
+        check_creatable(out)
     D.on_main(check)
     device = pick_device(device)
     data = data or prepare_data(cfg, device)

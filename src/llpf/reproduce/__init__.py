@@ -43,8 +43,8 @@ from .. import config as C
 from .. import distributed as D
 from .. import shards
 from ..data import Bundle, prepare_data
-from ..errors import ConfigError, RunDirError
-from ..files import save_weights, write_json
+from ..errors import RunDirError
+from ..files import check_creatable, save_weights, write_json
 from ..models import build_model
 from ..runtime import pick_device
 from ..store import RunDir
@@ -150,6 +150,7 @@ class Experiment:
 
     def open(self, world: int, start) -> None:
         """Rank 0, before the ranks start: the folders, the ledger (refusing another experiment's), shared inputs."""
+        check_creatable(self.out)
         (self.out / "endpoints").mkdir(parents=True, exist_ok=True)
         ledger = Ledger(self.out, self.cfg.name, self.kind)
         ledger.data.update(device=str(self.device), ranks=world)
