@@ -28,6 +28,7 @@ from ..data import Bundle, Split, prepare_data
 from ..errors import ConfigError, RunDirError
 from ..files import load_weights, write_json
 from ..flat import interpolate_state
+from ..progress import progress_bar
 from ..runtime import pick_device
 from ..store import RunDir
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm
@@ -103,15 +104,13 @@ def segment_rows(states: Sequence[tuple[Any, Callable[[], Mapping[str, Tensor]]]
     segment: ``from`` and ``to`` (the labels), ``t`` (the fractions of the
     segment) and ``rows`` (what ``at`` returned at each).
     """
-    from tqdm.auto import tqdm
-
     k = points_per_segment
     ts = [j / (k + 1) for j in range(k + 2)]
     loaded = lambda load: {n: v.to(device) for n, v in load().items()}  # noqa: E731
     prev_label, prev_state = states[0][0], loaded(states[0][1])
     prev_row = at(prev_state)
     segments = []
-    for label, load in tqdm(states[1:], desc="segments", disable=not progress, leave=False):
+    for label, load in progress_bar(states[1:], desc="segments", enabled=progress):
         state = loaded(load)
         end_row = at(state)
         rows = [prev_row] + [at(interpolate_state(prev_state, state, t)) for t in ts[1:-1]] + [end_row]

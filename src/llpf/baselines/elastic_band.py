@@ -72,6 +72,7 @@ from torch import Tensor, nn
 from ..config import PAPER_CYCLES, AutoNEBConfig, Cycle, method_config, paper_cycles
 from ..data import Split
 from ..errors import NonFiniteError
+from ..progress import progress_bar
 from ..train import LossFn
 from .functional import FlatModel, make_optimizer
 
@@ -349,10 +350,8 @@ class AutoNEB:
 
     def run(self, progress: bool = False) -> list[dict]:
         """All remaining cycles; returns ``records``."""
-        from tqdm.auto import tqdm
-
         done = sum(c.steps for c in self.config.cycles[:self.cycle]) + self.cycle_step
-        with tqdm(total=self.total_steps, initial=done, desc="autoneb", disable=not progress, leave=False) as bar:
+        with progress_bar(total=self.total_steps, initial=done, desc="autoneb", enabled=progress) as bar:
             while not self.finished:
                 losses = self.step()
                 bar.update()
