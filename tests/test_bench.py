@@ -26,4 +26,4 @@ def test_bench_writes_every_figure(tmp_path, capsys):
 
 def test_bench_refuses_no_threads(capsys):
     assert main(["bench", "--threads", "0"]) == 2
-    assert "--threads must be at least 1" in capsys.readouterr().err
+    assert "argument --threads: must be at least 1, got 0" in capsys.readouterr().err

@@ -553,7 +553,7 @@ def test_an_interrupted_batch_resumes_together_or_alone(tiny_reproduction, tiny_
 def test_batch_paths_is_checked(tiny_reproduction, tmp_path, capsys):
     cfg, _ = tiny_reproduction
     assert main(["reproduce", str(cfg), "--out", str(tmp_path / "x"), "--batch-paths", "0", "--device", "cpu"]) == 2
-    assert "--batch-paths must be at least 1" in capsys.readouterr().err
+    assert "argument --batch-paths: must be at least 1, got 0" in capsys.readouterr().err
     from llpf.reproduce import default_batch_paths, unbatchable
 
     cct = C.load_config("cct7-cifar10-m2o")
