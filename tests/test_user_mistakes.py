@@ -12,6 +12,9 @@ a config or on the command line.
 """
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -69,6 +72,8 @@ ROWS = [
     ("compare {cfg} --start {A} --dest {text} --out {out}", "text.safetensors"),
     ("compare {bad} --start {A} --dest {B} --out {out}", "m2m.lr"),
     ("compare {cfg} --start {A} --dest {B} --out {file}/x", "cannot create"),
+    ("resume {unfinished} --device tpu", "tpu"),
+    ("resume {unfinished}", "made on cuda:7"),
     ("resume {nothing}", "nothing"),
     ("resume {file}", "notes.txt"),
     ("plot {nothing}", "nothing"),
@@ -128,7 +133,8 @@ NO_INPUT = {"configs"}  # commands that take nothing a user could get wrong
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """A tiny config and a broken copy, two LeNet5 weight files, a text file posing as weights, a finished run."""
+    """A tiny config and a broken copy, two LeNet5 weight files, a text file posing as weights, a finished run
+    and an unfinished one made on a GPU this machine lacks."""
     from llpf.config import load_config
     from llpf.files import save_weights
     from llpf.models import build_model
@@ -144,6 +150,10 @@ def inputs(tmp_path_factory):
     (d / "text.safetensors").write_text("not weights\n")
     (d / "notes.txt").write_text("a plain file\n")
     run_path("line", cfg, d / "a.safetensors", d / "b.safetensors", d / "run", device="cpu")
+    unfinished = d / "unfinished"  # as if killed before its first checkpoint, on a machine with eight GPUs
+    shutil.copytree(d / "run", unfinished)
+    info = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps({**info, "status": "running", "device": "cuda:7"}))
     return d
 
 
@@ -173,6 +183,7 @@ def test_a_mistake_is_one_line_and_exit_2_before_any_work(line, names, inputs, t
     d = inputs
     places = {"cfg": d / "c.toml", "bad": d / "bad.toml", "A": d / "a.safetensors", "B": d / "b.safetensors",
               "text": d / "text.safetensors", "file": d / "notes.txt", "run": d / "run",
+              "unfinished": d / "unfinished",
               "missing": tmp_path / "missing.safetensors", "nothing": tmp_path / "nothing", "out": tmp_path / "out"}
     argv = [a.format(**places) for a in line.split()]
     before = snapshot(d)

@@ -30,7 +30,8 @@ def _model_analyses(sub) -> None:
     p.add_argument("--moves", type=at_least(1), default=200, help="number of one-iteration moves N (default 200)")
     p.add_argument("--rounds", type=at_least(1), default=10, help="SGD steps per move (default 10)")
     p.add_argument("--batch-size", type=at_least(1), default=256, help="batch size of the moves (default 256)")
-    p.add_argument("--lr", type=number(0, open_low=True), default=1e-3, help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
+    p.add_argument("--lr", type=number(0, open_low=True), default=1e-3,
+                   help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="precision of forward/backward (default float64; displacements always sum in float64)")
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
