@@ -39,13 +39,13 @@ from .. import config as C
 from .. import distributed as D
 from .. import shards
 from ..errors import ConfigError, RunDirError
-from ..files import write_json
+from ..files import write_csv, write_json
 from ..runtime import pick_device
 from ..store import RunDir
 from .profile import profile_run, read_path, stats
 from .run import (COMPARED, DEFAULT_METHODS, CompareLedger, Evaluation, method_config, method_result, parse_methods,
                   run_method, with_tables)
-from .table import PAIR_COLUMNS, comparison_figure, method_rows, table_columns, write_csv
+from .table import PAIR_COLUMNS, comparison_figure, method_rows, table_columns
 
 __all__ = ["COMPARED", "DEFAULT_METHODS", "compare", "parse_methods", "profile_run", "read_path", "stats"]
 
