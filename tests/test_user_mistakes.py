@@ -127,6 +127,15 @@ ROWS = [
     ("m2o-baselines {bad} --start {A} --out {out}", "m2m.lr"),
     ("m2o-baselines {cfg} --start {A} --out {file}/x", "cannot create"),
     ("report {nothing} --out {out}", "nothing"),
+    ("layerwise {cfg} {A} {B} --out {out} --device tpu", "tpu"),
+    ("layerwise {cfg} {A} {B} --out {out} --points 4", "--points"),
+    ("layerwise {cfg} {A} {B} --out {out} --train-samples -1", "--train-samples"),
+    ("layerwise {cfg} {A} {missing} --out {out}", "missing.safetensors"),
+    ("layerwise {cfg} {text} {B} --out {out}", "text.safetensors"),
+    ("layerwise {bad} {A} {B} --out {out}", "m2m.lr"),
+    ("layerwise {cfg} {A} {B} --out {file}/x", "cannot create"),
+    ("layerwise {nothing} --out {out}", "nothing"),
+    ("layerwise {run} --out {out}", "M2M or M2O"),
 ]
 NO_INPUT = {"configs"}  # commands that take nothing a user could get wrong
 
@@ -163,8 +172,10 @@ def snapshot(d) -> dict:
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """Starting any real work (training, a path's iterations, dim's moves, bench's timings) fails the test."""
+    """Starting any real work (training, a path's iterations, dim's moves, bench's timings, layerwise's grid of
+    evaluations) fails the test."""
     import llpf.analysis.dimension
+    import llpf.analysis.layerwise
     import llpf.bench
     import llpf.driver
     import llpf.runner
@@ -175,6 +186,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(llpf.runner, "train_endpoint", work)
     monkeypatch.setattr(llpf.driver.Driver, "run", work)
     monkeypatch.setattr(llpf.analysis.dimension, "analyse_dimension", work)
+    monkeypatch.setattr(llpf.analysis.layerwise, "evaluate_spans", work)
     monkeypatch.setattr(llpf.bench, "bench", work)
 
 
