@@ -230,7 +230,7 @@ def test_bad_methods_and_settings_are_one_line_errors(pair, tmp_path, capsys):
                   ["--points", "1"]):
         assert main(args + extra) == 2
         err = capsys.readouterr().err
-        assert err.startswith("llpf: error:") and err.count("\n") == 1, err
+        assert err.startswith("llpf") and ": error: " in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         llpf.compare(pair / "c.toml", tmp_path / "y", start=pair / "a.safetensors", dest=pair / "b.safetensors",
