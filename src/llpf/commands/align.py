@@ -22,10 +22,13 @@ def add(sub) -> None:
 
 
 def _check(args) -> None:
+    from ..files import check_creatable
+
     out = Path(args.out)
     require(out.suffix == ".safetensors", f"--out must name a .safetensors file, got {args.out}")
     require(not out.exists() and not out.with_suffix(".json").exists(),
             f"{out} (or {out.with_suffix('.json').name} beside it) already exists; choose another --out")
+    check_creatable(out)
 
 
 def align(args) -> int:

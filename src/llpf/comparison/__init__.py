@@ -64,9 +64,10 @@ def _check_settings(start, dest, pairs: int | None, points: int, points_per_segm
         raise ConfigError("--pairs trains its own endpoints; give either --pairs or --start and --dest")
     if pairs is not None and pairs < 1:
         raise ConfigError(f"--pairs must be at least 1, got {pairs}")
-    if points < 2 or points_per_segment < 0 or train_samples < 0:
-        raise ConfigError(f"--points must be at least 2 and --points-per-segment, --train-samples not negative "
-                          f"(got {points}, {points_per_segment}, {train_samples})")
+    for flag, value, least in (("--points", points, 2), ("--points-per-segment", points_per_segment, 0),
+                               ("--train-samples", train_samples, 0)):
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
 
 
 def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path | None = None,
