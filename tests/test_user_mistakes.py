@@ -136,6 +136,15 @@ ROWS = [
     ("layerwise {cfg} {A} {B} --out {file}/x", "cannot create"),
     ("layerwise {nothing} --out {out}", "nothing"),
     ("layerwise {run} --out {out}", "M2M or M2O"),
+    ("layerwise {run} --out {out} --align", "--align"),
+    ("align {cfg} {A} {B} --out {out}/b.safetensors --device tpu", "tpu"),
+    ("align {cfg} {A} {B} --out {out}/b.safetensors --points 1", "--points"),
+    ("align {cfg} {A} {B} --out {out}/b.pt", ".safetensors"),
+    ("align {cfg} {A} {missing} --out {out}/b.safetensors", "missing.safetensors"),
+    ("align {cfg} {text} {B} --out {out}/b.safetensors", "text.safetensors"),
+    ("align {bad} {A} {B} --out {out}/b.safetensors", "m2m.lr"),
+    ("align {cfg} {A} {B} --out {file}/b.safetensors", "cannot create"),
+    ("m2m {cfg} --start {A} --dest {B} --out {run} --resume --align", "without --align"),
 ]
 NO_INPUT = {"configs"}  # commands that take nothing a user could get wrong
 
@@ -173,7 +182,8 @@ def snapshot(d) -> dict:
 @pytest.fixture
 def no_work(monkeypatch):
     """Starting any real work (training, a path's iterations, dim's moves, bench's timings, layerwise's grid of
-    evaluations) fails the test."""
+    evaluations, weight matching) fails the test."""
+    import llpf.alignment.aligned
     import llpf.analysis.dimension
     import llpf.analysis.layerwise
     import llpf.bench
@@ -188,6 +198,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(llpf.analysis.dimension, "analyse_dimension", work)
     monkeypatch.setattr(llpf.analysis.layerwise, "evaluate_spans", work)
     monkeypatch.setattr(llpf.bench, "bench", work)
+    monkeypatch.setattr(llpf.alignment.aligned, "weight_matching", work)
 
 
 @pytest.mark.parametrize("line, names", ROWS, ids=[f"{i:02d} {r[0]}" for i, r in enumerate(ROWS)])

@@ -24,6 +24,7 @@ _PUBLIC = {
     "METHODS": "methods", "register": "methods",
     "compare": "comparison",
     "layerwise": "analysis.layerwise", "path_layerwise": "analysis.layerwise",
+    "align": "alignment",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

@@ -35,3 +35,7 @@ class NonFiniteError(LLPFError):
 
 class PrerequisiteWarning(UserWarning):
     """An input breaks a premise of the method (paper section 3.2, Eq. 4); the run goes on."""
+
+
+class AlignmentError(LLPFError):
+    """A model whose permutation groups cannot be found (torch.fx cannot trace it), or an alignment that fails."""

@@ -12,6 +12,7 @@
                              points (AutoNEB's pivots, a curve's control points), written at its end
     RUN/checkpoint.pt        everything needed to resume (weights_only-loadable)
     RUN/summary.json         status and the path's verdicts
+    RUN/alignment.json       when the destination was aligned to the start (``--align``): what alignment did
     RUN/figures/*.png
 
 Every file except metrics.csv is written to a temporary name, flushed, fsynced
@@ -109,7 +110,7 @@ class RunDir(Observer):
         if not os.access(self.path, os.W_OK):
             raise RunDirError(f"output directory {self.path} is not writable")
         for stale in ("metrics.csv", "summary.json", "checkpoint.pt", "final.safetensors", "best.safetensors",
-                      "path.json"):
+                      "path.json", "alignment.json"):
             (self.path / stale).unlink(missing_ok=True)
         for p in (self.path / "points").glob("*.safetensors"):
             p.unlink()

@@ -59,6 +59,9 @@ def _model_analyses(sub) -> None:
     p.add_argument("--out", required=True, help="folder for barrier.json and barrier.png")
     p.add_argument("--points", type=at_least(2), default=21, help="grid points including both ends (default 21)")
     recompute_bn_arg(p, "recompute BatchNorm statistics at each point (auto: when the model has BatchNorm)")
+    p.add_argument("--align", action="store_true",
+                   help="reorder B's hidden units to match A's first (weight matching, llpf align): barrier.json is "
+                        "the line to the aligned B, barrier-unaligned.json the line to B")
     force_arg(p)
     device_arg(p)
     p.set_defaults(handler=barrier)
@@ -166,13 +169,33 @@ def barrier(args) -> int:
     device = pick_device(args.device)
     a, b = load_model(cfg, args.a, "model A").to(device), load_model(cfg, args.b, "model B").to(device)
     data = prepare_data(cfg, device)
+    inputs = {"a": str(args.a), "b": str(args.b), "config": cfg.name}
+    if args.align:
+        return _aligned_barrier(args, cfg, a, b, data, device, inputs)
     rows = straight_line(a, b, data, points=args.points, recompute_bn=recompute(args.recompute_bn),
                          batch_size=cfg.data.eval_batch_size, device=device)
-    files = write_barrier(rows, args.out, {"a": str(args.a), "b": str(args.b), "config": cfg.name})
+    files = write_barrier(rows, args.out, inputs)
     top = max(rows, key=lambda r: r["train_loss"])
     print(f"straight line: max training loss {top['train_loss']:.4f} at t={top['t']:.2f} "
           f"(ends {rows[0]['train_loss']:.4f}, {rows[-1]['train_loss']:.4f})")
     print(f"wrote {files['json']}, {files['figure']}")
+    return 0
+
+
+def _aligned_barrier(args, cfg, a, b, data, device, inputs: dict) -> int:
+    """``llpf barrier --align``: the line to B's alignment to A (barrier.json) and to B itself (barrier-unaligned)."""
+    from ..alignment.pair import align_endpoints, line_change
+    from ..analysis.barriers import write_barrier
+    from .summaries import print_alignment
+
+    bs = cfg.data.eval_batch_size
+    aligned, record = align_endpoints(a, b, data, bs)
+    before, after, record["straight_line"] = line_change(a, b, aligned, data, bs, args.points,
+                                                         recompute(args.recompute_bn), device)
+    files = write_barrier(after, args.out, {**inputs, "aligned": True, "alignment": record})
+    unaligned = write_barrier(before, args.out, inputs, name="barrier-unaligned")
+    print_alignment(record)
+    print(f"wrote {files['json']}, {files['figure']} (A -> aligned B), {unaligned['json']} (A -> B)")
     return 0
 
 

@@ -35,6 +35,9 @@ def add(sub) -> None:
                    help="a group or pair carries the barrier when its barrier or coupling reaches this fraction of "
                         "the whole model's (default 0.25)")
     recompute_bn_arg(p)
+    p.add_argument("--align", action="store_true",
+                   help="with CONFIG A B: reorder B's hidden units to match A's first (weight matching, llpf align); "
+                        "layerwise.json records the alignment and the straight line's barrier before and after")
     force_arg(p)
     device_arg(p)
     quiet_arg(p)
@@ -61,13 +64,24 @@ def fraction(text: str) -> float:
 def _check(args) -> None:
     require(len(args.inputs) in (1, 3), f"give CONFIG A B or one RUN directory, not {len(args.inputs)} arguments")
     require(len(args.inputs) == 1 or args.out, "--out is required with CONFIG A B")
+    require(len(args.inputs) == 3 or not args.align, "--align takes CONFIG A B (a run's path ends where it ends)")
 
 
-def _models(cfg, a: str, b: str, device):
-    """The two models as loaded, on the device: the one place where B would be aligned to A before the analysis."""
+def _models(cfg, a: str, b: str, data, device, args) -> tuple:
+    """The two models as loaded, on the device, B aligned to A with ``--align``; and the alignment's record."""
     from ..runner import load_model
 
-    return load_model(cfg, a, "model A").to(device), load_model(cfg, b, "model B").to(device)
+    a, b = load_model(cfg, a, "model A").to(device), load_model(cfg, b, "model B").to(device)
+    if not args.align:
+        return a, b, None
+    from ..alignment.pair import align_endpoints, line_change
+    from .summaries import print_alignment
+
+    aligned, record = align_endpoints(a, b, data, cfg.data.eval_batch_size)
+    *_, record["straight_line"] = line_change(a, b, aligned, data, cfg.data.eval_batch_size, args.points,
+                                              recompute(args.recompute_bn), device)
+    print_alignment(record)
+    return a, aligned, record
 
 
 def layerwise(args) -> int:
@@ -94,10 +108,11 @@ def layerwise(args) -> int:
         out = check_output_folder(args.out, args.force)
         cfg = load_config(args.inputs[0])
         device = pick_device(args.device)
-        a, b = _models(cfg, args.inputs[1], args.inputs[2], device)
-        result = analyse(a, b, prepare_data(cfg, device), batch_size=cfg.data.eval_batch_size, device=device,
-                         **settings)
-        inputs = {"config": cfg.name, "a": args.inputs[1], "b": args.inputs[2]}
+        data = prepare_data(cfg, device)
+        a, b, record = _models(cfg, args.inputs[1], args.inputs[2], data, device, args)
+        result = analyse(a, b, data, batch_size=cfg.data.eval_batch_size, device=device, **settings)
+        inputs = {"config": cfg.name, "a": args.inputs[1], "b": args.inputs[2],
+                  **({"aligned": True, "alignment": record} if record else {})}
     files = write_layerwise(result, out, inputs)
     print_layerwise(result)
     print(f"wrote {files['csv']}, {files['json']} and figures in {out}")

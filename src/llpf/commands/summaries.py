@@ -16,6 +16,8 @@ def print_summary(kind: str, s: dict, out=None) -> None:
         _print_baseline(kind, s, out)
     if s.get("zero_length"):
         print("  the destination is the start model itself: a path of length 0, ended at iteration 0", file=out)
+    if "alignment" in s:
+        print_alignment(s["alignment"], out, indent="  ")
 
 
 def _print_m2m(s: dict, out) -> None:
@@ -36,6 +38,28 @@ def _print_m2m(s: dict, out) -> None:
     if "straight_line_max_train_loss" in s:
         print(f"  straight line between the same endpoints peaks at training loss "
               f"{s['straight_line_max_train_loss']:.4f}", file=out)
+
+
+def print_alignment(r: dict, out=None, indent: str = "") -> None:
+    """What alignment did: groups reordered and those left in place (why), the function check, the straight line
+    before and after."""
+    out = out or sys.stdout
+    print(f"{indent}aligned by weight matching: {r['groups_reordered']} of {r['groups']} permutation groups reordered "
+          f"({r['units']} units, {r['sweeps']} sweeps); distance to A {r['distance_before']:.4g} -> "
+          f"{r['distance_after']:.4g}", file=out)
+    for name, why in r["left_in_place"].items():
+        print(f"{indent}  left in place: {name} ({why})", file=out)
+    if "max_output_difference" in r:
+        acc = r["test_accuracy"]
+        print(f"{indent}  same function: largest output difference {r['max_output_difference']:.3g} on "
+              f"{r['checked_on']} (outputs up to {r['output_scale']:.3g}); test accuracy {acc['dest']:.4f} (B), "
+              f"{acc['aligned']:.4f} (aligned B)", file=out)
+    if "straight_line" in r:
+        line = r["straight_line"]
+        b, a = line["before"], line["after"]
+        print(f"{indent}  straight line ({line['points']} points): A -> B max training loss {b['max_train_loss']:.4f}, "
+              f"barrier {b['barrier']:.4f}; A -> aligned B max {a['max_train_loss']:.4f}, barrier "
+              f"{a['barrier']:.4f}", file=out)
 
 
 def _exceedance(s: dict) -> str:

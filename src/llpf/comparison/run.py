@@ -16,7 +16,7 @@ from .. import config as C
 from ..analysis.barriers import PointEvaluator
 from ..data import Bundle, Split
 from ..errors import ConfigError, DataError, RunDirError
-from ..files import check_creatable, write_json
+from ..files import check_creatable, load_weights, save_weights, write_json
 from ..flat import layout_of
 from ..models import build_model
 from ..store import RunDir, gradient_steps
@@ -163,6 +163,31 @@ def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: Co
     if not summary:
         raise KeyboardInterrupt
     return summary
+
+
+def aligned_end(cfg: C.Config, a: Path, b: Path, folder: Path, data: Bundle, device,
+                log: Callable[[str], Any]) -> Path:
+    """The pair's destination aligned to its start, once: ``folder/dest-aligned.safetensors`` and what alignment
+    did in ``folder/alignment.json`` (written last, so its presence means both are whole)."""
+    from ..runner import align_dest
+
+    f, record_file = folder / "dest-aligned.safetensors", folder / "alignment.json"
+    if record_file.is_file():
+        return f
+    log(f"aligning {b.name} to {a.name}")
+    (state, _), record = align_dest(cfg, (load_weights(a), a), (load_weights(b), b), data, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(f, state, {"config": cfg.name, "aligned_to": str(a), "source": str(b)})
+    write_json(record_file, record)
+    return f
+
+
+def alignments(out: Path, pairs: int | None) -> dict:
+    """``{"alignment": {pair: record}}`` for the pairs whose destination was aligned; ``{}`` when none was."""
+    folders = {0: out} if pairs is None else {k: out / f"pair-{k:02d}" for k in range(pairs)}
+    found = {k: json.loads((f / "alignment.json").read_text()) for k, f in folders.items()
+             if (f / "alignment.json").is_file()}
+    return {"alignment": found} if found else {}
 
 
 def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: CompareLedger,
