@@ -7,10 +7,12 @@ leaves the old file or the new one, never half. Weights are safetensors;
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
@@ -41,6 +43,14 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def check_creatable(path: str | Path) -> None:
+    """Refuse a path that could not be written: its nearest existing ancestor (or itself) must be a writable folder."""
+    path = Path(path)
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RunDirError(f"cannot create {path}: {parent} is not a writable directory")
+
+
 def check_output_folder(path: str | Path, force: bool = False) -> Path:
     """Refuse an output folder that is a file, holds an llpf run, or is not empty (unless ``force``).
 
@@ -55,12 +65,24 @@ def check_output_folder(path: str | Path, force: bool = False) -> Path:
         raise RunDirError(f"{path} holds an llpf run; choose another --out")
     if not force and path.is_dir() and any(path.iterdir()):
         raise RunDirError(f"output folder {path} is not empty; choose another --out or pass --force")
+    check_creatable(path)
     return path
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as indented JSON with a trailing newline, atomically."""
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Path:
+    """``rows`` as CSV with ``columns`` (other keys left out; floats written exactly, by ``repr``), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write(path, buf.getvalue().encode())
+    return Path(path)
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

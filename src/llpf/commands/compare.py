@@ -18,12 +18,16 @@ def add(sub) -> None:
     p.add_argument("--methods", default="line,llpf,autoneb,bezier",
                    help="comma-separated: line, llpf, autoneb, bezier, polychain (default line,llpf,autoneb,bezier)")
     p.add_argument("--out", required=True, help="output directory; re-running the same command continues it")
-    p.add_argument("--points", type=int, default=41, help="points evaluated along every path, at least (default 41)")
-    p.add_argument("--points-per-segment", type=int, default=4,
+    p.add_argument("--points", type=at_least(2), default=41,
+                   help="points evaluated along every path, at least (default 41)")
+    p.add_argument("--points-per-segment", type=at_least(0), default=4,
                    help="interior points on each straight segment of a polygonal path, at least (default 4)")
-    p.add_argument("--train-samples", type=int, default=0,
+    p.add_argument("--train-samples", type=at_least(0), default=0,
                    help="evaluate the training loss on this many fixed random training samples (default 0: all)")
     recompute_bn_arg(p)
+    p.add_argument("--align", action="store_true",
+                   help="reorder each destination's hidden units to match its start's first (weight matching, "
+                        "llpf align); comparison.json records the straight line's barrier before and after")
     p.add_argument("--data-dir", default=None, help="dataset folder (sets data.root)")
     device_arg(p)
     quiet_arg(p)
@@ -36,13 +40,18 @@ def compare(args) -> int:
     result = compare(args.config, args.out, start=args.start, dest=args.dest, pairs=args.pairs, methods=args.methods,
                      points=args.points, points_per_segment=args.points_per_segment,
                      train_samples=args.train_samples, recompute_bn=recompute(args.recompute_bn),
-                     data_dir=args.data_dir, device=args.device, progress=not args.quiet)
+                     data_dir=args.data_dir, device=args.device, progress=not args.quiet, align=args.align)
     if not result:  # a rank other than 0 under torchrun: rank 0 prints the table
         return 0
     print_comparison(result["methods"])
     st = result["settings"]
     print(f"every path evaluated at {args.points} points or more: training loss on {st['train_samples']} samples, "
           f"test on {st['test_samples']}; {st['batchnorm']}")
+    for k, r in result.get("alignment", {}).items():
+        line = r["straight_line"]
+        print(f"pair {k} aligned: {r['groups_reordered']} of {r['groups']} groups reordered; straight line max "
+              f"training loss {line['before']['max_train_loss']:.4f} -> {line['after']['max_train_loss']:.4f}, "
+              f"barrier {line['before']['barrier']:.4f} -> {line['after']['barrier']:.4f}")
     print(f"wrote {result['files']['csv']}, {result['files']['figure']}")
     return 0 if all(r["failed"] == 0 for r in result["methods"]) else 1
 

@@ -8,6 +8,8 @@
                                       seedS.json their metrics and training time
     DIR/METHOD/                       one run directory per method (DIR/pair-XX/METHOD/ with --pairs)
     DIR/.../METHOD/profile.json       the dense evaluation of its path (llpf.comparison.profile)
+    DIR/[pair-XX/]dest-aligned.safetensors, alignment.json
+                                      with --align: the destination aligned to the start, and what that did
     DIR/comparison.csv                one row per method: the numbers; mean and spread over pairs
     DIR/comparison_pairs.csv          with --pairs: one row per pair and method
     DIR/comparison.json               both tables and the evaluation settings
@@ -25,6 +27,11 @@ command on a non-empty DIR is refused. Under torchrun the pairs are dealt to
 the ranks as ``llpf reproduce`` deals repetitions, and rank 0 writes the
 tables; a pair that fails costs only itself, and is named in one line.
 
+With ``align`` every method runs from the start to the destination with its
+units reordered to match the start's (weight matching, ``llpf.alignment``),
+aligned once per pair; comparison.json records each pair's alignment with the
+straight line's barrier before and after.
+
 Cost is counted in gradient evaluations (one forward and backward pass on one
 batch): Train_r steps for LLPF, interior pivots per band step for AutoNEB, one
 per step for a curve, none for the line. Wall seconds are each run's own
@@ -40,13 +47,13 @@ from .. import config as C
 from .. import distributed as D
 from .. import shards
 from ..errors import ConfigError, RunDirError
-from ..files import write_json
+from ..files import write_csv, write_json
 from ..runtime import pick_device
 from ..store import RunDir
 from .profile import profile_run, read_path, stats
-from .run import (COMPARED, DEFAULT_METHODS, CompareLedger, Evaluation, method_config, method_result, parse_methods,
-                  run_method, with_tables)
-from .table import PAIR_COLUMNS, comparison_figure, method_rows, table_columns, write_csv
+from .run import (COMPARED, DEFAULT_METHODS, CompareLedger, Evaluation, aligned_end, alignments, method_config,
+                  method_result, parse_methods, run_method, with_tables)
+from .table import PAIR_COLUMNS, comparison_figure, method_rows, table_columns
 
 __all__ = ["COMPARED", "DEFAULT_METHODS", "compare", "parse_methods", "profile_run", "read_path", "stats"]
 
@@ -58,24 +65,27 @@ def _check_settings(start, dest, pairs: int | None, points: int, points_per_segm
         raise ConfigError("--pairs trains its own endpoints; give either --pairs or --start and --dest")
     if pairs is not None and pairs < 1:
         raise ConfigError(f"--pairs must be at least 1, got {pairs}")
-    if points < 2 or points_per_segment < 0 or train_samples < 0:
-        raise ConfigError(f"--points must be at least 2 and --points-per-segment, --train-samples not negative "
-                          f"(got {points}, {points_per_segment}, {train_samples})")
+    for flag, value, least in (("--points", points, 2), ("--points-per-segment", points_per_segment, 0),
+                               ("--train-samples", train_samples, 0)):
+        if value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
 
 
 def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path | None = None,
             dest: str | Path | None = None, pairs: int | None = None, methods: str | Sequence[str] = DEFAULT_METHODS,
             points: int = 41, points_per_segment: int = 4, train_samples: int = 0, recompute_bn: bool | None = None,
             data_dir: str | None = None, device=None, progress: bool = False,
-            log: Callable[[str], Any] = print) -> dict:
+            log: Callable[[str], Any] = print, align: bool = False) -> dict:
     """Run ``methods`` on the pair ``start`` -> ``dest`` (or on ``pairs`` trained pairs) into ``out`` and compare.
 
     Every path is evaluated at least ``points`` points along it (a polygon at
     least ``points_per_segment`` inside each segment), on the training split (a
     fixed random ``train_samples`` of it; 0: all) and the test split, with
     BatchNorm statistics recomputed at every point when the model has BatchNorm
-    (``recompute_bn`` None) or as ``recompute_bn`` says. Returns ``methods``
-    (one row per method), ``pairs`` (one row per pair and method) and ``files``.
+    (``recompute_bn`` None) or as ``recompute_bn`` says; ``align``: to each
+    destination aligned to its start. Returns ``methods`` (one row per method),
+    ``pairs`` (one row per pair and method), ``files`` and, with ``align``,
+    ``alignment`` (pair -> what alignment did).
     """
     names = parse_methods(methods)
     _check_settings(start, dest, pairs, points, points_per_segment, train_samples)
@@ -95,15 +105,16 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
     out = Path(out)
     command = {"config": C.to_dict(cfg), "methods": names, "pairs": pairs, "points": points,
                "points_per_segment": points_per_segment, "train_samples": train_samples, "recompute_bn": recompute_bn,
-               **({"start": str(ends[0].resolve()), "dest": str(ends[1].resolve())} if ends else {})}
+               **({"start": str(ends[0].resolve()), "dest": str(ends[1].resolve())} if ends else {}),
+               **({"align": True} if align else {})}
     ledger = D.on_main(lambda: CompareLedger(out, command))
     D.on_main(lambda: ledger.set("device", str(device)))
     return _run(cfg, names, out, ledger, ends, pairs, points, points_per_segment, train_samples, recompute_bn,
-                device, progress, log)
+                device, progress, log, align)
 
 
 def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, points_per_segment, train_samples,
-         recompute_bn, device, progress, log) -> dict:
+         recompute_bn, device, progress, log, align: bool = False) -> dict:
     """Each rank runs its share of the pairs (all of them in one process); rank 0 writes the tables.
 
     Pairs are dealt to torchrun's ranks as ``llpf reproduce`` deals repetitions
@@ -135,6 +146,8 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
 
     def run_pair(k: int) -> None:
         a, b = ends if ends else (exp.endpoint(2 * k), exp.endpoint(2 * k + 1, "dest"))
+        if align:
+            b = aligned_end(cfg, a, b, out if ends else out / f"pair-{k:02d}", data, device, say)
         for name in names:
             summary = run_method(name, method_config(cfg, name, k), a, b, run_of(k, name), ledger, device, progress,
                                  data, say)
@@ -155,7 +168,7 @@ def _run(cfg, names, out: Path, ledger: CompareLedger, ends, pairs, points, poin
                           + "; run the same command again to complete them")
     rows = method_rows(done, names, count)
     return {"methods": rows, "pairs": [{k: v for k, v in r.items() if k != "profile"} for r in done],
-            "files": files, "settings": settings(cfg, names, done, ev)}
+            "files": files, "settings": settings(cfg, names, done, ev), **alignments(out, pairs)}
 
 
 def settings(cfg: C.Config, names: Sequence[str], results: list[dict], ev: Evaluation) -> dict:
@@ -173,7 +186,7 @@ def write_results(out: Path, cfg: C.Config, names: Sequence[str], results: list[
     if pairs is not None:
         files["pairs_csv"] = write_csv(out / "comparison_pairs.csv", flat, PAIR_COLUMNS)
     st = settings(cfg, names, results, ev)
-    write_json(out / "comparison.json", {"settings": st, "methods": rows, "pairs": flat})
+    write_json(out / "comparison.json", {"settings": st, "methods": rows, "pairs": flat, **alignments(out, pairs)})
     files["json"] = out / "comparison.json"
     title = (f"{cfg.name}: {st['pairs']} pair(s)\ntraining loss on {st['train_samples']} samples, test on "
              f"{st['test_samples']}; {st['batchnorm']}")

@@ -13,13 +13,14 @@ from typing import Any, Callable, Sequence
 import torch.nn.functional as F
 
 from .. import config as C
+from ..analysis.barriers import PointEvaluator
 from ..data import Bundle, Split
 from ..errors import ConfigError, DataError, RunDirError
-from ..files import write_json
+from ..files import check_creatable, load_weights, save_weights, write_json
 from ..flat import layout_of
 from ..models import build_model
 from ..store import RunDir, gradient_steps
-from ..train import DEFAULT_METRICS, evaluate_state, has_batchnorm
+from ..train import DEFAULT_METRICS
 from .profile import profile_run
 
 # compare's method names -> the path method (and config table) each runs
@@ -82,6 +83,7 @@ class CompareLedger:
             self.data = old
         else:
             self.data = {"command": command, "runs": {}}
+            check_creatable(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(self.file, self.data)
 
@@ -122,22 +124,19 @@ class Evaluation:
         if not isinstance(self.data.train, Split):
             raise DataError("compare evaluates the training loss along every path and needs a dataset held as "
                             "tensors (not a loader)")
-        self.model = build_model(self.cfg.model).to(self.device)
-        self.names = layout_of(self.model).names
-        self.train = self.data.train.subset(self.train_samples, seed=0)
-        self.splits = {"train": self.train, "test": self.data.test}
-        self.recompute = has_batchnorm(self.model) if self.recompute_bn is None else self.recompute_bn
+        model = build_model(self.cfg.model)
+        self.names = layout_of(model).names
+        self.points = PointEvaluator(model, {"train": self.data.train, "test": self.data.test}, F.cross_entropy,
+                                     self.recompute_bn, DEFAULT_METRICS, self.cfg.data.eval_batch_size, self.device,
+                                     train_samples=self.train_samples)
+        self.train = self.points.splits["train"]
 
     def at(self, state: dict) -> dict:
-        return evaluate_state(self.model, state, self.splits, F.cross_entropy, DEFAULT_METRICS,
-                              self.cfg.data.eval_batch_size, self.recompute, self.train)
+        return self.points.at(state)
 
     @property
     def batchnorm(self) -> str:
-        if not has_batchnorm(self.model):
-            return "the model has no BatchNorm"
-        return ("BatchNorm statistics recomputed on the training samples at every point" if self.recompute
-                else "raw BatchNorm statistics (interpolated, never recomputed)")
+        return self.points.batchnorm
 
 
 def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: CompareLedger, device,
@@ -164,6 +163,31 @@ def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: Co
     if not summary:
         raise KeyboardInterrupt
     return summary
+
+
+def aligned_end(cfg: C.Config, a: Path, b: Path, folder: Path, data: Bundle, device,
+                log: Callable[[str], Any]) -> Path:
+    """The pair's destination aligned to its start, once: ``folder/dest-aligned.safetensors`` and what alignment
+    did in ``folder/alignment.json`` (written last, so its presence means both are whole)."""
+    from ..runner import align_dest
+
+    f, record_file = folder / "dest-aligned.safetensors", folder / "alignment.json"
+    if record_file.is_file():
+        return f
+    log(f"aligning {b.name} to {a.name}")
+    (state, _), record = align_dest(cfg, (load_weights(a), a), (load_weights(b), b), data, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(f, state, {"config": cfg.name, "aligned_to": str(a), "source": str(b)})
+    write_json(record_file, record)
+    return f
+
+
+def alignments(out: Path, pairs: int | None) -> dict:
+    """``{"alignment": {pair: record}}`` for the pairs whose destination was aligned; ``{}`` when none was."""
+    folders = {0: out} if pairs is None else {k: out / f"pair-{k:02d}" for k in range(pairs)}
+    found = {k: json.loads((f / "alignment.json").read_text()) for k, f in folders.items()
+             if (f / "alignment.json").is_file()}
+    return {"alignment": found} if found else {}
 
 
 def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: CompareLedger,
