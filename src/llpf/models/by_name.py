@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import difflib
 
-import torchvision
 from torch import nn
 
 from ..config import ModelConfig
@@ -34,6 +33,8 @@ WIDTH_KEYWORD = "width_mult"  # the builders' name for a width multiplier (Mobil
 
 def torchvision_names() -> list[str]:
     """The classification builders torchvision offers."""
+    import torchvision  # imported where a torchvision model is named: LeNet5 on digits never needs it
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
@@ -57,8 +58,10 @@ def build_torchvision(cfg: ModelConfig) -> nn.Module:
         kwargs[WIDTH_KEYWORD] = cfg.width
     if name.startswith("vit_"):
         kwargs["image_size"] = cfg.image_size
+    from torchvision.models import get_model_builder
+
     try:
-        model = torchvision.models.get_model_builder(name)(**kwargs)
+        model = get_model_builder(name)(**kwargs)
     except TypeError as e:
         if WIDTH_KEYWORD in str(e):
             raise ConfigError(f"model.width: torchvision:{name} takes no width multiplier (mobilenet_v2 and "
@@ -68,15 +71,13 @@ def build_torchvision(cfg: ModelConfig) -> nn.Module:
     return _adapt_stem(model, name, cfg)
 
 
-PATCH_EMBEDDINGS = (torchvision.models.VisionTransformer, torchvision.models.SwinTransformer,
-                    torchvision.models.MaxVit)
-
-
 def _adapt_stem(model: nn.Module, name: str, cfg: ModelConfig) -> nn.Module:
     """The first convolution takes ``in_channels``; with ``stem = "cifar"`` it is 3x3 stride 1 and the stem's
     max-pool goes."""
+    from torchvision.models import MaxVit, SwinTransformer, VisionTransformer
+
     cifar = cfg.stem == "cifar"
-    if cifar and isinstance(model, PATCH_EMBEDDINGS):
+    if cifar and isinstance(model, (VisionTransformer, SwinTransformer, MaxVit)):
         raise ConfigError(f"model.stem: torchvision:{name} embeds image patches and has no convolutional stem to "
                           f"adapt; leave stem at \"default\"")
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
