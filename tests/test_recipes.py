@@ -137,3 +137,14 @@ def test_weights_from_elsewhere_have_no_recipe(tmp_path):
         save_file(initialisation(cfg, seed), str(tmp_path / f"w{seed}.safetensors"))
     s = run_path("m2m", cfg, tmp_path / "w0.safetensors", tmp_path / "w1.safetensors", tmp_path / "run", device="cpu")
     assert s["endpoint_recipes"] == {"start": None, "dest": None}
+
+
+def test_the_dry_run_counts_each_end_at_its_own_recipe(tmp_path):
+    from llpf.reproduce import dry_run
+
+    (tmp_path / "c.toml").write_text(FROZEN_DEST.replace("batch_size = 32\n[m2m]", "batch_size = 32\nepochs = 3\n[m2m]"))
+    lines = []
+    plan = dry_run(str(tmp_path / "c.toml"), device="cpu", batch_size=2, log=lines.append)
+    # 256 training images: [train] 1 epoch of batch 64, [train.dest] 3 epochs of batch 32
+    assert plan["endpoint_steps"] == 1 * (256 // 64) + 3 * (256 // 32)
+    assert "endpoints: 2 per repetition, 1 epochs (the destination 3, [train.dest])" in lines[-1]
