@@ -1,5 +1,6 @@
 """Paths across variance spheres: VarianceCorrection onto the start's sphere (the paper), the destination's, or one
 that moves between them, with the floor, the verdicts, the start-of-path warning and the figure following it."""
+import io
 import json
 import math
 import warnings
@@ -17,6 +18,7 @@ from llpf.driver import Driver
 from llpf.errors import ConfigError, PrerequisiteWarning
 from llpf.geometry import Layout, Segments, distance_floor, sphere_variance
 from llpf.methods import M2M
+from llpf.observer import Observer
 from llpf.runner import load_model, warn_if_variances_differ
 from llpf.schedule import resolve
 from llpf.store import RunDir
@@ -132,6 +134,40 @@ def test_a_path_on_the_destinations_sphere_arrives_where_the_start_sphere_stops_
         assert floor == pytest.approx(math.sqrt(pa[n].numel()) * float(abs(sa - sb)), rel=1e-9)
         assert start["final_distance"][n] >= floor * (1 - 1e-9)
     assert start["final_relative_distance_max"] > 10 * dest["final_relative_distance_max"]
+
+
+class StopAt(Observer):
+    """Keeps the checkpoint of ``iteration`` as a run directory would (through torch.save) and stops there."""
+
+    def __init__(self, iteration, box):
+        self.iteration, self.state, self.box = iteration, None, box
+
+    def on_checkpoint(self, iteration, state):
+        if iteration == self.iteration:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            buf.seek(0)
+            self.state = torch.load(buf, weights_only=True)
+            self.box[0].stop_requested = True
+
+
+def test_a_path_whose_sphere_moves_resumes_to_the_same_end(problem):
+    """The sphere is a function of the iteration: a run stopped inside a moving phase continues on it."""
+    split, (a, b) = problem
+    cfg = PathConfig(phases=[Phase(iterations=6, step_a=0.1, rounds=2), Phase(iterations=4, step_a=0.2, rounds=1)],
+                     sphere="moving", batch_size=32, lr=0.01, eval_every=2, save_every=10, checkpoint_every=3)
+    sets = {"train": split}
+    (whole,) = Driver(M2M(a, cfg, split, dest=b, device="cpu"), eval_sets=sets).run()
+    box = [None]
+    stop = StopAt(3, box)
+    box[0] = Driver(M2M(a, cfg, split, dest=b, device="cpu"), eval_sets=sets, observers=[stop])
+    box[0].run()
+    driver = Driver(M2M(a, cfg, split, dest=b, device="cpu"), eval_sets=sets)
+    driver.load_state_dict(stop.state)
+    (resumed,) = driver.run()
+    assert resumed.rows == [r for r in whole.rows if r["iteration"] > 3]
+    assert resumed.summary == whole.summary
+    assert [r["sphere_fraction"] for r in resumed.rows if "sphere_fraction" in r] == [4 / 6, 1.0, 1.0, 1.0]
 
 
 def test_m2o_has_no_destination_sphere(problem):
