@@ -112,10 +112,10 @@ class M2MRecords(FlatPaths):
         llpf's: the loss stays below L_thres and every layer reaches its
         variance-sphere floor within ``arrival_tolerance`` x its initial
         distance (the floor is 0 for a path that ends on the destination's
-        sphere: it must reach the destination itself). The paper's: every training loss below 0.1 and every final
-        layer-wise distance below 0.1. The loss is the full training-set loss
-        every ``eval_every`` iterations where a ``train`` set was evaluated, else
-        the batch losses (``judged_on``).
+        sphere: it must reach the destination itself). The paper's: every
+        training loss below 0.1 and every final layer-wise distance below 0.1.
+        The loss is the full training-set loss every ``eval_every`` iterations
+        where a ``train`` set was evaluated, else the batch losses (``judged_on``).
         """
         cfg, seg = self.cfg, self.seg
         start, dest = self.of_path(self.start_flat, k), self.of_path(self.dest_flat, k)
