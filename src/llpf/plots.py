@@ -22,9 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import files
+from .methods.base import SMOOTH  # the paper's figures: moving average over 10 iterations
 from .store import RunDir
-
-SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
 
 def moving_average(y: np.ndarray, w: int = SMOOTH) -> np.ndarray:

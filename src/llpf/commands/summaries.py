@@ -27,7 +27,8 @@ def _print_m2m(s: dict, out) -> None:
           f"{s['iterations']} iterations)\n"
           f"  judged on {judged}: max {loss:.4f} (llpf threshold {s['loss_threshold']}, paper's "
           f"{pc['loss_below']}); batch losses above the threshold in {s['batch_loss_exceedance']:.1%} of "
-          f"iterations\n"
+          f"iterations; smoothed over {pc['smoothed_over']} iterations (paper Figure 2) at most "
+          f"{_fmt(pc['smoothed_batch_loss_max'])}\n"
           f"  final/initial distance: at most {s['final_relative_distance_max']:.3f} ({worst}); every layer "
           f"within {s['arrival_tolerance']:g} x its initial distance of its variance-sphere floor: "
           f"{'yes' if s['floor_reached'] else 'no'}; every final distance below {pc['distance_below']} "
@@ -35,6 +36,10 @@ def _print_m2m(s: dict, out) -> None:
     if "straight_line_max_train_loss" in s:
         print(f"  straight line between the same endpoints peaks at training loss "
               f"{s['straight_line_max_train_loss']:.4f}", file=out)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _print_m2o(s: dict, out) -> None:

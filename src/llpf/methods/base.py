@@ -82,6 +82,7 @@ from ..schedule import ResolvedPhase, resolve
 from ..train import LossFn, TrainR, cycle
 
 Evaluate = Callable[..., dict]
+SMOOTH = 10  # paper Figure 2: every iteration's training loss, smoothed by a moving average over 10 iterations
 
 
 @dataclass
@@ -96,6 +97,17 @@ class Record:
     iterations: int = 0
     batch_losses: int = 0  # iterations whose batch loss was recorded
     batch_losses_above: int = 0  # ... and of those, the ones above cfg.loss_threshold
+    recent_batch_losses: list = field(default_factory=list)  # the last SMOOTH - 1 of them, oldest first
+    max_smoothed_batch_loss: float = -math.inf  # the largest trailing mean over SMOOTH iterations (fewer at first)
+
+    def add_batch_loss(self, loss: float, threshold: float) -> None:
+        """One iteration's batch loss: the maxima, the count above ``threshold``, the smoothed maximum."""
+        self.max_batch_loss = max(self.max_batch_loss, loss)
+        self.batch_losses += 1
+        self.batch_losses_above += loss > threshold
+        window = [*self.recent_batch_losses, loss]
+        self.max_smoothed_batch_loss = max(self.max_smoothed_batch_loss, sum(window) / len(window))
+        self.recent_batch_losses = window[1 - SMOOTH:]
 
 
 def ratio_to(x: Tensor, ref: Tensor) -> Tensor:

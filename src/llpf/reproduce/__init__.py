@@ -249,7 +249,8 @@ class Experiment:
 
     def log_done(self, k: int, summary: dict) -> None:
         self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
-                                                         f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
+                                                         f"{summary.get('valid_relative')}, valid_paper "
+                                                         f"{summary.get('valid_paper')}" if self.kind == "m2m" else ""))
 
     def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
         """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
