@@ -212,6 +212,35 @@ def test_fine_tune_is_sgd_with_weight_decay_and_no_move():
     assert [r["rounds"] for r in result.rows] == [0, 2]
 
 
+def loss_and_grads_at(template: nn.Module, p: dict[str, torch.Tensor], x=X, y=Y):
+    """The hand-written cross-entropy of ``template``'s architecture at parameters ``p`` on one batch, and its
+    gradient by autograd (in training mode, as Train_r takes it: BatchNorm normalises with the batch's statistics)."""
+    fresh = copy.deepcopy(template).train()
+    with torch.no_grad():
+        for k, q in fresh.named_parameters():
+            q.copy_(p[k])
+    loss = cross_entropy(fresh(x), y)
+    loss.backward()
+    return float(loss.detach()), {k: q.grad for k, q in fresh.named_parameters()}
+
+
+@pytest.mark.parametrize("decay_on", ["moved", "all"])
+def test_fine_tune_decays_only_the_layers_m2o_moves_unless_asked_for_all(decay_on):
+    """m2o-baselines' fine-tuning: ``weight_decay_on = "moved"`` decays the layers M2O moves and not the
+    normalisation layers, which M2O never moves (and which the matched decay was not sized for)."""
+    lr, wd = 0.1, 0.3
+    start = with_layer_norm()
+    spared = {"1.weight", "1.bias"} if decay_on == "moved" else set()
+    p = params(start)
+    for _ in range(2):
+        _, g = loss_and_grads_at(start, p)
+        p = {n: p[n] - lr * (g[n] + (0.0 if n in spared else wd) * p[n]) for n in p}
+    cfg = dataclasses.replace(one_phase(lr, layers=["*"], step_a=0.5, step_f=0.5, rounds=2), weight_decay=wd,
+                              weight_decay_on=decay_on)
+    result = llpf.find_path("finetune", start, BATCH, cfg, test_data=BATCH, device="cpu")
+    assert_params(result.model, p)
+
+
 def test_move_only_scales_moved_layers_by_one_minus_step_a_per_iteration():
     """``move-only``: T Moves toward O and no gradient step; with step_f = 0 a moved layer is (1 - step_a)^T P0."""
     step_a, T = 0.1, 3

@@ -109,6 +109,7 @@ class PathConfig:
     lr: float = 1e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"  # the parameters weight_decay shrinks: "all" | "moved" (the layers a phase moves)
     step_rule: str = "sum"  # "sum" (paper) | "max" (authors' public code)
     correct: str = "all"  # M2M: VarianceCorrection on "all" parameters or "moved" only
     eval_every: int = 100
@@ -276,6 +277,7 @@ class Config:
 _CHOICES = {
     ("PathConfig", "step_rule"): ("sum", "max"),
     ("PathConfig", "correct"): ("all", "moved"),
+    ("PathConfig", "weight_decay_on"): ("all", "moved"),
     ("PathConfig", "select_on"): ("test", "validation"),
     ("PathConfig", "select_by"): ("loss", "accuracy"),
     ("PathConfig", "bf16"): ("auto", "on", "off"),

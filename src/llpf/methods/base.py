@@ -229,6 +229,13 @@ class FlatPaths(Method):
         """Layers no phase moves, whatever its patterns say."""
         return set()
 
+    def weight_decay(self) -> float | Tensor:
+        """Train_r's weight decay: ``cfg.weight_decay`` on every parameter, or per element on the layers some
+        phase moves only (``weight_decay_on = "moved"``: the fine-tuning baseline of M2O decays what M2O shrinks)."""
+        if self.cfg.weight_decay_on == "all" or not self.cfg.weight_decay:
+            return self.cfg.weight_decay
+        return self.seg.expand(self.ever_moved.to(self.start_flat.dtype) * self.cfg.weight_decay)
+
     @property
     def flat(self) -> Tensor:
         raise NotImplementedError
@@ -330,10 +337,10 @@ class SinglePath(FlatPaths):
         self._resolve(self.fp.layout, self.model)
         self.batches = TrainBatches(train_data, self.cfg.batch_size, self.cfg.seed, self.device, self.cfg.augment,
                                     augmentation)
+        self.start_flat = self.fp.flat.clone()
         make = DataParallelTrainR if self.data_parallel else TrainR  # data-parallel: every rank takes rank 0's start
         self.train_r = make(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                            self.cfg.weight_decay, self.device, fast=fast_path(self.cfg, self.device, self.model))
-        self.start_flat = self.fp.flat.clone()
+                            self.weight_decay(), self.device, fast=fast_path(self.cfg, self.device, self.model))
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
         self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)
