@@ -130,9 +130,10 @@ class PathConfig:
     # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
     # so off by default; true applies the dataset's default augmentation (data.augment) to them
     augment: bool = False
-    # The fast path of Train_r's steps (llpf.fast): "auto" is on with CUDA, off elsewhere
-    bf16: str = "auto"  # bf16 autocast: "auto" | "on" | "off"
-    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" | "on" | "off"
+    # The fast path of Train_r's steps (llpf.fast). bf16 autocast changes Train_r's numerics (and so the
+    # until-loss decisions) against the paper's fp32: a speed setting, off unless named ("auto": on with CUDA)
+    bf16: str = "off"  # bf16 autocast: "off" | "on" | "auto"
+    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" (on with CUDA) | "on" | "off"
     compile: bool = False  # torch.compile of the training step's forward and loss
     seed: int = 0
 

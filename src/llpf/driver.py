@@ -335,6 +335,7 @@ def path_summary(method: Method, k: int, rec: Record) -> dict:
         "planned_iterations": method.total,
         "max_batch_loss": finite(rec.max_batch_loss),
         "max_train_loss": finite(rec.max_train_loss),
+        "numerics": method.numerics(),
     }
     if rec.failure:
         s["reason"] = rec.failure

@@ -74,7 +74,7 @@ from ..data import BatchStream, Split
 from ..data.augment import augmented
 from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
-from ..fast import fast_path
+from ..fast import FastPath, fast_path
 from ..flat import FlatParams, check_finite, check_same_architecture, cpu_state, flat_of
 from ..geometry import Segments
 from ..runtime import pick_device
@@ -188,6 +188,13 @@ class Method:
 
     def summary(self, k: int, record: Record) -> dict:
         return {}
+
+    def numerics(self) -> dict:
+        """How the path's training steps computed (``summary.json``'s ``numerics``): the parameters' dtype, and
+        Train_r's fast path where the method trains with Train_r (the baselines step in the parameters' dtype)."""
+        train_r = getattr(self, "train_r", None)
+        fast = train_r.fast if train_r is not None else FastPath()
+        return fast.numerics(next(self.model_of(0).parameters()).dtype)
 
     def state_dict(self, k: int) -> dict:
         raise NotImplementedError

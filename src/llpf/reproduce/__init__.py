@@ -64,7 +64,7 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
 
     ``method`` picks the path table of a config holding both (``demo``).
     ``batch_paths`` repetitions run together (default: ``default_batch_paths``);
-    ``fast`` overrides the path table's fast-path settings (``{"bf16": "off"}``).
+    ``fast`` overrides the path table's fast-path settings (``{"bf16": "on"}``).
     Under torchrun each rank runs its share and rank 0 returns the aggregate;
     the other ranks return ``{}``.
     """
