@@ -124,6 +124,9 @@ def test_fine_tuning_decays_the_layers_m2o_moves_by_default_and_every_parameter_
         per_layer = wd.split(method.seg.numels) if torch.is_tensor(wd) else [torch.tensor([wd])] * len(method.names)
         for name, d in zip(method.names, per_layer):
             assert torch.all(d == (0.0 if name in norm and decay_on == "moved" else 0.5)), (decay_on, name)
+    # LeNet5 has no normalisation layer and M2O moves all its layers: its fine-tuning is the same either way
+    lenet = FineTune(build_model(cfg.model), finetune_config(cfg, 6, T, 0.5, "moved").m2o, data.train, device="cpu")
+    assert lenet.train_r.weight_decay == 0.5
     with pytest.raises(ConfigError, match="decay_on"):
         m2o_baselines(cfg, root / "start.safetensors", root / "unused", decay_on="norms", device="cpu", data=data)
 

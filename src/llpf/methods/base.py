@@ -239,8 +239,8 @@ class FlatPaths(Method):
     def weight_decay(self) -> float | Tensor:
         """Train_r's weight decay: ``cfg.weight_decay`` on every parameter, or per element on the layers some
         phase moves only (``weight_decay_on = "moved"``: the fine-tuning baseline of M2O decays what M2O shrinks)."""
-        if self.cfg.weight_decay_on == "all" or not self.cfg.weight_decay:
-            return self.cfg.weight_decay
+        if self.cfg.weight_decay_on == "all" or not self.cfg.weight_decay or bool(self.ever_moved.all()):
+            return self.cfg.weight_decay  # every layer decayed: the same steps as "all", to the bit
         return self.seg.expand(self.ever_moved.to(self.start_flat.dtype) * self.cfg.weight_decay)
 
     @property
