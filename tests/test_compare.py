@@ -105,8 +105,10 @@ def test_compare_writes_its_files_and_every_path_stays_at_or_below_the_line_on_a
     with open(out / "comparison.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == METHODS
-    assert list(rows[0])[:8] == ["method", "max_train_loss", "mean_train_loss", "max_test_loss", "min_test_accuracy",
-                                 "path_length", "gradient_steps", "wall_seconds"]
+    assert list(rows[0])[:11] == ["method", "budget", "max_train_loss", "walked_max_train_loss", "mean_train_loss",
+                                  "max_test_loss", "min_test_accuracy", "path_length", "planned_gradient_steps",
+                                  "gradient_steps", "wall_seconds"]
+    assert {r["budget"] for r in rows} == {"config"}
     for name in METHODS:
         assert RunDir(out / name).info()["status"] == "complete"
         assert (out / name / "profile.json").is_file()
@@ -407,8 +409,8 @@ def test_the_command_prints_the_table_and_writes_the_files(pair, tmp_path, capsy
                  "--device", "cpu", "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("method"))
-    assert lines[head].split()[:3] == ["method", "max_train_loss", "mean_train_loss"]
-    assert [ln.split()[0] for ln in lines[head + 1:head + 3]] == ["line", "polychain"]
+    assert lines[head].split()[:4] == ["method", "budget", "max_train_loss", "walked_max_train_loss"]
+    assert [ln.split()[:2] for ln in lines[head + 1:head + 3]] == [["line", "config"], ["polychain", "config"]]
     assert lines[head + 3] == ("every path evaluated at 5 points or more: training loss on 256 samples, test on 128; "
                                "the model has no BatchNorm")
     assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()

@@ -210,7 +210,7 @@ class AutoNEBConfig(DriverSettings):
     points_per_segment: int = 9  # interior evaluation points per segment (published)
     spring: float = math.inf  # inf: no spring force, pivots redistributed along the chain (published)
     optimizer: str = "sgd"  # "sgd" | "adam"
-    momentum: float = 0.9  # the published config names "SGD-Momentum" without a value
+    momentum: float = 0.9  # published (the configs' SGD with momentum 0.9)
     weight_decay: float = 0.0  # added to each pivot's gradient before the projection (published: 1e-4)
     insertion_samples: int = 0  # 0: the whole training split
     budget: int = 0  # gradient evaluations to spend (0: the cycles' steps as given)

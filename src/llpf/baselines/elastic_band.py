@@ -29,8 +29,7 @@ Settings (:class:`llpf.config.AutoNEBConfig`, the ``[autoneb]`` table) and why:
 - the cycle schedule has the shape of the one published with the paper's
   code for its CIFAR networks (:data:`llpf.config.PAPER_CYCLES`): 4 cycles of
   1000 steps at learning rate 0.1, 2 of 2000 at 0.1, 4 of 1000 at 0.01, 4 of
-  1000 at 0.001, 14 cycles and 16,000 band steps, SGD with momentum (0.9, our
-  choice: the published config names "SGD-Momentum" without a value), band
+  1000 at 0.001, 14 cycles and 16,000 band steps, SGD with momentum 0.9, band
   steps on batches of 512 and a weight decay of 1e-4 added to each pivot's
   gradient before the projection (as the published NEB does). The paper's
   configs carry these settings; the table's defaults are the shape at 2% of
