@@ -22,11 +22,13 @@ from llpf.models import MODELS
 from test_compare import convex_model, logistic, pair  # noqa: F401  (fixtures)
 
 
-def with_convex_model(run):
-    """Run ``run()`` with the convex test model registered (module-scoped fixtures run before the autouse one)."""
+def compare_pair(pair, out, **options):
+    """``llpf.compare`` on the convex test pair, the model registered (module-scoped fixtures run before the
+    autouse one), every path evaluated sparsely."""
     MODELS["logistic-test"] = logistic
     try:
-        return run()
+        return llpf.compare(pair / "c.toml", out, start=pair / "a.safetensors", dest=pair / "b.safetensors",
+                            points=11, points_per_segment=1, device="cpu", log=lambda s: None, **options)
     finally:
         del MODELS["logistic-test"]
 
@@ -84,10 +86,7 @@ def test_a_path_at_twice_the_budget_ends_where_the_config_s_path_ends(pair):
 @pytest.fixture(scope="module")
 def matched(pair):
     out = pair / "matched"
-    result = with_convex_model(lambda: llpf.compare(
-        pair / "c.toml", out, start=pair / "a.safetensors", dest=pair / "b.safetensors",
-        methods="llpf,autoneb,bezier,line,llpf-until", budget="matched", points=11, points_per_segment=1,
-        llpf_knots=8, device="cpu", log=lambda s: None))
+    result = compare_pair(pair, out, methods="llpf,autoneb,bezier,line,llpf-until", budget="matched", llpf_knots=8)
     return out, {r["method"]: r for r in result["methods"]}
 
 
@@ -138,10 +137,8 @@ def test_llpf_until_runs_llpf_s_iterations_training_until_the_bound(matched):
 @pytest.fixture(scope="module")
 def frontier(pair):
     out = pair / "frontier"
-    result = with_convex_model(lambda: llpf.compare(
-        pair / "c.toml", out, start=pair / "a.safetensors", dest=pair / "b.safetensors",
-        methods="line,llpf,llpf-until,autoneb,bezier", budgets="60,20", points=11, points_per_segment=1,
-        llpf_knots=5, until_loss=1.0, device="cpu", log=lambda s: None))
+    result = compare_pair(pair, out, methods="line,llpf,llpf-until,autoneb,bezier", budgets="60,20", llpf_knots=5,
+                          until_loss=1.0)
     return out, result
 
 
@@ -180,17 +177,16 @@ def test_report_shows_the_frontier(frontier, tmp_path):
     assert 'alt="loss-budget frontier"' in page and "<td>llpf-until</td>" in page
 
 
-def test_rerunning_the_frontier_continues_and_another_budget_is_refused(frontier, pair):
+def test_rerunning_the_frontier_continues_and_another_budget_is_refused(frontier, pair, monkeypatch):
     out, result = frontier
-    said = []
-    again = llpf.compare(pair / "c.toml", out, start=pair / "a.safetensors", dest=pair / "b.safetensors",
-                         methods="line,llpf,llpf-until,autoneb,bezier", budgets=[20, 60], points=11,
-                         points_per_segment=1, llpf_knots=5, until_loss=1.0, device="cpu", log=said.append)
-    assert said == [] and again["frontier"] == result["frontier"]
+    for again in ("run_path", "resume"):  # every run is finished: none runs again
+        monkeypatch.setattr(llpf.runner, again, lambda *a, **k: pytest.fail("a finished run ran again"))
+    again = compare_pair(pair, out, methods="line,llpf,llpf-until,autoneb,bezier", budgets=[20, 60], llpf_knots=5,
+                         until_loss=1.0)
+    assert again["frontier"] == result["frontier"]
     with pytest.raises(Exception, match="differs in budgets"):
-        llpf.compare(pair / "c.toml", out, start=pair / "a.safetensors", dest=pair / "b.safetensors",
-                     methods="line,llpf,llpf-until,autoneb,bezier", budgets=[20, 80], points=11,
-                     points_per_segment=1, llpf_knots=5, until_loss=1.0, device="cpu", log=said.append)
+        compare_pair(pair, out, methods="line,llpf,llpf-until,autoneb,bezier", budgets=[20, 80], llpf_knots=5,
+                     until_loss=1.0)
 
 
 def test_given_endpoints_are_used_for_the_pairs(pair, tmp_path):
