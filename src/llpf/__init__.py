@@ -23,6 +23,7 @@ _PUBLIC = {
     "Driver": "driver", "PathResult": "driver",
     "METHODS": "methods", "register": "methods",
     "compare": "comparison",
+    "layerwise": "analysis.layerwise", "path_layerwise": "analysis.layerwise",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

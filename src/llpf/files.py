@@ -7,10 +7,12 @@ leaves the old file or the new one, never half. Weights are safetensors;
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save
@@ -60,6 +62,17 @@ def check_output_folder(path: str | Path, force: bool = False) -> Path:
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as indented JSON with a trailing newline, atomically."""
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Path:
+    """``rows`` as CSV with ``columns`` (other keys left out; floats written exactly, by ``repr``), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write(path, buf.getvalue().encode())
+    return Path(path)
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

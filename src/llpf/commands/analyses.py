@@ -82,7 +82,8 @@ def _run_analyses(sub) -> None:
 
     p = sub.add_parser("report", help="an offline HTML report of runs and analysis outputs")
     p.add_argument("inputs", nargs="+",
-                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines")
+                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines/"
+                        "compare/layerwise")
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--no-pca", action="store_true", help="skip the PCA of the given paths")
     force_arg(p)

@@ -47,15 +47,14 @@ from .. import config as C
 from .. import distributed as D
 from .. import shards
 from ..errors import RunDirError
-from ..files import write_json
+from ..files import write_csv, write_json
 from ..runtime import pick_device
 from ..store import RunDir, gradient_steps
 from .options import COMPARED, DEFAULT_METHODS, MATCHED, Options, parse_methods
 from .profile import profile_run, read_path, stats
 from .run import (CompareLedger, Evaluation, method_config, method_result, planned_tables, run_method,
                   with_tables)
-from .table import (PAIR_COLUMNS, comparison_figure, frontier_figure, frontier_rows, method_rows, table_columns,
-                    write_csv)
+from .table import PAIR_COLUMNS, comparison_figure, frontier_figure, frontier_rows, method_rows, table_columns
 
 __all__ = ["COMPARED", "DEFAULT_METHODS", "Options", "compare", "parse_methods", "profile_run", "read_path", "stats"]
 

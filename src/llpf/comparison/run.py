@@ -13,13 +13,14 @@ from typing import Any, Callable, Sequence
 import torch.nn.functional as F
 
 from .. import config as C
+from ..analysis.barriers import PointEvaluator
 from ..data import Bundle, Split
 from ..errors import ConfigError, DataError, RunDirError
 from ..files import write_json
 from ..flat import layout_of
 from ..models import build_model
 from ..store import RunDir, gradient_steps
-from ..train import DEFAULT_METRICS, evaluate_state, has_batchnorm
+from ..train import DEFAULT_METRICS
 from . import budget as B
 from .options import COMPARED, DEFAULTS, MATCHED, Options, budget_label
 from .profile import profile_run
@@ -139,22 +140,19 @@ class Evaluation:
         if not isinstance(self.data.train, Split):
             raise DataError("compare evaluates the training loss along every path and needs a dataset held as "
                             "tensors (not a loader)")
-        self.model = build_model(self.cfg.model).to(self.device)
-        self.names = layout_of(self.model).names
-        self.train = self.data.train.subset(self.train_samples, seed=0)
-        self.splits = {"train": self.train, "test": self.data.test}
-        self.recompute = has_batchnorm(self.model) if self.recompute_bn is None else self.recompute_bn
+        model = build_model(self.cfg.model)
+        self.names = layout_of(model).names
+        self.points = PointEvaluator(model, {"train": self.data.train, "test": self.data.test}, F.cross_entropy,
+                                     self.recompute_bn, DEFAULT_METRICS, self.cfg.data.eval_batch_size, self.device,
+                                     train_samples=self.train_samples)
+        self.train = self.points.splits["train"]
 
     def at(self, state: dict) -> dict:
-        return evaluate_state(self.model, state, self.splits, F.cross_entropy, DEFAULT_METRICS,
-                              self.cfg.data.eval_batch_size, self.recompute, self.train)
+        return self.points.at(state)
 
     @property
     def batchnorm(self) -> str:
-        if not has_batchnorm(self.model):
-            return "the model has no BatchNorm"
-        return ("BatchNorm statistics recomputed on the training samples at every point" if self.recompute
-                else "raw BatchNorm statistics (interpolated, never recomputed)")
+        return self.points.batchnorm
 
 
 def run_method(name: str, cfg: C.Config, a: Path, b: Path, run: Path, ledger: CompareLedger, device,

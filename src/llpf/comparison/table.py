@@ -1,15 +1,12 @@
 """A comparison's results: one row per method (mean and spread over pairs) as CSV, and its figure."""
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Sequence
 
 import matplotlib
 import numpy as np
 
-from .. import files
 from ..plots import new_figure, save_figure
 from ..reproduce.aggregate import statistics
 from .options import budget_label
@@ -57,16 +54,6 @@ def frontier_rows(results: list[dict], opts) -> list[dict]:
                             **{f"{c}_{s}": agg[c][s] if c in agg else None for s in ("std", "min", "max")}})
             rows.append(row)
     return rows
-
-
-def write_csv(path: Path, rows: list[dict], columns: Sequence[str]) -> Path:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    files.atomic_write(path, buf.getvalue().encode())
-    return path
 
 
 def table_columns(rows: list[dict]) -> list[str]:
