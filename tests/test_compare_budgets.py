@@ -106,6 +106,25 @@ def test_matched_budgets_give_every_method_llpf_s_gradient_evaluations(matched):
     assert [r["method"] for r in rows] == ["line", "llpf", "autoneb", "bezier", "llpf-until"]  # llpf ran first
 
 
+@pytest.mark.slow
+def test_the_demo_at_a_matched_budget_gives_the_three_methods_the_same_gradient_evaluations(tmp_path, capsys):
+    """The acceptance command on the demo config (LeNet5 on digits; two untrained LeNet5 as the pair, since the
+    cost does not depend on where they sit): within 5% of LLPF's 1,500 gradient evaluations."""
+    cfg = load_config("demo")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_weights(tmp_path / f"seed{seed}.safetensors", build_model(cfg.model).state_dict())
+    out = tmp_path / "cmp"
+    assert main(["compare", "demo", "--start", str(tmp_path / "seed0.safetensors"), "--dest",
+                 str(tmp_path / "seed1.safetensors"), "--methods", "llpf,autoneb,bezier", "--budget", "matched",
+                 "--out", str(out), "--llpf-knots", "20", "--points-per-segment", "1", "--device", "cpu",
+                 "--quiet"]) == 0
+    rows = {r["method"]: r for r in rows_of(out / "comparison.csv")}
+    steps = {m: int(float(r["gradient_steps"])) for m, r in rows.items()}
+    assert steps["llpf"] == 1500 and all(abs(v - 1500) <= 75 for v in steps.values()), steps
+    assert {r["budget"] for r in rows.values()} == {"matched"}
+
+
 def test_llpf_keeps_dense_points_and_reports_its_own_evaluations_apart(matched):
     """``walked_max_train_loss`` is what LLPF measured at its own points; ``max_train_loss`` the polygon through
     its saved points (at least llpf_knots segments), to the destination."""
