@@ -187,13 +187,14 @@ def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> list[Cycle]:
 class AutoNEBConfig(DriverSettings):
     """AutoNEB (``llpf.baselines.elastic_band``): a nudged elastic band grown in cycles.
 
-    The defaults are the published settings but three, all for LeNet5 on
+    The defaults are the published settings but four, all for LeNet5 on
     digits: the published schedule's shape at 2% of its steps (320 band steps;
     20 per 1000), a tenth of its learning rates (first cycle 0.01, LeNet5's own
-    endpoint rate) and no weight decay (published: 1e-4), at batch 64
-    (published: 512). At the published first rate 0.1 the band on the demo's
+    endpoint rate), no weight decay (published: 1e-4) and batch 64 (published:
+    512). At the published first rate 0.1 the band on the demo's
     LeNet5 endpoints jumped to chance-level loss (2.3) in its first cycle; at
-    0.01 its peak fell from the straight line's 1.54 to 0.015. The paper's
+    0.01 its peak fell from the straight line's 1.54 to 0.015 (both measured
+    with the earlier insertion at the highest loss). The paper's
     configs set the published values. ``insertion_samples`` > 0 decides where
     pivots go on that many training samples (a fixed random subset) instead of
     the whole training split: the grid of ``(P - 1) * points_per_segment + P``

@@ -37,7 +37,8 @@ Settings (:class:`llpf.config.AutoNEBConfig`, the ``[autoneb]`` table) and why:
   endpoints' own rate, 320 band steps), batch 64 and no decay, because on
   LeNet5 over digits (the demo endpoints, straight-line peak 1.54) the first
   rate 0.1 threw the band to chance-level loss (2.3) in the first cycle, while
-  0.01 brought the peak to 0.015. :func:`~llpf.config.paper_cycles` scales
+  0.01 brought the peak to 0.015 (both measured with the earlier insertion at
+  the highest loss). :func:`~llpf.config.paper_cycles` scales
   the step counts and the learning rates and keeps the shape;
 - ``budget`` > 0 sets the gradient evaluations the whole run spends instead:
   the cycles' steps are then the shape, and each cycle's steps are set when it
