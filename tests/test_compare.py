@@ -11,11 +11,11 @@ import llpf
 from llpf.analysis.barriers import straight_line
 from llpf.cli import main
 from llpf.config import load_config
-from llpf.data import Split
+from llpf.data import Split, prepare_data
 from llpf.errors import ConfigError, RunDirError
 from llpf.files import load_weights, save_weights
 from llpf.models import MODELS
-from llpf.runner import resume, run_path
+from llpf.runner import load_model, resume, run_path
 from llpf.store import RunDir
 
 # Multinomial logistic regression on 4x4 average-pooled digits: convex in its parameters.
@@ -178,6 +178,19 @@ def test_paths_start_and_end_at_the_given_models_to_the_bit(compared, pair):
     assert len(RunDir(out / "polychain").knots()[1]) == 3
 
 
+def test_a_zero_length_pair_gives_every_method_a_path_of_length_0_at_the_endpoint_s_loss(pair, tmp_path):
+    a = pair / "a.safetensors"
+    result = by_method(llpf.compare(pair / "c.toml", tmp_path / "zero", start=a, dest=a, methods=METHODS, points=5,
+                                    points_per_segment=2, device="cpu", log=lambda s: None))
+    cfg = load_config(pair / "c.toml")
+    ends = straight_line(load_model(cfg, a), load_model(cfg, a), prepare_data(cfg, "cpu").train, points=2)
+    for name in METHODS:
+        r = result[name]
+        assert r["failed"] == 0 and r["path_length"] == 0.0 and r["gradient_steps"] == 0, name
+        assert r["max_train_loss"] == pytest.approx(ends[0]["loss"], rel=1e-6), name
+        assert RunDir(tmp_path / "zero" / name).summary()["iterations"] == 0, name
+
+
 def test_rerunning_the_command_continues_and_another_command_is_refused(compared, pair, monkeypatch):
     out, result = compared
     monkeypatch.setattr(llpf.runner, "run_path", lambda *a, **k: pytest.fail("a finished run was run again"))
@@ -228,7 +241,7 @@ def test_bad_methods_and_settings_are_one_line_errors(pair, tmp_path, capsys):
                   ["--points", "1"]):
         assert main(args + extra) == 2
         err = capsys.readouterr().err
-        assert err.startswith("llpf: error:") and err.count("\n") == 1, err
+        assert err.startswith("llpf") and ": error: " in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         llpf.compare(pair / "c.toml", tmp_path / "y", start=pair / "a.safetensors", dest=pair / "b.safetensors",

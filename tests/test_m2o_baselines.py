@@ -180,6 +180,20 @@ def test_cli_runs_refuses_a_used_folder_and_continues_with_force(setup, tmp_path
     assert "holds a run of other settings" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("decays, start, message", [([0.0, -1.0], "start.safetensors", "weight_decay must not be negative"),
+                                                   ([float("nan")], "start.safetensors", "got nan"),
+                                                   (None, "missing.safetensors", "not found")])
+def test_decays_and_the_start_model_are_checked_before_any_run(setup, tmp_path, monkeypatch, decays, start, message):
+    from llpf.errors import LLPFError
+
+    root, cfg, _, data = setup
+    monkeypatch.setattr("llpf.baselines.m2o_baselines.run_path", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(LLPFError, match=message):
+        m2o_baselines(cfg, root / start, tmp_path / "out", decays=decays, device="cpu", data=data,
+                      log=lambda line: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_shows_the_baselines_folder(setup, tmp_path):
     from llpf.analysis.report import build_report
 

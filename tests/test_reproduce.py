@@ -169,6 +169,22 @@ def test_endpoint_message_counts_the_cooldown_epochs(tmp_path, monkeypatch):
     assert lines[0] == "training endpoint seed 0 (310 epochs)"
 
 
+@pytest.mark.parametrize("mistake", [dict(reps=0), dict(batch_paths=0), dict(start="missing.safetensors"),
+                                     dict(method="m2o", dest="missing.safetensors"), dict(method="nope")])
+def test_a_dry_run_refuses_what_the_real_run_refuses(mistake, tmp_path, monkeypatch):
+    from llpf.errors import LLPFError
+    from llpf.reproduce import reproduce
+
+    monkeypatch.setattr("llpf.runner.train", lambda *a, **k: pytest.fail("the real run trained before its checks"))
+    kw = {"reps": 2, "method": "m2m", "device": "cpu", "log": lambda line: None, **mistake}
+    with pytest.raises(LLPFError) as real:
+        reproduce("demo", out=tmp_path / "real", progress=False, **kw)
+    with pytest.raises(LLPFError) as dry:
+        dry_run("demo", batch_size=2, **kw)
+    assert str(dry.value) == str(real.value) and "\n" not in str(dry.value)
+    assert not (tmp_path / "real").exists()
+
+
 def test_dry_run_cli(capsys, monkeypatch):
     monkeypatch.setattr("llpf.data.vision.DEBIAN_FASHION_MNIST", __import__("pathlib").Path("/nonexistent"))
     assert main(["reproduce", "lenet5-mnist-m2o", "--dry-run", "--device", "cpu", "--dry-run-batch", "2"]) == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llpf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (llpf configs | head -3): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + 13
     finally:
         warnings.showwarning = shown
         _leave_ranks()

@@ -473,9 +473,14 @@ def load_config(name_or_path: str | Path) -> Config:
     """Read a config from a TOML file path or the name of a shipped config."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a config; name a TOML file or a shipped config")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a TOML config (it is not text)") from None
     else:
         res = resources.files("llpf") / "configs" / f"{name_or_path}.toml"
         if not res.is_file():

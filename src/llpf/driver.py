@@ -26,6 +26,7 @@ from .distributed import any_rank, evaluate_sharded, recompute_bn_stats_sharded
 from .flat import cpu_state
 from .methods.base import Knots, Method, Record
 from .observer import Observer
+from .progress import progress_bar
 from .runtime import rng_state, set_rng_state
 from .schedule import phase_at
 from .train import DEFAULT_METRICS, MetricFn, evaluate, has_batchnorm, recompute_bn_stats
@@ -230,8 +231,6 @@ class Driver:
 
     def run(self, progress: bool = False) -> list[PathResult]:
         """Run to the end of the schedule (or until a stop is requested); one PathResult per path."""
-        from tqdm.auto import tqdm
-
         m = self.method
         if self.iteration == 0:
             m.begin(self.evaluate)
@@ -240,8 +239,10 @@ class Driver:
                 self._evaluate_into(k, row)
                 self._emit(k, [row])
                 self._save_point(k)
-        bar = tqdm(total=m.total, initial=self.iteration, desc=m.name.upper(), disable=not progress,
-                   dynamic_ncols=True, leave=False)
+            for k in [k for k in self.active if m.zero_length(k)]:  # nothing to walk: the path is its start
+                self._hand_over_path(k)
+                self._retire(k)
+        bar = progress_bar(total=m.total, initial=self.iteration, desc=m.name.upper(), enabled=progress)
         stop = self._stop_agreed()
         while self.iteration < m.total and self.active and not stop:
             stop = self.step(bar)
@@ -339,5 +340,7 @@ def path_summary(method: Method, k: int, rec: Record) -> dict:
     }
     if rec.failure:
         s["reason"] = rec.failure
+    if method.zero_length(k):
+        s["zero_length"] = True
     s.update(method.summary(k, rec))
     return s

@@ -25,6 +25,10 @@ class RunDirError(LLPFError):
     """An output directory already holds a run, or cannot be written."""
 
 
+class DeviceError(LLPFError):
+    """The device asked for does not exist on this machine (or is not one torch knows)."""
+
+
 class NonFiniteError(LLPFError):
     """Weights or a loss became NaN or infinite."""
 

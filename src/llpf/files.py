@@ -42,6 +42,14 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def check_creatable(path: str | Path) -> None:
+    """Refuse a path that could not be written: its nearest existing ancestor (or itself) must be a writable folder."""
+    path = Path(path)
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RunDirError(f"cannot create {path}: {parent} is not a writable directory")
+
+
 def check_output_folder(path: str | Path, force: bool = False) -> Path:
     """Refuse an output folder that is a file, holds an llpf run, or is not empty (unless ``force``).
 
@@ -56,6 +64,7 @@ def check_output_folder(path: str | Path, force: bool = False) -> Path:
         raise RunDirError(f"{path} holds an llpf run; choose another --out")
     if not force and path.is_dir() and any(path.iterdir()):
         raise RunDirError(f"output folder {path} is not empty; choose another --out or pass --force")
+    check_creatable(path)
     return path
 
 

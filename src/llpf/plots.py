@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import files
+from .errors import RunDirError
 from .methods.base import SMOOTH  # the paper's figures: moving average over 10 iterations
 from .store import RunDir
 
@@ -161,8 +162,8 @@ def _measures_panel(ax, runs: list[list[dict]], band) -> None:
     for k in layers:
         band(ax, k, k[len(prefix):], lw=1)
     ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
-    if distances:
-        ax.set_yscale("log")
+    if distances and any(isinstance(r.get(k), (int, float)) and r[k] > 0 for rows in runs for r in rows for k in layers):
+        ax.set_yscale("log")  # not for a zero-length pair, whose distances are all 0
     if len(layers) <= 12:
         ax.legend(fontsize=7, ncol=2)
 
@@ -170,6 +171,8 @@ def _measures_panel(ax, runs: list[list[dict]], band) -> None:
 def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``figures/path.png`` for one run, as measured (no smoothing)."""
     rd = RunDir(run)
+    if not rd.exists:
+        raise RunDirError(f"{run} holds no llpf run")
     kind = rd.info().get("kind", "m2m")
     summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
     where = f" (rows at {summary['evaluated_point']})" if summary.get("evaluated_point") else ""

@@ -22,8 +22,8 @@ from . import distributed as D
 from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
-from .errors import ConfigError, LLPFError, PrerequisiteWarning, RunDirError
-from .files import load_weights, save_weights
+from .errors import ConfigError, DeviceError, LLPFError, PrerequisiteWarning, RunDirError
+from .files import check_creatable, load_weights, save_weights
 from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
 from .observer import Observer
@@ -52,6 +52,7 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
     def check():
         if out.exists():
             raise C.ConfigError(f"{out} already exists; choose another --out")
+        check_creatable(out)
     D.on_main(check)
     device = pick_device(device)
     data = data or prepare_data(cfg, device)
@@ -276,6 +277,17 @@ def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | 
     return resume_paths([run], device, progress, data)[0]
 
 
+def _resume_device(asked, recorded):
+    """The device asked for, else the one the run was made on, which this machine may lack (say so)."""
+    if asked is not None or recorded is None:
+        return pick_device(asked)
+    try:
+        return pick_device(recorded)
+    except DeviceError as e:
+        raise DeviceError(f"the run was made on {recorded}, which this machine lacks; resume it with --device "
+                          f"({str(e).rsplit('; ', 1)[-1]})") from None
+
+
 def resume_paths(runs: list, device=None, progress: bool = False, data: Bundle | None = None) -> list[dict]:
     """Continue runs of one kind together from their checkpoints (which must be at one iteration).
 
@@ -289,7 +301,7 @@ def resume_paths(runs: list, device=None, progress: bool = False, data: Bundle |
         raise RunDirError(f"runs resumed together must be of one kind, got {', '.join(sorted(kinds))}")
     if len({None if r[4] is None else int(r[4]["iteration"]) for r in read}) > 1:
         raise RunDirError("runs resumed together must stand at one checkpoint iteration; resume them one by one")
-    device = pick_device(device or read[0][0].get("device"))
+    device = _resume_device(device, read[0][0].get("device"))
     leader = D.is_leader()
     driver = _driver(kinds.pop(), [r[1] for r in read], [r[2] for r in read], [r[3] for r in read], device, data,
                      rds if leader else [Observer() for _ in rds])

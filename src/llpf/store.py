@@ -34,7 +34,7 @@ import torch
 
 from . import files
 from .errors import CheckpointError, RunDirError
-from .files import load_weights, save_weights
+from .files import check_creatable, load_weights, save_weights
 from .observer import Observer
 
 BASE_COLUMNS = ["iteration", "phase", "batch_loss", "rounds"]
@@ -97,9 +97,7 @@ class RunDir(Observer):
                 raise RunDirError(f"{self.path} already holds a {status} run{hint}")
         elif self.path.is_dir() and any(self.path.iterdir()):
             raise RunDirError(f"output directory {self.path} is not empty and holds no llpf run")
-        parent = next((p for p in [self.path, *self.path.parents] if p.exists()), None)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise RunDirError(f"cannot create {self.path}: {parent} is not a writable directory")
+        check_creatable(self.path)
 
     def create(self, kind: str, config_toml: str, inputs: dict[str, Any], device: str, force: bool = False) -> None:
         """Make a new run directory; refuse one that already holds a run (unless ``force`` and not complete)."""

@@ -17,6 +17,7 @@ from .errors import DataError, NonFiniteError
 from .data import Split
 from .fast import FastPath
 from .flat import FlatParams
+from .progress import progress_bar
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MetricFn = Callable[[Tensor, Tensor], Tensor]
@@ -258,8 +259,6 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     trains on its share in DistributedDataParallel (gradients averaged), so
     every rank takes the single process's steps up to float rounding.
     """
-    from tqdm.auto import tqdm
-
     from . import distributed as D
     from .data import BatchStream
     from .data.augment import augment, default_augmentation
@@ -279,7 +278,7 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     gen = torch.Generator(device=device).manual_seed(seed) if aug is not None else None
     model.train()
     losses = []
-    bar = tqdm(range(epochs), desc=f"train seed {seed}", disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc=f"train seed {seed}", enabled=progress)
     for _ in bar:
         acc = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, RunDirError
 from ..flat import check_same_architecture, interpolate_state
+from ..progress import progress_bar
 from ..train import LossFn, MetricFn
 from .barriers import PointEvaluator
 from .coupling import summarise
@@ -148,15 +149,13 @@ def evaluate_spans(spans: Sequence[Span], group_keys: Mapping[str, list[str]], p
     Returns the rows of each span (one per line and λ: the CSV) and the
     number of evaluations made.
     """
-    from tqdm.auto import tqdm
-
     G, keys = len(group_keys), list(group_keys.values())
     lambdas = [j / (points - 1) for j in range(points)]
     plans = [s.keys(G, points) for s in spans]
     cache: dict[object, dict] = {}
     out = []
     total = len({c for p in plans for c in p.values()})
-    with tqdm(total=total, desc="layerwise", unit="point", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="layerwise points", enabled=progress) as bar:
         for span, plan in zip(spans, plans):
             sa, sb = span.load_a(), span.load_b()
             for k, c in plan.items():

@@ -85,6 +85,7 @@ from torch import Tensor, nn
 from ..config import PAPER_CYCLES, AutoNEBConfig, Cycle, method_config, paper_cycles, projected_pivots
 from ..data import Split
 from ..errors import NonFiniteError
+from ..progress import progress_bar
 from ..train import LossFn
 from .functional import FlatModel, make_optimizer
 
@@ -102,6 +103,8 @@ def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) ->
     monotonically through ``cur`` the tangent is the segment towards the higher
     neighbour; at a local maximum or minimum it is the sum of both segments,
     the one towards the higher neighbour weighted by the larger loss difference.
+    Where the pivots leave no direction (all three coincide, or ``next`` is
+    ``prev``) the tangent is zero: no part of the gradient is projected out.
     """
     l_prev, l_cur, l_next = (float(v) for v in losses)
     fwd, back = next - cur, cur - prev
@@ -114,10 +117,10 @@ def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) ->
         small = min(abs(l_next - l_cur), abs(l_prev - l_cur))
         tau = fwd * big + back * small if l_next > l_prev else fwd * small + back * big
     norm = tau.norm()
-    if norm == 0:  # all three losses equal
+    if norm == 0:  # all three losses equal, or cur coincides with the neighbour that carries the weight
         tau = fwd + back
         norm = tau.norm()
-    return tau / norm
+    return tau / norm if norm > 0 else torch.zeros_like(tau)
 
 
 def neb_force(grad: Tensor, tangent: Tensor, prev: Tensor, cur: Tensor, next: Tensor, k: float) -> Tensor:
@@ -405,10 +408,8 @@ class AutoNEB:
 
     def run(self, progress: bool = False) -> list[dict]:
         """All remaining cycles; returns ``records``."""
-        from tqdm.auto import tqdm
-
         done = sum(self.plan[:self.cycle]) + self.cycle_step
-        with tqdm(total=self.total_steps, initial=done, desc="autoneb", disable=not progress, leave=False) as bar:
+        with progress_bar(total=self.total_steps, initial=done, desc="autoneb", enabled=progress) as bar:
             while not self.finished:
                 losses = self.step()
                 bar.total = self.total_steps

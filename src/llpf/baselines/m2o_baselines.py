@@ -41,7 +41,7 @@ from ..data import Bundle, prepare_data
 from ..errors import ConfigError, RunDirError
 from .. import files
 from ..files import check_output_folder, write_json
-from ..runner import resolve_run, resume, run_path
+from ..runner import load_model, resolve_run, resume, run_path
 from ..runtime import pick_device
 from ..store import RunDir, gradient_steps
 
@@ -61,6 +61,12 @@ def baseline_config(cfg: C.Config, validation_fraction: float = 0.1) -> C.Config
         raise ConfigError(f"the validation fraction must be in (0, 1), got {fraction}")
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, validation_fraction=fraction),
                                m2o=dataclasses.replace(cfg.m2o, select_on="validation"))
+
+
+def check_decays(cfg: C.Config, decays: Sequence[float] | None) -> None:
+    """Each fine-tuning weight decay checked as its run's [m2o] table will be, before any run starts."""
+    for d in decays or ():
+        C.method_config(C.PathConfig, dataclasses.replace(cfg.m2o, weight_decay=d), "--decays: m2o.")
 
 
 def matched_decay(pc: C.PathConfig, steps: int) -> float:
@@ -153,6 +159,8 @@ def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: 
     cfg = baseline_config(cfg, validation_fraction)
     if decay_on not in DECAY_ON:
         raise ConfigError(f"decay_on must be one of {', '.join(DECAY_ON)}, got {decay_on!r}")
+    check_decays(cfg, decays)
+    load_model(cfg, start, "start")  # one line now, not every run failed on every rank
     world, rank = D.world_size(), D.rank()
     device = D.init(device) if world > 1 else pick_device(device)
     out, start = D.on_main(lambda: check_output_folder(out, force)), Path(start)

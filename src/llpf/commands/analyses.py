@@ -4,7 +4,7 @@ Those that write a folder refuse a non-empty ``--out`` unless ``--force``.
 """
 from __future__ import annotations
 
-from .common import (at_least, config_arg, device_arg, force_arg, quiet_arg, recompute, recompute_bn_arg)
+from .common import at_least, config_arg, device_arg, force_arg, number, quiet_arg, recompute, recompute_bn_arg
 
 
 def add(sub) -> None:
@@ -30,7 +30,8 @@ def _model_analyses(sub) -> None:
     p.add_argument("--moves", type=at_least(1), default=200, help="number of one-iteration moves N (default 200)")
     p.add_argument("--rounds", type=at_least(1), default=10, help="SGD steps per move (default 10)")
     p.add_argument("--batch-size", type=at_least(1), default=256, help="batch size of the moves (default 256)")
-    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
+    p.add_argument("--lr", type=number(0, open_low=True), default=1e-3,
+                   help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="precision of forward/backward (default float64; displacements always sum in float64)")
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
@@ -46,7 +47,7 @@ def _model_analyses(sub) -> None:
     p.add_argument("models", nargs="+", help="model weights (at least one)")
     p.add_argument("--out", required=True, help="folder for variance.json and variance.png")
     p.add_argument("--include-norm", action="store_true", help="include normalisation layers (Figure 6 leaves them out)")
-    p.add_argument("--tolerance", type=float, default=0.25,
+    p.add_argument("--tolerance", type=number(0), default=0.25,
                    help="flag layers whose variance differs from the first model's by more than this (relative)")
     force_arg(p)
     p.set_defaults(handler=variance)
@@ -104,8 +105,10 @@ def dim(args) -> int:
     from ..config import load_config
     from ..data import prepare_data
     from ..files import check_output_folder
+    from ..flat import layout_of
     from ..runner import load_model
     from ..runtime import pick_device
+    from ..schedule import select
 
     check_output_folder(args.out, args.force)
     settings = MoveSettings(moves=args.moves, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
@@ -113,6 +116,7 @@ def dim(args) -> int:
     cfg = load_config(args.config)
     device = pick_device(args.device)
     model = load_model(cfg, args.model).to(device)
+    select(args.layers, layout_of(model).names)  # a pattern matching nothing: one line before the data loads
     data = prepare_data(cfg, device)
     result = analyse_dimension(model, data.train, settings, device=device, progress=not args.quiet,
                                eval_batch_size=cfg.data.eval_batch_size)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ..errors import ConfigError
 
@@ -17,6 +18,23 @@ def at_least(low: int):
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
     parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def number(low: float, high: float | None = None, *, open_low: bool = False):
+    """An argparse type: a finite number, at least ``low`` (above it with ``open_low``) and below ``high``."""
+    where = f"{'above' if open_low else 'at least'} {low:g}" + (f" and below {high:g}" if high is not None else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        inside = value > low if open_low else value >= low
+        if not (math.isfinite(value) and inside and (high is None or value < high)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {text}")
+        return value
+    parse.__name__ = "number"
     return parse
 
 

@@ -33,10 +33,11 @@ def add(sub) -> None:
     p.add_argument("--llpf-knots", type=at_least(1), default=100,
                    help="save LLPF's points so that its polygon has at least this many segments (default 100)")
     p.add_argument("--out", default=None, help="output directory; re-running the same command continues it")
-    p.add_argument("--points", type=int, default=41, help="points evaluated along every path, at least (default 41)")
-    p.add_argument("--points-per-segment", type=int, default=4,
+    p.add_argument("--points", type=at_least(2), default=41,
+                   help="points evaluated along every path, at least (default 41)")
+    p.add_argument("--points-per-segment", type=at_least(0), default=4,
                    help="interior points on each straight segment of a polygonal path, at least (default 4)")
-    p.add_argument("--train-samples", type=int, default=0,
+    p.add_argument("--train-samples", type=at_least(0), default=0,
                    help="evaluate the training loss on this many fixed random training samples (default 0: all)")
     recompute_bn_arg(p)
     p.add_argument("--data-dir", default=None, help="dataset folder (sets data.root)")

@@ -14,6 +14,8 @@ def print_summary(kind: str, s: dict, out=None) -> None:
         _print_m2o(s, out)
     else:
         _print_baseline(kind, s, out)
+    if s.get("zero_length"):
+        print("  the destination is the start model itself: a path of length 0, ended at iteration 0", file=out)
 
 
 def _print_m2m(s: dict, out) -> None:
@@ -26,9 +28,8 @@ def _print_m2m(s: dict, out) -> None:
           f"{'VALID' if s['valid_paper'] else 'NOT valid'} by the paper's ({s['status']}, "
           f"{s['iterations']} iterations)\n"
           f"  judged on {judged}: max {loss:.4f} (llpf threshold {s['loss_threshold']}, paper's "
-          f"{pc['loss_below']}); batch losses above the threshold in {s['batch_loss_exceedance']:.1%} of "
-          f"iterations; smoothed over {pc['smoothed_over']} iterations (paper Figure 2) at most "
-          f"{_fmt(pc['smoothed_batch_loss_max'])}\n"
+          f"{pc['loss_below']}){_exceedance(s)}; smoothed over {pc['smoothed_over']} iterations (paper "
+          f"Figure 2) at most {_fmt(pc['smoothed_batch_loss_max'])}\n"
           f"  final/initial distance: at most {s['final_relative_distance_max']:.3f} ({worst}); every layer "
           f"within {s['arrival_tolerance']:g} x its initial distance of its variance-sphere floor: "
           f"{'yes' if s['floor_reached'] else 'no'}; every final distance below {pc['distance_below']} "
@@ -40,6 +41,12 @@ def _print_m2m(s: dict, out) -> None:
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def _exceedance(s: dict) -> str:
+    """How often the batch loss rose above the threshold (a zero-length path took no batch)."""
+    share = s["batch_loss_exceedance"]
+    return "" if share is None else f"; batch losses above the threshold in {share:.1%} of iterations"
 
 
 def _print_m2o(s: dict, out) -> None:
@@ -55,7 +62,8 @@ def _print_m2o(s: dict, out) -> None:
 
 def _print_baseline(kind: str, s: dict, out) -> None:
     """A baseline's run: its cost, and its loss where the driver evaluated it."""
-    where = s.get("evaluated_point") or f"its {s.get('points')} evaluated points"
+    n = s.get("points")
+    where = s.get("evaluated_point") or (f"its {n} evaluated points" if n != 1 else "its one evaluated point")
     print(f"{kind.upper()} path: {s['status']}, {s['iterations']} iterations, {s.get('gradient_evals', 0)} gradient "
           f"evaluations; max training loss at {where}: {s['max_train_loss']:.4f}", file=out)
     if "band_max_loss" in s:

@@ -104,9 +104,10 @@ class Options:
                        if not (Path(self.endpoints) / f"seed{s}.safetensors").is_file()]
             if missing:
                 raise ConfigError(f"--endpoints {self.endpoints} lacks {', '.join(missing)}")
-        if self.points < 2 or self.points_per_segment < 0 or self.train_samples < 0:
-            raise ConfigError(f"--points must be at least 2 and --points-per-segment, --train-samples not negative "
-                              f"(got {self.points}, {self.points_per_segment}, {self.train_samples})")
+        for flag, value, least in (("--points", self.points, 2), ("--points-per-segment", self.points_per_segment, 0),
+                                   ("--train-samples", self.train_samples, 0)):
+            if value < least:
+                raise ConfigError(f"{flag} must be at least {least}, got {value}")
         if self.budget is not None and self.budgets is not None:
             raise ConfigError("give --budget (one budget, or matched) or --budgets (the frontier), not both")
         if self.budgets is not None and not self.budgets:

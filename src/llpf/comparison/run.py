@@ -16,7 +16,7 @@ from .. import config as C
 from ..analysis.barriers import PointEvaluator
 from ..data import Bundle, Split
 from ..errors import ConfigError, DataError, RunDirError
-from ..files import write_json
+from ..files import check_creatable, write_json
 from ..flat import layout_of
 from ..models import build_model
 from ..store import RunDir, gradient_steps
@@ -100,6 +100,7 @@ class CompareLedger:
             self.data = old
         else:
             self.data = {"command": command, "runs": {}}
+            check_creatable(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(self.file, self.data)
 

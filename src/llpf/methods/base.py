@@ -30,6 +30,9 @@ driver calls, in this order:
     point is path k's new best, which the driver then saves as measured.
 ``finished(k) -> bool``
     path k stops before the end of the schedule (M2O's target variance ratio).
+``zero_length(k) -> bool``
+    path k's destination is its start (identical parameters and buffers): the
+    driver ends it complete at iteration 0, a path of one point and length 0.
 ``retire(k)``
     path k has failed or finished: stop updating it.
 ``summary(k, record) -> dict``
@@ -75,7 +78,7 @@ from ..data.augment import augmented
 from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
 from ..fast import FastPath, fast_path
-from ..flat import FlatParams, check_finite, check_same_architecture, cpu_state, flat_of
+from ..flat import FlatParams, check_finite, check_same_architecture, cpu_state, flat_of, same_state
 from ..geometry import Segments
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, resolve
@@ -138,6 +141,7 @@ class Method:
     needs_dest: ClassVar[bool] = False
     paths: int = 1
     data_parallel: bool = False  # the ranks of a process group compute the paths together (evaluation sharded too)
+    zero_lengths: tuple[bool, ...] | list[bool] = ()  # per path: start and destination are the same model (``_check_models``)
     cfg: PathConfig
     device: torch.device
     loss_fn: LossFn
@@ -148,16 +152,22 @@ class Method:
     def check_eval_sets(self, names: set[str]) -> None:
         pass
 
-    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
+    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> bool:
+        """Check a start (and destination); True when the destination is the start itself (a zero-length pair)."""
         check_finite(start, "start")
         if not self.needs_dest:
             if dest is not None:
                 raise ConfigError(f"{self.name} takes no destination model")
-            return
+            return False
         if dest is None:
             raise ConfigError(f"{self.name} needs a destination model")
         check_same_architecture(start, dest)
         check_finite(dest, "destination")
+        return same_state(start, dest)
+
+    def zero_length(self, k: int) -> bool:
+        """Path k's destination is its start: the path is that one point, ended at iteration 0."""
+        return k < len(self.zero_lengths) and bool(self.zero_lengths[k])
 
     def begin(self, evaluate: Evaluate) -> None:
         pass
@@ -336,7 +346,7 @@ class SinglePath(FlatPaths):
         self.data_parallel = is_distributed()
         if self.data_parallel and isinstance(train_data, Split):
             check_divisible(min(self.cfg.batch_size, len(train_data)))
-        self._check_models(start, dest)
+        self.zero_lengths = [self._check_models(start, dest)]
         torch.manual_seed(self.cfg.seed)
         self.model = copy.deepcopy(start).to(self.device)
         self.fp = FlatParams(self.model)

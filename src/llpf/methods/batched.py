@@ -56,8 +56,7 @@ class BatchedPaths(FlatPaths):
         self._setup(cfg, device, loss_fn)
         starts, dests = _models(start, "start"), _models(dest, "destination")
         self._check_inputs(starts, dests, train_data, seeds)
-        for k, a in enumerate(starts):
-            self._check_models(a, dests[k] if dests else None)
+        self.zero_lengths = [self._check_models(a, dests[k] if dests else None) for k, a in enumerate(starts)]
         self.paths = len(starts)
         self.seeds = [self.cfg.seed + k for k in range(self.paths)] if seeds is None else [int(s) for s in seeds]
         torch.manual_seed(self.seeds[0])

@@ -52,7 +52,7 @@ class FixedEnds(Method):
         self.cfg = method_config(self.config_class, cfg)
         self.device = pick_device(device)
         self.loss_fn = loss_fn or F.cross_entropy
-        self._check_models(start, dest)
+        self.zero_lengths = [self._check_models(start, dest)]
         torch.manual_seed(self.cfg.seed)
         self.names = layout_of(start).names
         self.end_states = (cpu_state(start), cpu_state(dest))  # the ends of the path, buffers included

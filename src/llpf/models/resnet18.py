@@ -11,12 +11,15 @@ classes (11.22M with 100); the ImageNet form has 11.69M.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torchvision
 from torch import nn
 
 from ..errors import CheckpointError
 from ..files import load_weights
+
+if TYPE_CHECKING:
+    import torchvision  # imported where a ResNet is built: LeNet5 on digits never needs it
 
 
 def _stem(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
@@ -27,6 +30,8 @@ def _stem(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
 
 def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> torchvision.models.ResNet:
     """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, for 32x32 images."""
+    import torchvision
+
     model = torchvision.models.resnet18(num_classes=num_classes)
     model.conv1 = _stem(in_channels, 3, 1)
     model.maxpool = nn.Identity()
@@ -35,6 +40,8 @@ def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> torchvision.m
 
 def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> torchvision.models.ResNet:
     """torchvision's ImageNet ResNet18 as is (no weights; see ``load_torchvision_resnet18_weights``)."""
+    import torchvision
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if in_channels != 3:
         model.conv1 = _stem(in_channels, 7, 2)
@@ -55,6 +62,8 @@ def load_torchvision_resnet18_weights(model: nn.Module, path: str | Path | None 
     ``weights_only=True`` (torchvision's own ``resnet18-f37072fd.pth`` works).
     """
     if path is None:
+        import torchvision
+
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         try:
             state = weights.get_state_dict(progress=False)

@@ -43,15 +43,15 @@ from .. import config as C
 from .. import distributed as D
 from .. import shards
 from ..data import Bundle, prepare_data
-from ..errors import ConfigError, RunDirError
-from ..files import save_weights, write_json
+from ..errors import RunDirError
+from ..files import check_creatable, save_weights, write_json
 from ..models import build_model
 from ..runtime import pick_device
 from ..store import RunDir
 from .aggregate import aggregate
 from .batching import check_batch_paths, default_batch_paths, unbatchable
 from .estimate import dry_run, format_plan, random_bundle
-from .experiment import experiments, kind_of, load_experiment
+from .experiment import check_request, experiments, kind_of, load_experiment
 
 __all__ = ["Ledger", "aggregate", "check_batch_paths", "default_batch_paths", "dry_run", "experiments",
            "format_plan", "kind_of", "load_experiment", "random_bundle", "reproduce", "unbatchable"]
@@ -68,18 +68,10 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
     Under torchrun each rank runs its share and rank 0 returns the aggregate;
     the other ranks return ``{}``.
     """
-    if reps < 1:
-        raise ConfigError(f"--reps must be at least 1, got {reps}")
-    cfg = load_experiment(name, data_dir, method)
-    kind = kind_of(cfg)
-    if dest is not None and kind == "m2o":
-        raise ConfigError("--dest is for M2M experiments; M2O walks toward the origin")
-    for key, value in (fast or {}).items():
-        setattr(getattr(cfg, kind), key, value)
+    cfg, kind = check_request(name, reps, data_dir, method, start, dest, fast)
     world, rank = D.world_size(), D.rank()
     device = D.init(device) if world > 1 else pick_device(device)
     n = check_batch_paths(cfg, kind, device, len(shards.assign(reps, world, rank)) or 1, batch_paths)
-    _check_given(cfg, start, dest)
     out = Path(out)
     say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
     exp = Experiment(cfg, kind, out, device, progress, say)
@@ -109,15 +101,6 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
                 exp.report(reps, world, run_id, shards.collect(out, reps, world, run_id))
             raise
     return exp.report(reps, world, run_id, tally)
-
-
-def _check_given(cfg: C.Config, start, dest) -> None:
-    """Given endpoints must load into the model: one line now, not a failed repetition on every rank."""
-    from ..runner import load_model
-
-    for path, what in ((start, "start"), (dest, "destination")):
-        if path is not None:
-            load_model(cfg, path, what)
 
 
 class Ledger:
@@ -167,6 +150,7 @@ class Experiment:
 
     def open(self, world: int, start) -> None:
         """Rank 0, before the ranks start: the folders, the ledger (refusing another experiment's), shared inputs."""
+        check_creatable(self.out)
         (self.out / "endpoints").mkdir(parents=True, exist_ok=True)
         ledger = Ledger(self.out, self.cfg.name, self.kind)
         ledger.data.update(device=str(self.device), ranks=world)

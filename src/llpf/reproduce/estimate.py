@@ -17,30 +17,37 @@ import torch
 
 from .. import config as C
 from ..data import Bundle, Split, prepare_data
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import build_model
 from ..methods import method_class
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, normalisation_parameters, resolve
 from ..train import endpoint_epochs
-from .experiment import kind_of, load_experiment
+from .batching import check_batch_paths
+from .experiment import check_request
 
 USUAL_TRAIN = {"imagenet": 1281167, "cifar10": 50000, "cifar100": 50000}  # when the dataset is absent; else 60000
 USUAL_TEST = {"imagenet": 50000}  # else 10000
 
 
 def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int | None = None,
-            log=print, method: str | None = None) -> dict:
+            log=print, method: str | None = None, *, reps: int = 1, start=None, dest=None,
+            batch_paths: int | None = None, fast: dict | None = None) -> dict:
     """Build model and data, resolve every phase, time two iterations on random tensors; train nothing.
 
+    It first checks what ``reproduce`` with the same arguments checks
+    (``reps``, ``start``, ``dest``, ``batch_paths``, ``fast``), so a dry run
+    that passes means the real run gets past its checks too.
     ``batch_size`` (default: the config's) sets the size of the random batches
     the two iterations draw; the estimate is only meaningful at the config's
     batch size (a smaller one times mostly per-step overhead).
     """
-    cfg = load_experiment(name, data_dir, method)
-    kind = kind_of(cfg)
+    cfg, kind = check_request(name, reps, data_dir, method, start, dest, fast)
     pc = getattr(cfg, kind)
     device = pick_device(device)
+    check_batch_paths(cfg, kind, device, reps, batch_paths)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"the dry run's batch size must be at least 1, got {batch_size}")
     n_train, n_test, source = dataset_size(cfg, log)
     bs = batch_size or pc.batch_size
     torch.manual_seed(0)
