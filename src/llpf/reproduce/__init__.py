@@ -64,7 +64,7 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
 
     ``method`` picks the path table of a config holding both (``demo``).
     ``batch_paths`` repetitions run together (default: ``default_batch_paths``);
-    ``fast`` overrides the path table's fast-path settings (``{"bf16": "off"}``).
+    ``fast`` overrides the path table's fast-path settings (``{"bf16": "on"}``).
     Under torchrun each rank runs its share and rank 0 returns the aggregate;
     the other ranks return ``{}``.
     """
@@ -233,7 +233,8 @@ class Experiment:
 
     def log_done(self, k: int, summary: dict) -> None:
         self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
-                                                         f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
+                                                         f"{summary.get('valid_relative')}, valid_paper "
+                                                         f"{summary.get('valid_paper')}" if self.kind == "m2m" else ""))
 
     def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
         """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
