@@ -156,5 +156,12 @@ def test_demo_keeps_its_promises_in_a_log_of_plain_lines(tmp_path):
     m2m = json.loads((tmp_path / "demo/m2m/summary.json").read_text())
     m2o = json.loads((tmp_path / "demo/m2o/summary.json").read_text())
     assert m2m["valid"] and m2m["max_train_loss"] <= 0.1 and m2m["floor_reached"]
+    from llpf.plots import moving_average
+    from llpf.store import read_metrics
+
+    losses = [r["batch_loss"] for r in read_metrics(tmp_path / "demo/m2m/metrics.csv") if r["iteration"] > 0]
+    pc = m2m["paper_criteria"]  # paper Figure 2's loss, smoothed over 10 iterations, is part of the paper's verdict
+    assert pc["smoothed_batch_loss_max"] == pytest.approx(max(moving_average(losses)))
+    assert m2m["valid_paper"] == (pc["loss_ok"] and pc["smoothed_batch_loss_ok"] and pc["distance_ok"])
     assert m2o["final_variance_ratio"] <= 0.8
     assert m2o["best_test_loss"] < m2o["start_test_loss"]

@@ -10,6 +10,7 @@ from llpf.cli import main
 from llpf.errors import ConfigError
 from llpf.files import load_weights, weights_metadata
 from llpf.models import build_model
+from llpf.store import RunDir
 from tiny import LENET5_ON_DIGITS
 
 torch.set_num_threads(1)
@@ -124,6 +125,11 @@ def test_compare_pairs_train_destinations_with_the_dest_recipe(tmp_path):
     summary = json.loads((out / "pair-00" / "line" / "summary.json").read_text())
     assert summary["endpoint_recipes"]["dest"]["recipe"] == "dest"
     assert summary["endpoint_recipes"]["start"]["recipe"] == "start"
+    # --endpoints FOLDER: the destinations of a config with [train.dest] are its seedS-dest files
+    again = tmp_path / "again"
+    llpf.compare(tmp_path / "c.toml", again, pairs=1, endpoints=out / "endpoints", methods="line", points=3,
+                 device="cpu", log=lambda s: None)
+    assert RunDir(again / "pair-00" / "line").info()["inputs"]["dest"].endswith("seed1-dest.safetensors")
 
 
 def test_weights_from_elsewhere_have_no_recipe(tmp_path):

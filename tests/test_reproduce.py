@@ -324,14 +324,21 @@ def test_reproduce_writes_the_aggregate(tiny_reproduction):
     s = json.loads((out / "summary.json").read_text())
     assert s["kind"] == "m2m" and s["aggregate"]["repetitions"] == 2
     assert set(s["reps"]) == {"rep-00", "rep-01"}
-    for r in s["reps"].values():
-        assert {"valid", "valid_relative", "max_train_loss", "final_distance_max", "test_accuracy_min",
-                "test_accuracy_max", "relative_threshold"} <= set(r)
+    for name, r in s["reps"].items():
+        assert {"valid", "valid_relative", "valid_paper", "max_train_loss", "final_distance_max", "test_accuracy_min",
+                "test_accuracy_max", "relative_threshold", "smoothed_batch_loss_max"} <= set(r)
+        rep = json.loads((out / name / "summary.json").read_text())
+        assert r["valid_paper"] == rep["valid_paper"]
+        assert r["smoothed_batch_loss_max"] == rep["paper_criteria"]["smoothed_batch_loss_max"]
     assert s["aggregate"]["max_train_loss"]["mean"] == pytest.approx(
         sum(r["max_train_loss"] for r in s["reps"].values()) / 2)
     assert "valid_count" in s["aggregate"]
+    assert s["aggregate"]["valid_paper_count"] == f"{sum(r['valid_paper'] for r in s['reps'].values())}/2"
     md = (out / "summary.md").read_text()
     assert "| rep-00 |" in md and "| rep-01 |" in md and "| **all** |" in md
+    header = next(line for line in md.splitlines() if line.startswith("| rep |")).split(" | ")
+    total = next(line for line in md.splitlines() if line.startswith("| **all** |")).split(" | ")
+    assert total[header.index("valid_paper")] == s["aggregate"]["valid_paper_count"]
     assert (out / "figure.png").stat().st_size > 10_000
 
 

@@ -138,6 +138,7 @@ class PathConfig:
     lr: float = 1e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"  # the parameters weight_decay shrinks: "all" | "moved" (the layers a phase moves)
     step_rule: str = "sum"  # "sum" (paper) | "max" (authors' public code)
     correct: str = "all"  # M2M: VarianceCorrection on "all" parameters or "moved" only
     # M2M: the variance sphere VarianceCorrection projects onto (llpf.schedule.SPHERES): the start's
@@ -161,9 +162,10 @@ class PathConfig:
     # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
     # so off by default; true applies the dataset's default augmentation (data.augment) to them
     augment: bool = False
-    # The fast path of Train_r's steps (llpf.fast): "auto" is on with CUDA, off elsewhere
-    bf16: str = "auto"  # bf16 autocast: "auto" | "on" | "off"
-    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" | "on" | "off"
+    # The fast path of Train_r's steps (llpf.fast). bf16 autocast changes Train_r's numerics (and so the
+    # until-loss decisions) against the paper's fp32: a speed setting, off unless named ("auto": on with CUDA)
+    bf16: str = "off"  # bf16 autocast: "off" | "on" | "auto"
+    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" (on with CUDA) | "on" | "off"
     compile: bool = False  # torch.compile of the training step's forward and loss
     seed: int = 0
 
@@ -217,26 +219,34 @@ def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> list[Cycle]:
 class AutoNEBConfig(DriverSettings):
     """AutoNEB (``llpf.baselines.elastic_band``): a nudged elastic band grown in cycles.
 
-    The published settings but two, both for LeNet5: the published schedule's
-    shape at 2% of its steps (320 band steps; 20 per 1000) and a tenth of its
-    learning rates (first cycle 0.01, LeNet5's own endpoint rate). At the
-    published first rate 0.1 the band on the demo's LeNet5 endpoints jumped
-    to chance-level loss (2.3) in its first cycle; at 0.01 its peak fell from
-    the straight line's 1.54 to 0.015. ``insertion_samples`` > 0 decides where
+    The defaults are the published settings but four, all for LeNet5 on
+    digits: the published schedule's shape at 2% of its steps (320 band steps;
+    20 per 1000), a tenth of its learning rates (first cycle 0.01, LeNet5's own
+    endpoint rate), no weight decay (published: 1e-4) and batch 64 (published:
+    512). At the published first rate 0.1 the band on the demo's
+    LeNet5 endpoints jumped to chance-level loss (2.3) in its first cycle; at
+    0.01 its peak fell from the straight line's 1.54 to 0.015 (both measured
+    with the earlier insertion at the highest loss). The paper's
+    configs set the published values. ``insertion_samples`` > 0 decides where
     pivots go on that many training samples (a fixed random subset) instead of
     the whole training split: the grid of ``(P - 1) * points_per_segment + P``
-    evaluations per cycle dominates a small run's time.
+    evaluations per cycle dominates a small run's time. ``budget`` > 0 is the
+    number of gradient evaluations the run spends, the cycles' steps then
+    giving only their proportions.
     """
 
     cycles: list[Cycle] = field(default_factory=lambda: paper_cycles(0.02, lr=0.01))
     initial_pivots: int = 3  # interior pivots of the first band (published)
     insert_per_cycle: int = 2  # published
+    insert_threshold: float = 0.1  # a pivot only where the loss rises this far above the chord (published)
     max_pivots: int = 31  # pivots in all, ends included: what the published schedule reaches
     points_per_segment: int = 9  # interior evaluation points per segment (published)
     spring: float = math.inf  # inf: no spring force, pivots redistributed along the chain (published)
     optimizer: str = "sgd"  # "sgd" | "adam"
-    momentum: float = 0.9  # the published config names "SGD-Momentum" without a value
+    momentum: float = 0.9  # published (the configs' SGD with momentum 0.9)
+    weight_decay: float = 0.0  # added to each pivot's gradient before the projection (published: 1e-4)
     insertion_samples: int = 0  # 0: the whole training split
+    budget: int = 0  # gradient evaluations to spend (0: the cycles' steps as given)
 
 
 @dataclass
@@ -304,6 +314,7 @@ _CHOICES = {
     ("PathConfig", "sphere"): ("start", "dest", "moving"),
     ("Phase", "sphere"): ("", "start", "dest", "moving"),
     ("ModelConfig", "stem"): ("default", "cifar"),
+    ("PathConfig", "weight_decay_on"): ("all", "moved"),
     ("PathConfig", "select_on"): ("test", "validation"),
     ("PathConfig", "select_by"): ("loss", "accuracy"),
     ("PathConfig", "bf16"): ("auto", "on", "off"),
@@ -321,7 +332,7 @@ _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
-                 "insertion_samples"}
+                 "insertion_samples", "insert_threshold", "budget"}
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -408,6 +419,24 @@ def _check_autoneb(c: AutoNEBConfig, where: str) -> None:
     if c.max_pivots < c.initial_pivots + 2:
         raise ConfigError(f"{where}max_pivots ({c.max_pivots}) must be at least initial_pivots + 2 "
                           f"({c.initial_pivots + 2}): the ends count as pivots")
+    least = autoneb_step_cost(c)
+    if c.budget and c.budget < least:
+        raise ConfigError(f"{where}budget ({c.budget}) is below one band step per cycle ({least} gradient "
+                          f"evaluations for {len(c.cycles)} cycles)")
+
+
+def projected_pivots(interior: int, cycles: int, insert: int, max_pivots: int) -> list[int]:
+    """Interior pivots of ``cycles`` AutoNEB cycles from one with ``interior`` on, if every later one inserts
+    ``insert`` (at most ``max_pivots`` in all, ends included)."""
+    return [min(interior + insert * j, max_pivots - 2) for j in range(cycles)]
+
+
+def autoneb_step_cost(c: AutoNEBConfig, steps: list[int] | None = None) -> int:
+    """Gradient evaluations of AutoNEB's cycles at ``steps`` band steps each (default: one each) if every cycle
+    inserts ``insert_per_cycle`` pivots: a band step costs one evaluation per interior pivot."""
+    steps = steps or [1] * len(c.cycles)
+    pivots = projected_pivots(c.initial_pivots, len(c.cycles), c.insert_per_cycle, c.max_pivots)
+    return sum(s * n for s, n in zip(steps, pivots))
 
 
 def _check_curve(c: CurveConfig, where: str) -> None:

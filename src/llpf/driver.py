@@ -185,9 +185,7 @@ class Driver:
                     break
                 rows.append({"iteration": it, "phase": ph + 1, "batch_loss": loss,
                              "rounds": r[k] if isinstance(r, list) else r})
-                rec.max_batch_loss = max(rec.max_batch_loss, loss)
-                rec.batch_losses += 1
-                rec.batch_losses_above += loss > self.cfg.loss_threshold
+                rec.add_batch_loss(loss, self.cfg.loss_threshold)
             out[k] = rows
         self.pending = []
         return out
@@ -338,6 +336,7 @@ def path_summary(method: Method, k: int, rec: Record) -> dict:
         "planned_iterations": method.total,
         "max_batch_loss": finite(rec.max_batch_loss),
         "max_train_loss": finite(rec.max_train_loss),
+        "numerics": method.numerics(),
     }
     if rec.failure:
         s["reason"] = rec.failure

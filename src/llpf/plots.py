@@ -25,9 +25,8 @@ from matplotlib.figure import Figure
 
 from . import files
 from .errors import RunDirError
+from .methods.base import SMOOTH  # the paper's figures: moving average over 10 iterations
 from .store import RunDir
-
-SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
 
 def moving_average(y: np.ndarray, w: int = SMOOTH) -> np.ndarray:

@@ -51,11 +51,12 @@ class TrainR:
 
     All trainable parameters are trained (not only the moved ones). ``lr`` may
     be a per-layer tensor (AngleConformal in M2O). Momentum and weight decay are
-    available but the paper uses neither.
+    available but the paper uses neither; ``weight_decay`` may be a per-element
+    tensor (zero on the parameters it spares).
     """
 
     def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, fast: FastPath | None = None):
+                 momentum: float = 0.0, weight_decay: float | Tensor = 0.0, device=None, fast: FastPath | None = None):
         self.fp, self.batches, self.loss_fn = fp, batches, loss_fn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buf = torch.zeros_like(fp.flat) if momentum else None
@@ -87,7 +88,9 @@ class TrainR:
         """The second half: the SGD update of the flat vector by ``fp.grad`` (per-element rates when a tensor)."""
         fp = self.fp
         g = fp.grad
-        if self.weight_decay:
+        if isinstance(self.weight_decay, Tensor):
+            g = g.addcmul(fp.flat, self.weight_decay)
+        elif self.weight_decay:
             g = g.add(fp.flat, alpha=self.weight_decay)
         if self.buf is not None:
             self.buf.mul_(self.momentum).add_(g)

@@ -213,7 +213,7 @@ def layerwise_section(d: Path) -> str:
 
 
 def comparison_section(d: Path) -> str:
-    """``llpf compare``'s table (comparison.csv) and figure, with how the paths were evaluated."""
+    """``llpf compare``'s table (comparison.csv) and figures (the frontier's too), with how the paths were evaluated."""
     import csv
 
     with open(d / "comparison.csv", newline="") as fh:
@@ -227,6 +227,8 @@ def comparison_section(d: Path) -> str:
                      f"{esc(st.get('test_samples'))}; {esc(st.get('batchnorm'))}.</p>")
     if (d / "comparison.png").is_file():
         parts.append(img(d / "comparison.png", "comparison"))
+    if (d / "frontier.png").is_file():
+        parts.append(img(d / "frontier.png", "loss-budget frontier"))
     if rows:
         parts.append(table([[_number(c) for c in r] for r in rows[1:]], rows[0]))
     return "\n".join(parts)

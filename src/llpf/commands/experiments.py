@@ -60,6 +60,9 @@ def _m2o_baselines(sub) -> None:
     p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
     p.add_argument("--decays", type=number(0), nargs="+", default=None,
                    help="fine-tuning weight decays (default: 0 and 1, 1/4, 4 x the decay that shrinks as Move does)")
+    p.add_argument("--decay-all", action="store_true",
+                   help="decay every parameter while fine-tuning (default: only those M2O moves, as the matched "
+                        "decay assumes: normalisation layers are not decayed)")
     p.add_argument("--validation-fraction", type=number(0, 1, open_low=True), default=0.1,
                    help="share of the training set held out for choosing points, when the config sets none "
                         "(default 0.1; the start model should not have trained on it)")
@@ -98,8 +101,8 @@ def m2o_baselines(args) -> int:
     from ..config import load_config
 
     r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
-                      validation_fraction=args.validation_fraction, device=args.device, force=args.force,
-                      progress=not args.quiet)
+                      decay_on="all" if args.decay_all else "moved", validation_fraction=args.validation_fraction,
+                      device=args.device, force=args.force, progress=not args.quiet)
     if not r:  # a rank other than 0 under torchrun: rank 0 prints the table
         return 0
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731

@@ -30,7 +30,8 @@ def _print_m2m(s: dict, out) -> None:
           f"{'VALID' if s['valid_paper'] else 'NOT valid'} by the paper's ({s['status']}, "
           f"{s['iterations']} iterations)\n"
           f"  judged on {judged}: max {loss:.4f} (llpf threshold {s['loss_threshold']}, paper's "
-          f"{pc['loss_below']}){_exceedance(s)}\n"
+          f"{pc['loss_below']}){_exceedance(s)}; smoothed over {pc['smoothed_over']} iterations (paper "
+          f"Figure 2) at most {_fmt(pc['smoothed_batch_loss_max'])}\n"
           f"  final/initial distance: at most {s['final_relative_distance_max']:.3f} ({worst}); every layer "
           f"within {s['arrival_tolerance']:g} x its initial distance of its variance-sphere floor: "
           f"{'yes' if s['floor_reached'] else 'no'}; every final distance below {pc['distance_below']} "
@@ -64,6 +65,10 @@ def print_alignment(r: dict, out=None, indent: str = "") -> None:
         print(f"{indent}  straight line ({line['points']} points): A -> B max training loss {b['max_train_loss']:.4f}, "
               f"barrier {b['barrier']:.4f}; A -> aligned B max {a['max_train_loss']:.4f}, barrier "
               f"{a['barrier']:.4f}", file=out)
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _exceedance(s: dict) -> str:

@@ -21,25 +21,9 @@ from ..flat import layout_of
 from ..models import build_model
 from ..store import RunDir, gradient_steps
 from ..train import DEFAULT_METRICS
+from . import budget as B
+from .options import COMPARED, DEFAULTS, MATCHED, Options, budget_label
 from .profile import profile_run
-
-# compare's method names -> the path method (and config table) each runs
-COMPARED = {"line": "line", "llpf": "m2m", "autoneb": "autoneb", "bezier": "bezier", "polychain": "bezier"}
-DEFAULT_METHODS = ("line", "llpf", "autoneb", "bezier")
-
-
-def parse_methods(methods: str | Sequence[str]) -> list[str]:
-    """``"line,llpf"`` or a list -> the method names, checked (a one-line ConfigError names the unknown ones)."""
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
-    names = [m for m in names if m]
-    bad = [m for m in names if m not in COMPARED]
-    if bad or not names:
-        raise ConfigError(f"unknown method{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad)) or '(none given)'}"
-                          f" for compare; known: {', '.join(COMPARED)}")
-    if len(set(names)) < len(names):
-        raise ConfigError(f"--methods names a method twice: {','.join(names)}")
-    return names
-
 
 def with_tables(cfg: C.Config, names: Sequence[str]) -> C.Config:
     """``cfg`` with every table the methods need: the baselines' defaults where a table is missing."""
@@ -48,19 +32,52 @@ def with_tables(cfg: C.Config, names: Sequence[str]) -> C.Config:
         kind = COMPARED[name]
         if getattr(cfg, kind) is None:
             if kind == "m2m":
-                raise ConfigError(f"llpf runs M2M with the config's [m2m] table, which {cfg.name!r} does not have")
+                raise ConfigError(f"{name} runs M2M with the config's [m2m] table, which {cfg.name!r} does not have")
             setattr(cfg, kind, C.BASELINE_TABLES[kind]())
     return cfg
 
 
-def method_config(cfg: C.Config, name: str, pair: int) -> C.Config:
-    """The config method ``name`` runs under on pair ``pair``: its table, with seed + pair (as ``reproduce`` does)."""
+def method_table(cfg: C.Config, name: str, pair: int, budget: int | None, opts: Options):
+    """The table method ``name`` runs under on pair ``pair``, at ``budget`` gradient evaluations (None: as the
+    config sets it), with seed + pair (as ``reproduce`` does).
+
+    LLPF's points are saved densely (``opts.llpf_knots``); ``llpf-until`` is the
+    [m2m] table training until the batch loss is below ``opts.until_loss``,
+    over the iterations LLPF runs at that budget.
+    """
     kind = COMPARED[name]
     table = copy.deepcopy(getattr(cfg, kind))
+    if budget is not None:
+        table = B.scaled(kind, table, budget)
+    if name == "llpf-until":
+        table = B.until(table, opts.until_loss, opts.until_max_rounds)
+    if kind == "m2m":
+        table = B.dense(table, opts.llpf_knots)
     if kind == "bezier":
         table.kind = name  # "bezier" or "polychain"
     table.seed += pair
-    return dataclasses.replace(cfg, **{kind: table})
+    return table
+
+
+def planned_tables(cfg: C.Config, opts: Options) -> list[tuple]:
+    """``(slot, name, budget, table)`` of every method at every budget on the first pair, each table checked as
+    a TOML one is (a one-line ConfigError naming the method and budget). A matched budget is LLPF's planned
+    cost here (nominal when its Train_r trains until a loss): the run measures it."""
+    out = []
+    for slot, name in opts.units():
+        kind = COMPARED[name]
+        budget = slot
+        if slot == MATCHED:
+            budget = None if kind == "m2m" else B.path_evaluations(cfg.m2m)[0]
+        table = method_table(cfg, name, 0, budget, opts)
+        C.method_config(type(table), table, f"{name} at budget {budget_label(slot)}: {kind}.")
+        out.append((slot, name, budget, table))
+    return out
+
+
+def method_config(cfg: C.Config, name: str, pair: int, budget: int | None, opts: Options) -> C.Config:
+    """``cfg`` with method ``name``'s table as it runs (:func:`method_table`)."""
+    return dataclasses.replace(cfg, **{COMPARED[name]: method_table(cfg, name, pair, budget, opts)})
 
 
 class CompareLedger:
@@ -75,8 +92,8 @@ class CompareLedger:
             if not self.file.is_file():
                 raise RunDirError(f"{out} is not empty and holds no comparison; choose another --out")
             old = json.loads(self.file.read_text())
-            differ = sorted(k for k in set(command) | set(old.get("command", {}))
-                            if old.get("command", {}).get(k) != command.get(k))
+            before = old.get("command", {})  # an option it does not name had its default then
+            differ = sorted(k for k in set(command) | set(before) if before.get(k, DEFAULTS.get(k)) != command.get(k))
             if differ:
                 raise RunDirError(f"{out} holds a comparison made by another command (it differs in "
                                   f"{', '.join(differ)}); re-run that command to continue it, or choose another --out")
@@ -190,11 +207,19 @@ def alignments(out: Path, pairs: int | None) -> dict:
     return {"alignment": found} if found else {}
 
 
-def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: CompareLedger,
-                  points: int, points_per_segment: int, progress: bool) -> dict:
-    """One method's numbers on one pair: its path profiled (once; kept in RUN/profile.json), cost and time."""
+def method_result(name: str, slot, run: Path, summary: dict, ev: Evaluation, ledger: CompareLedger,
+                  opts: Options, progress: bool) -> dict:
+    """One method's numbers on one pair at one budget ``slot``: its path profiled (once; kept in
+    RUN/profile.json), the budget it was given, what it spent, and its time.
+
+    ``walked_max_train_loss`` (LLPF only) is the largest training-split loss at
+    the points LLPF evaluated itself on its way (every ``eval_every``
+    iterations); ``max_train_loss`` is the largest along the path as compare
+    evaluates every path (its polygon, densely).
+    """
     key = str(run.relative_to(ledger.file.parent))
-    row = {"method": name, "run": key, "status": summary.get("status"),
+    kind = COMPARED[name]
+    row = {"method": name, "budget": budget_label(slot), "run": key, "status": summary.get("status"),
            "wall_seconds": ledger.wall_s(key)}
     if summary.get("status") != "complete":
         return {**row, "reason": summary.get("reason")}
@@ -203,7 +228,10 @@ def method_result(name: str, run: Path, summary: dict, ev: Evaluation, ledger: C
         profile = json.loads(f.read_text())
     else:
         t0 = time.perf_counter()
-        profile = profile_run(run, ev.at, ev.names, points, points_per_segment, ev.device, progress)
+        profile = profile_run(run, ev.at, ev.names, opts.points, opts.points_per_segment, ev.device, progress)
         profile.update(batchnorm=ev.batchnorm, train_samples=len(ev.train), eval_seconds=time.perf_counter() - t0)
         write_json(f, profile)
-    return {**row, **profile["stats"], "gradient_steps": gradient_steps(run), "profile": profile["rows"]}
+    table = getattr(C.load_config(run / "config.toml"), kind)
+    return {**row, **profile["stats"], "walked_max_train_loss": summary.get("max_train_loss") if kind == "m2m" else None,
+            "planned_gradient_steps": B.planned_evaluations(kind, table), "gradient_steps": gradient_steps(run),
+            "profile": profile["rows"]}

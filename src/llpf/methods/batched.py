@@ -70,7 +70,7 @@ class BatchedPaths(FlatPaths):
             self.dest_flat = torch.stack([flat_of(d, self.names).to(self.device, self.bp.flat.dtype) for d in dests])
         self.streams = StackedStreams(train_data.to(self.device), self.cfg.batch_size, self.seeds)
         self.train_r = BatchedTrainR(self.bp, self.streams, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                                     self.cfg.weight_decay, fast_path(self.cfg, self.device, starts[0]))
+                                     self.weight_decay(), fast_path(self.cfg, self.device, starts[0]))
 
     def _check_inputs(self, starts: list, dests: list, train_data, seeds) -> None:
         if not starts:

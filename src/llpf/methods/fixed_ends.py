@@ -59,9 +59,14 @@ class FixedEnds(Method):
         self.batches = TrainBatches(train_data, self.cfg.batch_size, self.cfg.seed, self.device, self.cfg.augment,
                                     augmentation)
         self.build(start, dest, train_data)
+        self.restage()
+        self._view: nn.Module | None = None
+
+    def restage(self) -> None:
+        """The schedule from ``stage_steps()``, again when a method sets a stage's length as it starts (AutoNEB
+        with a budget): the stages already run keep theirs, so the driver's iteration stays in the same stage."""
         self.schedule = stages(self.stage_steps(), self.names)
         self.total = self.schedule[-1].last
-        self._view: nn.Module | None = None
 
     def build(self, start: nn.Module, dest: nn.Module, train_data) -> None:
         raise NotImplementedError

@@ -66,7 +66,7 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
 
     ``method`` picks the path table of a config holding both (``demo``).
     ``batch_paths`` repetitions run together (default: ``default_batch_paths``);
-    ``fast`` overrides the path table's fast-path settings (``{"bf16": "off"}``).
+    ``fast`` overrides the path table's fast-path settings (``{"bf16": "on"}``).
     Under torchrun each rank runs its share and rank 0 returns the aggregate;
     the other ranks return ``{}``.
     """
@@ -235,7 +235,8 @@ class Experiment:
 
     def log_done(self, k: int, summary: dict) -> None:
         self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
-                                                         f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
+                                                         f"{summary.get('valid_relative')}, valid_paper "
+                                                         f"{summary.get('valid_paper')}" if self.kind == "m2m" else ""))
 
     def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
         """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
@@ -271,8 +272,8 @@ class Experiment:
         from ..runner import recipe_metadata, train
         from ..train import endpoint_epochs
 
-        recipe = "dest" if end == "dest" and self.cfg.train.dest else "start"
-        path = self.out / "endpoints" / f"seed{seed}{'-dest' if recipe == 'dest' else ''}.safetensors"
+        recipe = self.recipe_of(end)
+        path = self.out / "endpoints" / self.endpoint_name(seed, end)
         if path.is_file():
             return path
         if self.cfg.data.name == "imagenet":
@@ -287,6 +288,14 @@ class Experiment:
         self.log(f"  seed {seed}: train loss {metrics['train']['loss']:.4f}, "
                  f"test accuracy {metrics['test']['accuracy']:.4f}")
         return path
+
+    def recipe_of(self, end: str) -> str:
+        """The recipe that trains the ``end`` ("start" or "dest") of a pair: "dest" only where ``[train.dest]`` is."""
+        return "dest" if end == "dest" and self.cfg.train.dest else "start"
+
+    def endpoint_name(self, seed: int, end: str = "start") -> str:
+        """The file of the endpoint of ``seed`` at ``end``: ``seedS`` or, trained with ``[train.dest]``, ``seedS-dest``."""
+        return f"seed{seed}{'-dest' if self.recipe_of(end) == 'dest' else ''}.safetensors"
 
     def torchvision_endpoint(self) -> Path:
         """ImageNet M2O starts from torchvision's ResNet18 weights (fetched once, kept in OUT/endpoints)."""

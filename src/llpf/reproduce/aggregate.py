@@ -18,7 +18,7 @@ from ..files import write_json
 from ..plots import SMOOTH, paths_figure
 from ..store import read_metrics
 
-FLAGS = ("valid", "valid_relative", "floor_reached")
+FLAGS = ("valid", "valid_relative", "valid_paper", "floor_reached")
 
 
 def aggregate(out: str | Path, unfinished: dict[str, str] | None = None) -> dict:
@@ -55,7 +55,9 @@ def rep_row(kind: str, s: dict, rows: list[dict]) -> dict:
            "test_accuracy_min": min(acc) if acc else None, "test_accuracy_max": max(acc) if acc else None}
     if kind == "m2m":
         fd, init = s.get("final_distance", {}), s.get("initial_distance", {})
-        row.update(valid=s.get("valid"), valid_relative=s.get("valid_relative"),
+        pc = s.get("paper_criteria") or {}
+        row.update(valid=s.get("valid"), valid_relative=s.get("valid_relative"), valid_paper=s.get("valid_paper"),
+                   smoothed_batch_loss_max=pc.get("smoothed_batch_loss_max"),
                    loss_threshold=s.get("loss_threshold"), relative_threshold=s.get("relative_threshold"),
                    endpoint_train_loss_start=(s.get("endpoint_train_loss") or {}).get("start"),
                    endpoint_train_loss_dest=(s.get("endpoint_train_loss") or {}).get("dest"),
@@ -91,7 +93,8 @@ def statistics(reps: dict[str, dict]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the markdown table
 
 
-M2M_COLUMNS = ["valid", "valid_relative", "max_train_loss", "loss_threshold", "relative_threshold",
+M2M_COLUMNS = ["valid", "valid_relative", "valid_paper", "max_train_loss", "smoothed_batch_loss_max",
+               "loss_threshold", "relative_threshold",
                "endpoint_train_loss_start", "endpoint_train_loss_dest", "final_distance_max",
                "final_relative_distance_max", "test_accuracy_min", "test_accuracy_max", "wall_s"]
 M2O_COLUMNS = ["status", "max_train_loss", "start_test_accuracy", "best_test_accuracy", "best_variance_ratio",
