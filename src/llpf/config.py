@@ -103,6 +103,15 @@ class TrainConfig:
             raise ConfigError("train.dest cannot hold a dest table of its own")
         return from_dict(TrainConfig, {**base, **self.dest}, "train.dest.")
 
+    def recipe_of(self, end: str) -> str:
+        """The recipe that trains a pair's ``end`` ("start" or "dest"): "dest" only where ``[train.dest]`` is."""
+        return "dest" if end == "dest" and self.dest else "start"
+
+    def endpoint_file(self, seed: int, end: str = "start") -> str:
+        """The file of the endpoint of ``seed`` at a pair's ``end``: ``seedS.safetensors``, or
+        ``seedS-dest.safetensors`` for a destination trained with ``[train.dest]``."""
+        return f"seed{seed}{'-dest' if self.recipe_of(end) == 'dest' else ''}.safetensors"
+
 
 RECIPES = ("start", "dest")  # the ends an endpoint recipe trains: [train], and [train] with [train.dest] over it
 

@@ -90,8 +90,8 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
     trained or written.
     """
     opts = Options(**options)
-    opts.check(start, dest, dry_run)
     cfg = copy.deepcopy(config) if isinstance(config, C.Config) else C.load_config(config)
+    opts.check(start, dest, dry_run, cfg.train)
     if data_dir:
         cfg.data.root = str(data_dir)
     cfg = with_tables(cfg, opts.methods)
@@ -162,7 +162,7 @@ def _run(cfg, opts: Options, out: Path, ledger: CompareLedger, ends, device, pro
                 if (run := layout.run(k, slot, name)).joinpath("summary.json").is_file()]
 
     def endpoint(seed: int, end: str = "start") -> Path:
-        return Path(opts.endpoints) / exp.endpoint_name(seed, end) if opts.endpoints else exp.endpoint(seed, end)
+        return Path(opts.endpoints) / cfg.train.endpoint_file(seed, end) if opts.endpoints else exp.endpoint(seed, end)
 
     def run_pair(k: int) -> None:
         a, b = ends if ends else (endpoint(2 * k), endpoint(2 * k + 1, "dest"))

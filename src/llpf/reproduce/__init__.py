@@ -272,8 +272,8 @@ class Experiment:
         from ..runner import recipe_metadata, train
         from ..train import endpoint_epochs
 
-        recipe = self.recipe_of(end)
-        path = self.out / "endpoints" / self.endpoint_name(seed, end)
+        recipe = self.cfg.train.recipe_of(end)
+        path = self.out / "endpoints" / self.cfg.train.endpoint_file(seed, end)
         if path.is_file():
             return path
         if self.cfg.data.name == "imagenet":
@@ -288,14 +288,6 @@ class Experiment:
         self.log(f"  seed {seed}: train loss {metrics['train']['loss']:.4f}, "
                  f"test accuracy {metrics['test']['accuracy']:.4f}")
         return path
-
-    def recipe_of(self, end: str) -> str:
-        """The recipe that trains the ``end`` ("start" or "dest") of a pair: "dest" only where ``[train.dest]`` is."""
-        return "dest" if end == "dest" and self.cfg.train.dest else "start"
-
-    def endpoint_name(self, seed: int, end: str = "start") -> str:
-        """The file of the endpoint of ``seed`` at ``end``: ``seedS`` or, trained with ``[train.dest]``, ``seedS-dest``."""
-        return f"seed{seed}{'-dest' if self.recipe_of(end) == 'dest' else ''}.safetensors"
 
     def torchvision_endpoint(self) -> Path:
         """ImageNet M2O starts from torchvision's ResNet18 weights (fetched once, kept in OUT/endpoints)."""
