@@ -53,6 +53,11 @@ ROWS = [
     ("train {A} --out {out}/w.safetensors", "not a TOML config"),
     ("train {bad} --out {out}/w.safetensors", "m2m.lr"),
     ("train {cfg} --out {file}/w.safetensors", "cannot create"),
+    ("train {cfg} --recipe dest --out {out}/w.safetensors", "[train.dest]"),
+    ("train {cfg} --recipe best --out {out}/w.safetensors", "--recipe"),
+    ("layers {nothing}.toml", "nothing.toml"),
+    ("layers {A}", "not a TOML config"),
+    ("layers {bad}", "m2m.lr"),
     *[row for m, ends in PATH_METHODS.items() for row in (
         (f"{m} {{cfg}} {ends} --out {{out}} --device tpu", "tpu"),
         (f"{m} {{cfg}} {ends} --out {{out}} --device cuda:7", "cuda:7"),

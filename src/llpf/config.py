@@ -32,10 +32,20 @@ else:  # pragma: no cover
 
 @dataclass
 class ModelConfig:
+    """The architecture: one of llpf's own (``lenet5``, ``resnet18`` ...) or ``torchvision:<builder>``.
+
+    ``width`` is the builder's width multiplier where it has one (MobileNet's
+    ``width_mult``); ``stem = "cifar"`` gives a torchvision model a 3x3
+    stride-1 first convolution and no stem max-pool, for 32x32 images
+    (``llpf.models.by_name``).
+    """
+
     name: str = "lenet5"
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 32
+    width: float = 1.0
+    stem: str = "default"  # torchvision models: "default" (the builder's) | "cifar"
 
 
 @dataclass
@@ -77,6 +87,33 @@ class TrainConfig:
     min_lr: float = 0.0  # cosine
     cooldown_epochs: int = 0  # cosine
     augmentation: str = "default"  # "default" | "none" | "crop-flip"
+    # [train.dest]: the destinations' recipe, as keys of this table that override its values
+    # (empty: both ends are trained alike). ``recipe("dest")`` is the merged recipe.
+    dest: dict | None = None
+
+    def recipe(self, which: str = "start") -> "TrainConfig":
+        """The recipe that trains the ``which`` end: "start" is ``[train]`` itself, "dest" is ``[train]``
+        with ``[train.dest]``'s keys over it (the same as "start" when there is no ``[train.dest]``)."""
+        if which not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {which!r}")
+        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "dest"}
+        if which == "start" or not self.dest:
+            return from_dict(TrainConfig, base)
+        if "dest" in self.dest:
+            raise ConfigError("train.dest cannot hold a dest table of its own")
+        return from_dict(TrainConfig, {**base, **self.dest}, "train.dest.")
+
+    def recipe_of(self, end: str) -> str:
+        """The recipe that trains a pair's ``end`` ("start" or "dest"): "dest" only where ``[train.dest]`` is."""
+        return "dest" if end == "dest" and self.dest else "start"
+
+    def endpoint_file(self, seed: int, end: str = "start") -> str:
+        """The file of the endpoint of ``seed`` at a pair's ``end``: ``seedS.safetensors``, or
+        ``seedS-dest.safetensors`` for a destination trained with ``[train.dest]``."""
+        return f"seed{seed}{'-dest' if self.recipe_of(end) == 'dest' else ''}.safetensors"
+
+
+RECIPES = ("start", "dest")  # the ends an endpoint recipe trains: [train], and [train] with [train.dest] over it
 
 
 @dataclass
@@ -98,6 +135,7 @@ class Phase:
     until_loss: float = 0.0
     min_rounds: int = 1
     max_rounds: int = 100
+    sphere: str = ""  # M2M: the table's ``sphere`` when empty; else "start" | "dest" | "moving" for this phase
 
 
 @dataclass
@@ -112,6 +150,9 @@ class PathConfig:
     weight_decay_on: str = "all"  # the parameters weight_decay shrinks: "all" | "moved" (the layers a phase moves)
     step_rule: str = "sum"  # "sum" (paper) | "max" (authors' public code)
     correct: str = "all"  # M2M: VarianceCorrection on "all" parameters or "moved" only
+    # M2M: the variance sphere VarianceCorrection projects onto (llpf.schedule.SPHERES): the start's
+    # (the paper), the destination's, or one moving from the start's to the destination's over the phase
+    sphere: str = "start"
     eval_every: int = 100
     save_every: int = 100
     checkpoint_every: int = 100
@@ -279,6 +320,9 @@ class Config:
 _CHOICES = {
     ("PathConfig", "step_rule"): ("sum", "max"),
     ("PathConfig", "correct"): ("all", "moved"),
+    ("PathConfig", "sphere"): ("start", "dest", "moving"),
+    ("Phase", "sphere"): ("", "start", "dest", "moving"),
+    ("ModelConfig", "stem"): ("default", "cifar"),
     ("PathConfig", "weight_decay_on"): ("all", "moved"),
     ("PathConfig", "select_on"): ("test", "validation"),
     ("PathConfig", "select_by"): ("loss", "accuracy"),
@@ -292,8 +336,8 @@ _CHOICES = {
     ("CurveConfig", "kind"): ("bezier", "polychain"),
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
-             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "eval_batch_size", "steps",
-             "initial_pivots", "max_pivots", "points_per_segment", "points"}
+             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "width", "eval_batch_size",
+             "steps", "initial_pivots", "max_pivots", "points_per_segment", "points"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
@@ -332,6 +376,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
+        return dict(value)
     raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
 
 
@@ -349,7 +397,7 @@ def from_dict(cls, data: dict, where: str = ""):
         v = _convert(value, hints[key], full)
         choices = _CHOICES.get((cls.__name__, key))
         if choices and v not in choices:
-            raise ConfigError(f"{full} must be one of {', '.join(choices)}, got {v!r}")
+            raise ConfigError(f"{full} must be one of {', '.join(c or repr(c) for c in choices)}, got {v!r}")
         if key in _POSITIVE and v <= 0:
             raise ConfigError(f"{full} must be positive, got {v!r}")
         if key in _NON_NEGATIVE and (v < 0 or v != v):
@@ -449,14 +497,23 @@ def _check(cfg: Config) -> Config:
         table = getattr(cfg, kind)
         if table is not None:
             _CROSS_CHECKS[type(table)](table, f"{kind}.")
-    tr = cfg.train
-    if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
-        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {tr.betas}")
-    if tr.warmup_epochs > tr.epochs:
-        raise ConfigError(f"train.warmup_epochs ({tr.warmup_epochs}) exceeds train.epochs ({tr.epochs})")
+    if cfg.m2o is not None and (cfg.m2o.sphere != "start" or any(ph.sphere not in ("", "start")
+                                                                   for ph in cfg.m2o.phases)):
+        raise ConfigError("m2o: sphere is an [m2m] setting; M2O walks toward the origin and has no "
+                          "destination sphere")
+    _check_recipe(cfg.train, "train.")
+    if cfg.train.dest:
+        _check_recipe(cfg.train.recipe("dest"), "train.dest.")
     if not 0 <= cfg.data.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
     return cfg
+
+
+def _check_recipe(tr: TrainConfig, where: str) -> None:
+    if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
+        raise ConfigError(f"{where}betas must be two numbers in [0, 1), got {tr.betas}")
+    if tr.warmup_epochs > tr.epochs:
+        raise ConfigError(f"{where}warmup_epochs ({tr.warmup_epochs}) exceeds {where}epochs ({tr.epochs})")
 
 
 def config_from_dict(data: dict) -> Config:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from .errors import CheckpointError, RunDirError
@@ -88,6 +89,18 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dic
     """Save a state dict as safetensors, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(path, save(tensors, metadata=metadata))
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata a safetensors file carries (``{}`` for other files or none); what wrote it: config, seed, recipe."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - load_weights names an unreadable file; its metadata is only a note
+        return {}
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

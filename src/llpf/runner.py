@@ -24,7 +24,7 @@ from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
 from .errors import ConfigError, DeviceError, LLPFError, PrerequisiteWarning, RunDirError
-from .files import check_creatable, load_weights, save_weights, write_json
+from .files import check_creatable, load_weights, save_weights, weights_metadata, write_json
 from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
 from .observer import Observer
@@ -43,12 +43,17 @@ def _model(cfg: C.Config, state: dict, what: str, source) -> nn.Module:
 
 
 def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,
-          data: Bundle | None = None) -> dict:
+          data: Bundle | None = None, recipe: str = "start") -> dict:
     """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics.
 
+    ``recipe`` "dest" trains with ``[train.dest]`` over ``[train]`` (a config
+    without that table is refused); the weights file records the recipe.
     Under torchrun the ranks train it together (``train_endpoint``) and rank 0 saves it.
     """
     out = Path(out)
+    if recipe == "dest" and not cfg.train.dest:
+        raise ConfigError(f"config {cfg.name!r} has no [train.dest] table to train a destination with")
+    settings = cfg.train.recipe(recipe)
 
     def check():
         if out.exists():
@@ -59,13 +64,33 @@ def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool
     data = data or prepare_data(cfg, device)
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
-    train_endpoint(model, data.train, cfg.train, seed, device, progress=progress, dataset=cfg.data.name)
+    train_endpoint(model, data.train, settings, seed, device, progress=progress, dataset=cfg.data.name)
     if D.is_leader():
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
+        save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed),
+                                               **recipe_metadata(cfg, recipe)})
     bs = cfg.data.eval_batch_size
     return {"train": D.evaluate_sharded(model, data.train, bs, F.cross_entropy),
             "test": D.evaluate_sharded(model, data.test, bs, F.cross_entropy)}
+
+
+def recipe_metadata(cfg: C.Config, recipe: str) -> dict[str, str]:
+    """What an endpoint's weights file says about the recipe that trained it: its name and its settings."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg.train.recipe(recipe)).items() if k != "dest"}
+    return {"recipe": recipe, "recipe_settings": json.dumps(settings)}
+
+
+def endpoint_recipes(rd: RunDir) -> dict:
+    """Which recipe made each end of a run (from the metadata of its copies of the input weights; None where
+    the weights were not trained by llpf)."""
+    out = {}
+    for end in ("start", "dest"):
+        f = rd.path / f"{end}.safetensors"
+        if f.is_file():
+            meta = weights_metadata(f)
+            out[end] = ({"recipe": meta["recipe"], **json.loads(meta.get("recipe_settings", "{}"))}
+                        if "recipe" in meta else None)
+    return out
 
 
 def _path_config(cfg: C.Config, kind: str):
@@ -130,17 +155,35 @@ def _driver(kind: str, cfgs: list[C.Config], starts: list[Weights], dests: list[
 
 
 def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:
-    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer."""
+    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer.
+
+    What the warning says follows the spheres of the schedule: a path that
+    ends on the start's sphere cannot get closer to the destination than the
+    distance between the spheres; one that switches to the destination's
+    sphere at once (``sphere = "dest"``) rescales those layers in one
+    iteration; one whose sphere moves there gradually needs no warning.
+    """
     from .analysis.variance import check_variance_pair
 
     m = driver.method
+    ends_on_dest = m.schedule[-1].sphere_to == 1
+    jump = next((rp for rp in m.schedule if rp.sphere == "dest" and rp.sphere_from == 0), None)
+    if ends_on_dest and jump is None:
+        return
     for k in range(m.paths):
         far = check_variance_pair(m.model_of(k), m.dest_module(k), tolerance)
-        if far:
-            worst = max(far, key=lambda r: r["relative_difference"])
-            warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
-                          f"{tolerance:.0%} (worst {worst['layer']}: {worst['relative_difference']:.0%}); the path "
-                          f"cannot get closer than the distance between their variance spheres (paper Eq. 4)",
+        if not far:
+            continue
+        worst = max(far, key=lambda r: r["relative_difference"])
+        differ = (f"{len(far)} layer(s) of start and destination differ in variance by more than {tolerance:.0%} "
+                  f"(worst {worst['layer']}: {worst['relative_difference']:.0%})")
+        if ends_on_dest:
+            warnings.warn(f"{differ}; sphere = \"dest\" rescales them onto the destination's variance sphere at "
+                          f"iteration {jump.first}, at once; sphere = \"moving\" spreads that over the phase",
+                          PrerequisiteWarning, stacklevel=2)
+        else:
+            warnings.warn(f"{differ}; the path cannot get closer than the distance between their variance spheres "
+                          f"(paper Eq. 4); [m2m] sphere = \"dest\" or \"moving\" ends it on the destination's sphere",
                           PrerequisiteWarning, stacklevel=2)
 
 
@@ -177,6 +220,7 @@ def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
     if not summary:
         rd.set_status("interrupted", iteration=driver.iteration)
         return {}
+    summary = rd.update_summary({"endpoint_recipes": endpoint_recipes(rd)})
     if summary["status"] == "complete":  # the driver saved the path's last point
         shutil.copyfile(rd.point_path(summary["iterations"]), rd.path / "final.safetensors")
         rd.set_status("complete")
@@ -259,9 +303,9 @@ def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: 
         inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name,
                   **({"aligned": True} if record else {})}
         rd.create(kind, resolved_config(cfg, kind), inputs, str(device), force=force)
-        save_weights(rd.path / "start.safetensors", a)
+        save_weights(rd.path / "start.safetensors", a, weights_metadata(start))
         if b is not None:
-            save_weights(rd.path / "dest.safetensors", b[0])
+            save_weights(rd.path / "dest.safetensors", b[0], weights_metadata(dest))
         if record:
             write_json(rd.path / ALIGNMENT, record)
     return finish_all(rds, driver, progress)

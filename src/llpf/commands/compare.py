@@ -17,7 +17,8 @@ def add(sub) -> None:
     p.add_argument("--dest", "--dest-model", default=None, help="destination model weights")
     p.add_argument("--pairs", type=at_least(1), default=None,
                    help="instead: N pairs of endpoints from seeds 0..2N-1, trained unless --endpoints holds them")
-    p.add_argument("--endpoints", default=None, help="with --pairs: a folder of seedS.safetensors to use")
+    p.add_argument("--endpoints", default=None, help="with --pairs: a folder of seedS.safetensors to use "
+                                                       "(seedS-dest for the destinations of a config with [train.dest])")
     p.add_argument("--methods", default="line,llpf,autoneb,bezier",
                    help="comma-separated: line, llpf, llpf-until, autoneb, bezier, polychain "
                         "(default line,llpf,autoneb,bezier)")

@@ -36,6 +36,10 @@ def _print_m2m(s: dict, out) -> None:
           f"within {s['arrival_tolerance']:g} x its initial distance of its variance-sphere floor: "
           f"{'yes' if s['floor_reached'] else 'no'}; every final distance below {pc['distance_below']} "
           f"(paper): {'yes' if pc['distance_ok'] else 'no'}{_farthest(s, pc['distance_below'])}", file=out)
+    sphere = s.get("sphere", {})
+    if sphere.get("ends_on") == "dest":
+        print(f"  variance spheres by phase: {', '.join(sphere['phases'])}; the path ends on the destination's "
+              f"sphere, so every floor is 0", file=out)
     if "straight_line_max_train_loss" in s:
         print(f"  straight line between the same endpoints peaks at training loss "
               f"{s['straight_line_max_train_loss']:.4f}", file=out)
@@ -105,7 +109,10 @@ def _farthest(s: dict, below: float) -> str:
     worst = max(fd, key=fd.get)
     if fd[worst] < below:
         return ""
-    return f" ({worst} ends at {fd[worst]:.3g}; the variance spheres alone keep it {s['distance_floor'][worst]:.3g} away)"
+    floor = s["distance_floor"][worst]
+    if not floor:
+        return f" ({worst} ends at {fd[worst]:.3g})"
+    return f" ({worst} ends at {fd[worst]:.3g}; the variance spheres alone keep it {floor:.3g} away)"
 
 
 def report(kind: str, s: dict, out) -> int:

@@ -3,7 +3,8 @@
 ::
 
     DIR/compare.json                  the command that made it (re-running it continues), wall times
-    DIR/endpoints/seedS.safetensors   with --pairs N: endpoints trained from seeds 0 .. 2N-1 (Table 3 recipe),
+    DIR/endpoints/seedS.safetensors   with --pairs N: endpoints trained from seeds 0 .. 2N-1 (Table 3 recipe;
+                                      the odd seeds with [train.dest] when the config has it, as seedS-dest),
                                       seedS.json their metrics and training time (or --endpoints FOLDER's)
     DIR/METHOD/                       one run directory per method (DIR/pair-XX/METHOD/ with --pairs;
                                       .../budget-B/METHOD/ with --budgets, the line once per pair)
@@ -89,8 +90,8 @@ def compare(config: C.Config | str | Path, out: str | Path, *, start: str | Path
     trained or written.
     """
     opts = Options(**options)
-    opts.check(start, dest, dry_run)
     cfg = copy.deepcopy(config) if isinstance(config, C.Config) else C.load_config(config)
+    opts.check(start, dest, dry_run, cfg.train)
     if data_dir:
         cfg.data.root = str(data_dir)
     cfg = with_tables(cfg, opts.methods)
@@ -160,11 +161,11 @@ def _run(cfg, opts: Options, out: Path, ledger: CompareLedger, ends, device, pro
                 for k in range(upto) for slot, name in opts.units()
                 if (run := layout.run(k, slot, name)).joinpath("summary.json").is_file()]
 
-    def endpoint(seed: int) -> Path:
-        return Path(opts.endpoints) / f"seed{seed}.safetensors" if opts.endpoints else exp.endpoint(seed)
+    def endpoint(seed: int, end: str = "start") -> Path:
+        return Path(opts.endpoints) / cfg.train.endpoint_file(seed, end) if opts.endpoints else exp.endpoint(seed, end)
 
     def run_pair(k: int) -> None:
-        a, b = ends if ends else (endpoint(2 * k), endpoint(2 * k + 1))
+        a, b = ends if ends else (endpoint(2 * k), endpoint(2 * k + 1, "dest"))
         if opts.align:
             b = aligned_end(cfg, a, b, out if ends else out / f"pair-{k:02d}", data, device, say)
         for slot, name in opts.units():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .. import config as C
 from ..errors import ConfigError
 
 # compare's method names -> the path method (and config table) each runs
@@ -91,8 +92,11 @@ class Options:
                 raise ConfigError("--budgets takes numbers of gradient evaluations; 'matched' goes with --budget")
             self.budgets = sorted(set(parsed))
 
-    def check(self, start, dest, dry_run: bool = False) -> None:
-        """Every rule across options, before anything runs: a one-line ConfigError (a dry run needs no models)."""
+    def check(self, start, dest, dry_run: bool = False, recipes: C.TrainConfig | None = None) -> None:
+        """Every rule across options, before anything runs: a one-line ConfigError (a dry run needs no models).
+
+        ``recipes`` (the config's ``[train]``) names the endpoint files ``--endpoints`` must hold.
+        """
         if self.pairs is None and (start is None or dest is None) and not dry_run:
             raise ConfigError("compare needs --start and --dest, or --pairs N to train N pairs of endpoints")
         if self.pairs is not None and (start is not None or dest is not None):
@@ -102,8 +106,9 @@ class Options:
         if self.endpoints is not None:
             if self.pairs is None:
                 raise ConfigError("--endpoints gives the endpoints of --pairs N; with --start and --dest it is not used")
-            missing = [f"seed{s}.safetensors" for s in range(2 * self.pairs)
-                       if not (Path(self.endpoints) / f"seed{s}.safetensors").is_file()]
+            recipes = recipes or C.TrainConfig()
+            files = [recipes.endpoint_file(s, ("start", "dest")[s % 2]) for s in range(2 * self.pairs)]
+            missing = [f for f in files if not (Path(self.endpoints) / f).is_file()]
             if missing:
                 raise ConfigError(f"--endpoints {self.endpoints} lacks {', '.join(missing)}")
         for flag, value, least in (("--points", self.points, 2), ("--points-per-segment", self.points_per_segment, 0),

@@ -236,7 +236,10 @@ class FlatPaths(Method):
     def _resolve(self, layout, model: nn.Module) -> None:
         """The phase schedule against ``model``'s layers, with one layer mask per phase."""
         self.names = layout.names
-        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(model))
+        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(model), self.cfg.sphere)
+        if not self.needs_dest and any(rp.sphere != "start" for rp in self.schedule):
+            raise ConfigError(f"{self.name} has no destination: its variance sphere can only be the start's "
+                              f"(sphere is an M2M setting)")
         self.total = self.cfg.total_iterations
         self.masks = [layout.mask(rp.moved, self.device) for rp in self.schedule]
         self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)

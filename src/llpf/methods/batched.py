@@ -122,8 +122,8 @@ class BatchedM2M(M2MRecords, BatchedPaths):
     def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, Tensor]:
         moved = self.masks[phase.index]
         corrected = self.all_layers if self.cfg.correct == "all" else moved
-        return batched_m2m_iteration(self.bp, self.dest_flat, self.v0, phase, self.cfg, self.train_r, moved,
-                                     corrected)
+        return batched_m2m_iteration(self.bp, self.dest_flat, self.sphere(iteration, phase), phase, self.cfg,
+                                     self.train_r, moved, corrected)
 
 
 class BatchedM2O(M2ORecords, BatchedPaths):

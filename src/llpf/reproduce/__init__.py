@@ -2,7 +2,8 @@
 
 ::
 
-    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics and time
+    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics, time and recipe
+                                      (seedS-dest: a destination trained with the config's [train.dest])
     OUT/rep-XX/                       one run directory per repetition (M2M or M2O)
     OUT/ranks/rank-R.json             how each repetition went on the rank that ran it (``llpf.shards``)
     OUT/reproduce.json                the experiment, its inputs and the wall time of each piece
@@ -10,7 +11,8 @@
     OUT/summary.md, summary.json      per repetition and aggregated verdicts, and the repetitions not finished
 
 Repetition k of an M2M experiment runs from the endpoint of seed 2k to that of
-seed 2k+1; of an M2O experiment, from the endpoint of seed k. Running the same
+seed 2k+1 (trained with ``[train.dest]`` when the config has it); of an M2O
+experiment, from the endpoint of seed k. Running the same
 command again skips the endpoints and repetitions already finished, resumes an
 interrupted repetition from its checkpoint, and redraws the aggregate. A
 repetition that raises is reported failed and the others go on.
@@ -258,23 +260,31 @@ class Experiment:
         """Repetition k's start and destination (M2O: None), given or trained."""
         if self.kind == "m2m" and self.cfg.data.name != "imagenet":
             return (Path(start) if start else self.endpoint(2 * k),
-                    Path(dest) if dest else self.endpoint(2 * k + 1))
+                    Path(dest) if dest else self.endpoint(2 * k + 1, "dest"))
         return Path(start) if start else self.endpoint(k), None
 
-    def endpoint(self, seed: int) -> Path:
-        """The endpoint of ``seed``: trained with the Table 3 recipe unless OUT/endpoints already holds it."""
-        from ..runner import train
+    def endpoint(self, seed: int, end: str = "start") -> Path:
+        """The endpoint of ``seed``: trained with the Table 3 recipe unless OUT/endpoints already holds it.
+
+        A destination (``end`` "dest") of a config with ``[train.dest]`` is
+        trained with that recipe and named ``seedS-dest``.
+        """
+        from ..runner import recipe_metadata, train
         from ..train import endpoint_epochs
 
-        path = self.out / "endpoints" / f"seed{seed}.safetensors"
+        recipe = self.cfg.train.recipe_of(end)
+        path = self.out / "endpoints" / self.cfg.train.endpoint_file(seed, end)
         if path.is_file():
             return path
         if self.cfg.data.name == "imagenet":
             return self.torchvision_endpoint()
-        self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train)} epochs)")
+        self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train.recipe(recipe))} epochs"
+                 + (", the [train.dest] recipe)" if recipe == "dest" else ")"))
         t0 = time.perf_counter()
-        metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data())
-        write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics})
+        metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data(),
+                        recipe=recipe)
+        write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics,
+                                               **recipe_metadata(self.cfg, recipe)})
         self.log(f"  seed {seed}: train loss {metrics['train']['loss']:.4f}, "
                  f"test accuracy {metrics['test']['accuracy']:.4f}")
         return path

@@ -127,13 +127,14 @@ def _aggregate_cell(agg: dict, column: str) -> str:
 def _endpoint_lines(eps: dict) -> list[str]:
     if not eps:
         return []
-    lines = ["", "Endpoints (paper Table 3 recipe):", "",
-             "| endpoint | train loss | train acc | test loss | test acc | wall_s |", "|---|---|---|---|---|---|"]
+    lines = ["", "Endpoints (paper Table 3 recipe; recipe dest: [train] with the config's [train.dest]):", "",
+             "| endpoint | recipe | train loss | train acc | test loss | test acc | wall_s |",
+             "|---|---|---|---|---|---|---|"]
     for k, e in sorted(eps.items()):
         m = e.get("metrics", {})
         tr, te = m.get("train", {}), m.get("test", {})
-        lines.append(f"| {k} | {_fmt(tr.get('loss'))} | {_fmt(tr.get('accuracy'))} | {_fmt(te.get('loss'))} "
-                     f"| {_fmt(te.get('accuracy'))} | {_fmt(e.get('wall_s'))} |")
+        lines.append(f"| {k} | {e.get('recipe', 'start')} | {_fmt(tr.get('loss'))} | {_fmt(tr.get('accuracy'))} | "
+                     f"{_fmt(te.get('loss'))} | {_fmt(te.get('accuracy'))} | {_fmt(e.get('wall_s'))} |")
     return lines
 
 

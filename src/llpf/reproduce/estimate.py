@@ -62,7 +62,8 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     n_evals = pc.total_iterations // pc.eval_every + 1
     eval_examples = n_test + (n_train if cfg.data.name != "imagenet" else 0)  # ImageNet: validation only
     endpoints = 0 if cfg.data.name == "imagenet" else (2 if kind == "m2m" else 1)
-    ep_steps = endpoints * endpoint_epochs(cfg.train) * (n_train // cfg.train.batch_size)
+    recipes = [cfg.train.recipe("start"), cfg.train.recipe("dest")][:endpoints]  # M2M: a start and a destination
+    ep_steps = sum(endpoint_epochs(r) * (n_train // r.batch_size) for r in recipes)
     plan = {
         "name": cfg.name, "kind": kind, "description": cfg.description, "device": str(device),
         "model": cfg.model.name, "parameters": nparams, "layers": len(names), "data": source,
@@ -71,6 +72,7 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
         "estimate_s": {"path_min": lo_steps * step_s, "path_max": hi_steps * step_s,
                        "evaluation": n_evals * eval_examples * fwd_s, "endpoints": ep_steps * step_s},
         "endpoints_per_rep": endpoints, "endpoint_epochs": endpoint_epochs(cfg.train),
+        "dest_endpoint_epochs": endpoint_epochs(recipes[-1]) if endpoints == 2 else None,
         "endpoint_steps": ep_steps,
     }
     log(format_plan(plan))
@@ -175,7 +177,9 @@ def format_plan(p: dict) -> str:
         lines.append(f"  (timed at batch {p['timed_batch_size']}, not {p['batch_size']}: the times above are not estimates "
                      f"for the real batch size)")
     if p["endpoints_per_rep"]:
-        lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, {p['endpoint_epochs']} epochs each, "
+        epochs = (f"{p['endpoint_epochs']} epochs each" if p.get("dest_endpoint_epochs") in (None, p["endpoint_epochs"])
+                  else f"{p['endpoint_epochs']} epochs (the destination {p['dest_endpoint_epochs']}, [train.dest])")
+        lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, {epochs}, "
                      f"~{_hms(e['endpoints'])} to train them")
     return "\n".join(lines)
 
