@@ -104,30 +104,42 @@ def line_chain(n):
     return torch.stack([torch.tensor([float(i), 0.0]) for i in range(n)])
 
 
-def test_insert_pivot_goes_to_the_segment_with_the_highest_loss_at_its_highest_point():
+# Pivot losses 0, 1, 1, 0 (the band's range is 1). Segment 0 rises from 0 to 1 with a bump above its chord
+# (0.25, 0.5, 0.75): excess 0.35, 0.40, 0.20, largest at alpha 0.5 although its loss peaks at 0.75. Segment 1
+# holds the band's highest loss (1.2) but only 0.2 above its flat chord; segment 2 stays within 0.05 of its chord.
+ALPHAS = torch.tensor([0.25, 0.5, 0.75])
+PIVOTS = torch.tensor([0.0, 1.0, 1.0, 0.0])
+LOSSES = torch.tensor([[0.6, 0.9, 0.95], [1.1, 1.2, 1.1], [0.8, 0.5, 0.3]])
+
+
+def test_insert_pivot_goes_where_the_loss_rises_most_above_the_chord_not_where_it_is_highest():
+    """The published rule (fill.highest): rank segments by the excess over the interpolation between their
+    pivots, insert at the point of that excess."""
     chain, weights = line_chain(4), torch.ones(3)
-    alphas = torch.tensor([0.25, 0.5, 0.75])
-    pivots = torch.tensor([0.0, 0.1, 0.1, 0.0])
-    losses = torch.tensor([[0.2, 0.3, 0.2], [0.5, 0.9, 0.6], [0.4, 0.3, 0.2]])
-    new, w, inserted = insert_pivot(chain, weights, losses, alphas, pivots, count=1)
-    assert inserted == [(1, 0.5)]
-    torch.testing.assert_close(new, torch.tensor([[0.0, 0], [1, 0], [1.5, 0], [2, 0], [3, 0]]))
-    torch.testing.assert_close(w, torch.tensor([1.0, 0.5, 0.5, 1.0]))
-    new, w, inserted = insert_pivot(chain, weights, losses, alphas, pivots, count=2)
-    assert inserted == [(1, 0.5), (2, 0.25)]
-    torch.testing.assert_close(new[4], torch.tensor([2.25, 0.0]))
-    torch.testing.assert_close(w, torch.tensor([1.0, 0.5, 0.5, 0.25, 0.75]))
+    new, w, inserted = insert_pivot(chain, weights, LOSSES, ALPHAS, PIVOTS, count=1)
+    assert inserted == [(0, 0.5)]  # by the absolute peak it would be (1, 0.5); by segment 0's peak (0, 0.75)
+    torch.testing.assert_close(new, torch.tensor([[0.0, 0], [0.5, 0], [1, 0], [2, 0], [3, 0]]))
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    new, w, inserted = insert_pivot(chain, weights, LOSSES, ALPHAS, PIVOTS, count=2)
+    assert inserted == [(0, 0.5), (1, 0.5)]
+    torch.testing.assert_close(new[3], torch.tensor([1.5, 0.0]))
+    torch.testing.assert_close(w, torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0]))
+    _, _, inserted = insert_pivot(chain, weights, LOSSES, ALPHAS, PIVOTS, count=3)
+    assert inserted == [(0, 0.5), (1, 0.5)]  # segment 2's excess (0.05) is below the threshold 0.1
 
 
-def test_insert_pivot_skips_segments_where_the_loss_stays_below_the_chord():
-    chain, weights, alphas = line_chain(4), torch.ones(3), torch.tensor([0.25, 0.5, 0.75])
-    pivots = torch.tensor([0.0, 2.0, 0.0, 0.0])
-    # segments 0 and 1 hold the highest losses but lie below their chords (0.5, 1, 1.5 and back)
-    losses = torch.tensor([[0.4, 0.9, 1.4], [1.4, 0.9, 0.4], [0.1, 0.2, 0.1]])
-    new, _, inserted = insert_pivot(chain, weights, losses, alphas, pivots, count=1)
-    assert inserted == [(2, 0.5)]
-    torch.testing.assert_close(new[3], torch.tensor([2.5, 0.0]))
-    _, _, none = insert_pivot(chain, weights, losses[:, :] * 0, alphas, torch.ones(4), count=2)
+def test_insert_pivot_measures_the_excess_against_the_band_s_loss_range_and_the_threshold():
+    chain, weights = line_chain(4), torch.ones(3)
+    for scale in (10.0, 0.01):  # the rule is relative: the same insertions at any scale of the loss
+        _, _, inserted = insert_pivot(chain, weights, LOSSES * scale, ALPHAS, PIVOTS * scale, count=2)
+        assert inserted == [(0, 0.5), (1, 0.5)]
+    _, _, inserted = insert_pivot(chain, weights, LOSSES, ALPHAS, PIVOTS, count=2, threshold=0.3)
+    assert inserted == [(0, 0.5)]  # segment 1's excess 0.2 is not above 0.3
+    _, _, none = insert_pivot(chain, weights, LOSSES, ALPHAS, PIVOTS, count=2, threshold=0.4)
+    assert none == []  # nor segment 0's 0.4
+    # segments whose loss stays below the chord never get a pivot, however high their loss
+    convex = torch.tensor([[0.1, 0.3, 0.6], [0.9, 0.8, 0.9], [0.7, 0.4, 0.2]])
+    _, _, none = insert_pivot(chain, weights, convex, ALPHAS, PIVOTS, count=3, threshold=0.0)
     assert none == []
 
 
@@ -278,6 +290,63 @@ def test_autoneb_records_its_cycles_and_resumes_exactly():
     resumed.load_state_dict(state)
     assert resumed.run() == records
     assert torch.equal(resumed.path(), full.path())
+
+
+def test_autoneb_hands_over_the_best_cycle_s_band_not_the_last():
+    """As published: every cycle's band is kept and the one whose highest evaluated loss is lowest is the path."""
+    a, b, data = logistic_problem()
+    cfg = AutoNEBConfig(cycles=[Cycle(40, 0.5), Cycle(2, 50.0)], points_per_segment=3)
+    neb = AutoNEB(a, b, BatchStream(data, 50, seed=0), data, cfg)
+    records = neb.run()
+    assert records[2]["max_loss"] > records[1]["max_loss"] + 1  # the last cycle's rate threw the band away
+    assert neb.best["cycle"] == 1 and not torch.equal(neb.path(), neb.band.chain())
+    profile = [neb.fm.evaluate(v, {"": data})["loss"] for _, v in chain_points(neb.path(), 3)]
+    assert max(profile) == pytest.approx(records[1]["max_loss"], rel=1e-6)
+    assert torch.equal(neb.path()[[0, -1]], neb.band.chain()[[0, -1]])  # the same ends, to the bit
+
+
+@pytest.mark.parametrize("problem, threshold", [("convex", 0.1), ("valley", 0.1), ("valley", 1e9)])
+def test_autoneb_with_a_budget_spends_it_however_many_pivots_it_inserts(problem, threshold):
+    """``budget``: each cycle's steps are set as it starts, so the run spends the budget whether pivots were
+    inserted (the valley) or not (the convex problem, or a threshold nothing reaches)."""
+    if problem == "convex":
+        a, b, data = logistic_problem()
+        loss_fn = F.cross_entropy
+    else:
+        a, b = Valley(-1.0, 0.0), Valley(1.0, 0.0)
+        data, loss_fn = Split(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)), energy
+    cycles = [Cycle(10, 0.02), Cycle(10, 0.01), Cycle(20, 0.005)]
+    cfg = AutoNEBConfig(cycles=cycles, points_per_segment=3, insert_threshold=threshold, budget=440)
+    neb = AutoNEB(a, b, BatchStream(data, 50 if problem == "convex" else 2, seed=0), data, cfg, loss_fn=loss_fn)
+    assert neb.plan == [20, 20, 40]  # 440 over 10 x 3 + 10 x 5 + 20 x 7 projected evaluations: shape kept
+    records = neb.run()
+    inserted = sum(len(r["inserted"]) for r in records)
+    assert (inserted > 0) == (problem == "valley" and threshold < 1)
+    assert abs(neb.gradient_evals - 440) <= (records[-1]["pivots"] - 2) / 2
+    assert [r["steps"] for r in records][-1] == sum(neb.plan) == neb.band_steps
+    with pytest.raises(ConfigError, match="below one band step per cycle"):
+        method_config(AutoNEBConfig, dict(cycles=cycles, budget=14))  # 3 + 5 + 7 = 15 at the least
+
+
+def test_band_weight_decay_is_added_to_the_gradient_before_the_projection():
+    """The published NEB adds ``weight_decay * p`` to each pivot's loss gradient, then removes its part along
+    the tangent: the force stays perpendicular to the path."""
+    a, b, data = logistic_problem()
+    fm = FlatModel(a)
+    va, vb = fm.vector(a), fm.vector(b)
+    x, y = data.x[:50], data.y[:50]
+    forces = {}
+    for wd in (0.0, 0.3):
+        band = Band(fm, va, vb, 1, weight_decay=wd)
+        losses, force = band.forces(x, y)
+        forces[wd] = force[0]
+    p = torch.lerp(va, vb, 0.5)
+    _, g = fm.loss_and_grad(p, x, y)
+    tau = tangent(va, p, vb, losses.tolist())
+    expected = -((g + 0.3 * p) - ((g + 0.3 * p) @ tau) * tau)
+    torch.testing.assert_close(forces[0.3], expected, rtol=1e-5, atol=1e-6)
+    assert float(forces[0.3] @ tau) == pytest.approx(0.0, abs=1e-4)
+    assert not torch.allclose(forces[0.3], forces[0.0])
 
 
 def test_configuration_mistakes_are_one_line_errors():

@@ -189,6 +189,60 @@ def test_one_m2o_iteration_by_hand():
     assert row["rounds"] == 1 and row["batch_loss"] == pytest.approx(loss, rel=1e-12)
 
 
+X2 = torch.tensor([[0.3, 0.8], [-1.2, -0.4], [2.0, 1.0]], dtype=torch.float64)
+Y2 = torch.tensor([1, 0, 0])
+
+
+def with_batch_norm() -> nn.Sequential:
+    """Linear, BatchNorm1d, Linear: parameters 0.*, 1.* (normalisation: never moved by M2O), 2.*."""
+    m = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).double()
+    values = [[[0.9, -0.4], [0.3, 1.2], [-0.5, 0.7]], [0.1, -0.3, 0.2], [1.5, 0.5, 1.1], [0.2, -0.1, 0.05],
+              [[1.1, 0.2, -0.6], [-0.7, 0.5, 0.9]], [0.05, 0.4]]
+    with torch.no_grad():
+        for p, v in zip(m.parameters(), values):
+            p.copy_(torch.tensor(v, dtype=torch.float64))
+    return m
+
+
+def test_three_m2o_iterations_on_two_batches_with_batch_norm_by_hand():
+    """Algorithm 2 for three iterations: AngleConformal divides by the START's variances v (line 4, taken once),
+    not by the variances the path has reached; Train_r draws from one stream of two batches that continues
+    across iterations (B1, B2, B1); the BatchNorm layer is neither moved nor rescaled, trains at lr, and its
+    running statistics follow the batches drawn."""
+    step_a, step_f, lr, T = 0.1, 0.05, 0.2, 3
+    start = with_batch_norm()
+    s = params(start)
+    norm = {"1.weight", "1.bias"}
+    v = {n: pvar(s[n]) for n in s}  # v: the start's layer variances, once
+    batches = [(X, Y), (X2, Y2), (X, Y)]  # what one continuing stream over [B1, B2] gives three 1-step iterations
+    p, losses, ratio = dict(s), [], []  # ratio: min over moved layers of Var(P_i) / v
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)  # BatchNorm's buffers
+    for x, y in batches:
+        N = {k: p[k] if k in norm else move(p[k], torch.zeros_like(p[k]), step_a, step_f) for k in p}  # Move(P_i, O)
+        rates = {k: lr if k in norm else lr * pvar(N[k]) / v[k] for k in p}  # AngleConformal(N, v)
+        ratio.append(min(float(pvar(p[k]) / v[k]) for k in p if k not in norm))
+        loss, g = loss_and_grads_at(start, N, x, y)  # Train_r(N, x), one step on the stream's next batch
+        p = {k: N[k] - rates[k] * g[k] for k in p}
+        losses.append(loss)
+        h = x @ N["0.weight"].T + N["0.bias"]  # BatchNorm's input; running stats: momentum 0.1, unbiased variance
+        mean, var = 0.9 * mean + 0.1 * h.mean(0), 0.9 * var + 0.1 * h.var(0, unbiased=True)
+    # the rule is visible: from the second iteration on, Var(P_i) is no longer v, so the current variance would
+    # give rates more than 5% off for some layer
+    assert ratio[0] == 1 and max(ratio[1:]) < 0.95
+
+    cfg = PathConfig(phases=[Phase(iterations=T, layers=["*"], step_a=step_a, step_f=step_f, rounds=1)], lr=lr,
+                     eval_every=1, save_every=1, checkpoint_every=1)
+    result = llpf.m2o(start, [(X, Y), (X2, Y2)], cfg, test_data=[(X, Y)], device="cpu")
+    assert_params(result.model, p)
+    rows = [r for r in result.rows if r["iteration"] > 0]
+    assert [r["rounds"] for r in rows] == [1] * T
+    assert [r["batch_loss"] for r in rows] == pytest.approx(losses, rel=1e-12)
+    bn = result.model[1]
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-12, atol=1e-12)
+    assert int(bn.num_batches_tracked) == T
+
+
 # ---------------------------------------------------------------- the baselines of M2O (llpf m2o-baselines)
 
 
@@ -210,6 +264,35 @@ def test_fine_tune_is_sgd_with_weight_decay_and_no_move():
     result = llpf.find_path("finetune", START, BATCH, cfg, test_data=BATCH, device="cpu")
     assert_params(result.model, p)
     assert [r["rounds"] for r in result.rows] == [0, 2]
+
+
+def loss_and_grads_at(template: nn.Module, p: dict[str, torch.Tensor], x=X, y=Y):
+    """The hand-written cross-entropy of ``template``'s architecture at parameters ``p`` on one batch, and its
+    gradient by autograd (in training mode, as Train_r takes it: BatchNorm normalises with the batch's statistics)."""
+    fresh = copy.deepcopy(template).train()
+    with torch.no_grad():
+        for k, q in fresh.named_parameters():
+            q.copy_(p[k])
+    loss = cross_entropy(fresh(x), y)
+    loss.backward()
+    return float(loss.detach()), {k: q.grad for k, q in fresh.named_parameters()}
+
+
+@pytest.mark.parametrize("decay_on", ["moved", "all"])
+def test_fine_tune_decays_only_the_layers_m2o_moves_unless_asked_for_all(decay_on):
+    """m2o-baselines' fine-tuning: ``weight_decay_on = "moved"`` decays the layers M2O moves and not the
+    normalisation layers, which M2O never moves (and which the matched decay was not sized for)."""
+    lr, wd = 0.1, 0.3
+    start = with_layer_norm()
+    spared = {"1.weight", "1.bias"} if decay_on == "moved" else set()
+    p = params(start)
+    for _ in range(2):
+        _, g = loss_and_grads_at(start, p)
+        p = {n: p[n] - lr * (g[n] + (0.0 if n in spared else wd) * p[n]) for n in p}
+    cfg = dataclasses.replace(one_phase(lr, layers=["*"], step_a=0.5, step_f=0.5, rounds=2), weight_decay=wd,
+                              weight_decay_on=decay_on)
+    result = llpf.find_path("finetune", start, BATCH, cfg, test_data=BATCH, device="cpu")
+    assert_params(result.model, p)
 
 
 def test_move_only_scales_moved_layers_by_one_minus_step_a_per_iteration():

@@ -11,11 +11,11 @@ import llpf
 from llpf.analysis.barriers import straight_line
 from llpf.cli import main
 from llpf.config import load_config
-from llpf.data import Split
+from llpf.data import Split, prepare_data
 from llpf.errors import ConfigError, RunDirError
 from llpf.files import load_weights, save_weights
 from llpf.models import MODELS
-from llpf.runner import resume, run_path
+from llpf.runner import load_model, resume, run_path
 from llpf.store import RunDir
 
 # Multinomial logistic regression on 4x4 average-pooled digits: convex in its parameters.
@@ -105,8 +105,10 @@ def test_compare_writes_its_files_and_every_path_stays_at_or_below_the_line_on_a
     with open(out / "comparison.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == METHODS
-    assert list(rows[0])[:8] == ["method", "max_train_loss", "mean_train_loss", "max_test_loss", "min_test_accuracy",
-                                 "path_length", "gradient_steps", "wall_seconds"]
+    assert list(rows[0])[:11] == ["method", "budget", "max_train_loss", "walked_max_train_loss", "mean_train_loss",
+                                  "max_test_loss", "min_test_accuracy", "path_length", "planned_gradient_steps",
+                                  "gradient_steps", "wall_seconds"]
+    assert {r["budget"] for r in rows} == {"config"}
     for name in METHODS:
         assert RunDir(out / name).info()["status"] == "complete"
         assert (out / name / "profile.json").is_file()
@@ -154,6 +156,15 @@ def test_autoneb_through_the_driver_counts_each_step_s_interior_pivots_as_pivots
     assert [r["rounds"] for r in res.rows[1:]] == [1] * 5 + [2] * 10
     assert [r["phase"] for r in res.rows[1:]] == [1] * 5 + [2] * 5 + [3] * 5
     assert res.summary["gradient_evals"] == 25 and res.path.curve == "polygon" and len(res.path.states) == 4
+    # with a budget of 44 evaluations, planned on 1, 2, 2 interior pivots (4 in all at most): 44 / 25 x 5 = 9
+    # steps for cycle 1; cycle 2 gets round(35 / 20 x 5) = 9, the last what is left, round(17 / 2) = 8 (or 9)
+    res = llpf.find_path("autoneb", Valley(-1.0, 0.0), data, {**cfg, "budget": 44}, dest=Valley(1.0, 0.0),
+                         loss_fn=energy)
+    steps = [c["steps"] for c in res.summary["cycles"]]
+    assert [c["pivots"] for c in res.summary["cycles"]] == [3, 3, 4, 4]
+    assert steps == [0, 9, 18, 26] and res.summary["gradient_evals"] == 9 * 1 + 9 * 2 + 8 * 2 == 43
+    assert [r["phase"] for r in res.rows[1:]] == [1] * 9 + [2] * 9 + [3] * 8
+    assert res.summary["iterations"] == 26 == len(res.rows) - 1
 
 
 def test_paths_start_and_end_at_the_given_models_to_the_bit(compared, pair):
@@ -165,6 +176,19 @@ def test_paths_start_and_end_at_the_given_models_to_the_bit(compared, pair):
         first, last = load_weights(files[0]), load_weights(files[-1])
         assert all(torch.equal(first[k], a[k]) and torch.equal(last[k], b[k]) for k in a), name
     assert len(RunDir(out / "polychain").knots()[1]) == 3
+
+
+def test_a_zero_length_pair_gives_every_method_a_path_of_length_0_at_the_endpoint_s_loss(pair, tmp_path):
+    a = pair / "a.safetensors"
+    result = by_method(llpf.compare(pair / "c.toml", tmp_path / "zero", start=a, dest=a, methods=METHODS, points=5,
+                                    points_per_segment=2, device="cpu", log=lambda s: None))
+    cfg = load_config(pair / "c.toml")
+    ends = straight_line(load_model(cfg, a), load_model(cfg, a), prepare_data(cfg, "cpu").train, points=2)
+    for name in METHODS:
+        r = result[name]
+        assert r["failed"] == 0 and r["path_length"] == 0.0 and r["gradient_steps"] == 0, name
+        assert r["max_train_loss"] == pytest.approx(ends[0]["loss"], rel=1e-6), name
+        assert RunDir(tmp_path / "zero" / name).summary()["iterations"] == 0, name
 
 
 def test_rerunning_the_command_continues_and_another_command_is_refused(compared, pair, monkeypatch):
@@ -217,7 +241,7 @@ def test_bad_methods_and_settings_are_one_line_errors(pair, tmp_path, capsys):
                   ["--points", "1"]):
         assert main(args + extra) == 2
         err = capsys.readouterr().err
-        assert err.startswith("llpf: error:") and err.count("\n") == 1, err
+        assert err.startswith("llpf") and ": error: " in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         llpf.compare(pair / "c.toml", tmp_path / "y", start=pair / "a.safetensors", dest=pair / "b.safetensors",
@@ -293,9 +317,13 @@ def interrupted_at_checkpoint(monkeypatch, n, run_name=None):
     return seen
 
 
-@pytest.mark.parametrize("kind, kill_at", [("autoneb", 2), ("bezier", 3), ("line", 2)])
-def test_a_resumed_baseline_run_equals_an_uninterrupted_one(pair, tmp_path, monkeypatch, kind, kill_at):
+@pytest.mark.parametrize("kind, kill_at, budget", [("autoneb", 2, 0), ("autoneb", 3, 60), ("bezier", 3, 0),
+                                                    ("line", 2, 0)])
+def test_a_resumed_baseline_run_equals_an_uninterrupted_one(pair, tmp_path, monkeypatch, kind, kill_at, budget):
+    """With a budget AutoNEB sets each cycle's steps as it starts (no pivot is inserted on this convex loss, so the
+    later cycles take more steps than first planned): a resumed run follows the same plan."""
     cfg = load_config(pair / "c.toml")
+    cfg.autoneb.budget = budget
     a, b = pair / "a.safetensors", pair / "b.safetensors"
     run_path(kind, cfg, a, b, tmp_path / "full", device="cpu")
     interrupted_at_checkpoint(monkeypatch, kill_at)
@@ -316,7 +344,7 @@ def test_a_resumed_baseline_run_equals_an_uninterrupted_one(pair, tmp_path, monk
 
 
 def cfg_total(cfg, kind):
-    return {"autoneb": sum(c.steps for c in cfg.autoneb.cycles), "bezier": cfg.bezier.steps,
+    return {"autoneb": 60 if cfg.autoneb.budget else sum(c.steps for c in cfg.autoneb.cycles), "bezier": cfg.bezier.steps,
             "line": cfg.line.points - 1}[kind]
 
 
@@ -394,8 +422,8 @@ def test_the_command_prints_the_table_and_writes_the_files(pair, tmp_path, capsy
                  "--device", "cpu", "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.startswith("method"))
-    assert lines[head].split()[:3] == ["method", "max_train_loss", "mean_train_loss"]
-    assert [ln.split()[0] for ln in lines[head + 1:head + 3]] == ["line", "polychain"]
+    assert lines[head].split()[:4] == ["method", "budget", "max_train_loss", "walked_max_train_loss"]
+    assert [ln.split()[:2] for ln in lines[head + 1:head + 3]] == [["line", "config"], ["polychain", "config"]]
     assert lines[head + 3] == ("every path evaluated at 5 points or more: training loss on 256 samples, test on 128; "
                                "the model has no BatchNorm")
     assert (out / "comparison.csv").is_file() and (out / "comparison.png").is_file()

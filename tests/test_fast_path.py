@@ -20,11 +20,14 @@ def split(digits):
     return Split(digits.train.x[:256], digits.train.y[:256])
 
 
-def test_auto_is_on_with_cuda_and_off_elsewhere():
+def test_fp32_by_default_bf16_when_named_and_auto_is_on_with_cuda_only():
     conv, mlp = LeNet5(), nn.Sequential(nn.Linear(4, 3))
-    auto = PathConfig()
+    default = PathConfig()  # the paper's fp32 steps; channels_last (layout only) on with CUDA
+    assert fast_path(default, "cuda", conv) == FastPath(channels_last=True)
+    assert fast_path(default, "cuda", mlp) == FastPath()  # channels_last is for conv nets
+    auto = PathConfig(bf16="auto")
     assert fast_path(auto, "cuda", conv) == FastPath(bf16=True, channels_last=True)
-    assert fast_path(auto, "cuda", mlp) == FastPath(bf16=True)  # channels_last is for conv nets
+    assert fast_path(auto, "cuda", mlp) == FastPath(bf16=True)
     assert fast_path(auto, "cpu", conv) == FastPath()
     assert fast_path(PathConfig(bf16="off", channels_last="off"), "cuda", conv) == FastPath()
     assert fast_path(PathConfig(bf16="on", channels_last="on", compile=True), "cpu", conv) == FastPath(True, True, True)
@@ -62,6 +65,23 @@ def test_bf16_and_channels_last_steps_follow_the_plain_path(rgb):
     assert not torch.equal(fast_losses, plain_losses)
     torch.testing.assert_close(fast_losses, plain_losses, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(fast.fp.flat, plain.fp.flat, rtol=0, atol=2e-3)
+    assert plain.numerics() == {"parameters": "float32", "train_steps": "float32", "channels_last": False,
+                                "compile": False}
+    assert fast.numerics()["train_steps"] == "bf16 autocast (float32 parameters)"
+
+
+def test_summary_json_records_the_numerics_a_path_ran_with(split):
+    """The paper's fp32 by default; bf16 when named; a baseline's steps in its parameters' dtype."""
+    import llpf
+
+    torch.manual_seed(0)
+    a, b = LeNet5(), LeNet5()
+    cfg = dict(phases=[Phase(iterations=2, step_a=0.05, rounds=1)], batch_size=32, eval_every=2, save_every=2)
+    for extra, steps in (({}, "float32"), ({"bf16": "on"}, "bf16 autocast (float32 parameters)")):
+        s = llpf.m2m(a, b, split, PathConfig(**cfg, **extra), device="cpu").summary
+        assert s["numerics"]["parameters"] == "float32" and s["numerics"]["train_steps"] == steps
+    s = llpf.find_path("bezier", a, split, {"steps": 2, "batch_size": 32}, dest=b, device="cpu").summary
+    assert s["numerics"]["train_steps"] == "float32"
 
 
 def test_batched_bf16_steps_keep_batchnorm_statistics_in_float32(split):

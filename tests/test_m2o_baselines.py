@@ -12,6 +12,7 @@ from llpf.baselines.m2o_baselines import finetune_config, m2o_baselines, matched
 from llpf.cli import main
 from llpf.config import TrainConfig, load_config
 from llpf.data import Bundle, Split, prepare_data
+from llpf.errors import ConfigError
 from llpf.files import load_weights, save_weights
 from llpf.models import build_model
 from llpf.store import RunDir
@@ -101,6 +102,35 @@ def test_weight_decay_shrinks_the_fine_tuned_weights(setup):
     assert norm["finetune-wd0.5"] < norm["finetune-wd0"]
 
 
+def test_fine_tuning_decays_the_layers_m2o_moves_by_default_and_every_parameter_on_request(setup, monkeypatch):
+    """The matched comparison decays what M2O shrinks: with BatchNorm, the normalisation layers are spared."""
+    from llpf.methods.finetune import FineTune
+    from llpf.models import MODELS
+    from llpf.schedule import normalisation_parameters
+    from tiny import ConvBN
+
+    root, cfg, result, data = setup
+    assert result["decay_on"] == "moved"
+    assert load_config(root / "out" / "finetune-wd0.5" / "config.toml").m2o.weight_decay_on == "moved"
+    monkeypatch.setitem(MODELS, "convbn-test", lambda c: ConvBN())
+    torch.manual_seed(0)
+    model = ConvBN()
+    norm = normalisation_parameters(model)
+    for decay_on in ("moved", "all"):
+        ft = finetune_config(cfg, steps=6, iterations=T, decay=0.5, decay_on=decay_on).m2o
+        assert ft.weight_decay_on == decay_on
+        method = FineTune(model, ft, data.train, device="cpu")
+        wd = method.train_r.weight_decay  # per element when some parameters are spared, else one number
+        per_layer = wd.split(method.seg.numels) if torch.is_tensor(wd) else [torch.tensor([wd])] * len(method.names)
+        for name, d in zip(method.names, per_layer):
+            assert torch.all(d == (0.0 if name in norm and decay_on == "moved" else 0.5)), (decay_on, name)
+    # LeNet5 has no normalisation layer and M2O moves all its layers: its fine-tuning is the same either way
+    lenet = FineTune(build_model(cfg.model), finetune_config(cfg, 6, T, 0.5, "moved").m2o, data.train, device="cpu")
+    assert lenet.train_r.weight_decay == 0.5
+    with pytest.raises(ConfigError, match="decay_on"):
+        m2o_baselines(cfg, root / "start.safetensors", root / "unused", decay_on="norms", device="cpu", data=data)
+
+
 def test_the_best_point_is_chosen_on_validation_then_read_on_test(setup):
     root, _, result, _ = setup
     for row in result["rows"][1:]:
@@ -139,11 +169,29 @@ def test_cli_runs_refuses_a_used_folder_and_continues_with_force(setup, tmp_path
     recorded.write_text(recorded.read_text().replace("compile = false\n", ""))
     assert main(args + ["--force"]) == 0
     assert (tmp_path / "b" / "m2o" / "final.safetensors").stat().st_mtime_ns == before
+    assert main(args + ["--force", "--decay-all"]) == 0  # beside the default's run, in a folder of its own
+    assert load_config(tmp_path / "b" / "finetune-wd0-all" / "config.toml").m2o.weight_decay_on == "all"
+    assert load_config(tmp_path / "b" / "finetune-wd0" / "config.toml").m2o.weight_decay_on == "moved"
+    assert (tmp_path / "b" / "m2o" / "final.safetensors").stat().st_mtime_ns == before
     other = root / "other.toml"
     other.write_text(TINY.replace("lr = 0.1", "lr = 0.01"))
     capsys.readouterr()
     assert main(args[:1] + [str(other)] + args[2:] + ["--force"]) == 2
     assert "holds a run of other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("decays, start, message", [([0.0, -1.0], "start.safetensors", "weight_decay must not be negative"),
+                                                   ([float("nan")], "start.safetensors", "got nan"),
+                                                   (None, "missing.safetensors", "not found")])
+def test_decays_and_the_start_model_are_checked_before_any_run(setup, tmp_path, monkeypatch, decays, start, message):
+    from llpf.errors import LLPFError
+
+    root, cfg, _, data = setup
+    monkeypatch.setattr("llpf.baselines.m2o_baselines.run_path", lambda *a, **k: pytest.fail("a run started"))
+    with pytest.raises(LLPFError, match=message):
+        m2o_baselines(cfg, root / start, tmp_path / "out", decays=decays, device="cpu", data=data,
+                      log=lambda line: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_report_shows_the_baselines_folder(setup, tmp_path):

@@ -36,3 +36,14 @@ def test_a_command_line_mistake_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "llpf reproduce: error: argument --reps: must be at least 1, got 0 (see llpf reproduce --help)"]
+
+
+def test_torchvision_is_imported_only_when_a_model_or_dataset_needs_it():
+    code = ("import sys, llpf\nfrom llpf.config import ModelConfig\ncfg = llpf.load_config('demo')\n"
+            "llpf.build_model(cfg.model), llpf.load_data(cfg.data), llpf.m2m, llpf.compare\n"
+            "import llpf.runner, llpf.reproduce, llpf.analysis.report, llpf.baselines.m2o_baselines\n"
+            "print('torchvision' in sys.modules)\n"
+            "llpf.build_model(ModelConfig(name='resnet18'))\nprint('torchvision' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "True"]  # LeNet5 on digits never needs it; torchvision's ResNet18 does

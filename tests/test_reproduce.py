@@ -26,6 +26,7 @@ torch.set_num_threads(1)
 TEN = ["cct7-cifar10-m2m", "cct7-cifar10-m2o", "lenet5-fashion-mnist-m2m", "lenet5-fashion-mnist-m2o",
        "lenet5-mnist-m2m", "lenet5-mnist-m2o", "resnet18-cifar10-m2m", "resnet18-cifar10-m2o",
        "resnet18-cifar100-m2o", "resnet18-imagenet-m2o"]
+BEYOND = ["mobilenetv2-cifar10-m2m"]  # shipped experiments beyond the paper's ten (tests/test_torchvision_models.py)
 
 TINY = """
 name = "tiny"
@@ -56,9 +57,9 @@ rounds = 1
 def test_list_shows_the_ten_experiments(capsys):
     assert main(["reproduce", "--list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [ln.split()[0] for ln in lines] == TEN
+    assert [ln.split()[0] for ln in lines] == sorted(TEN + BEYOND)
     assert all(len(ln.split(maxsplit=1)) == 2 for ln in lines)  # each has a description
-    assert experiments() == TEN
+    assert experiments() == sorted(TEN + BEYOND)
 
 
 def test_tables_1_and_2_are_encoded():
@@ -81,7 +82,7 @@ def test_tables_1_and_2_are_encoded():
     assert (r3.schedule, r3.lr, r3.weight_decay, r3.epochs, r3.augmentation) == ("onecycle", 0.1, 5e-4, 50, "crop-flip")
 
 
-@pytest.mark.parametrize("name", TEN)
+@pytest.mark.parametrize("name", TEN + BEYOND)
 def test_every_phase_pattern_resolves_against_its_model(name):
     cfg = C.load_config(name)
     kind = "m2m" if cfg.m2m is not None else "m2o"
@@ -167,6 +168,22 @@ def test_endpoint_message_counts_the_cooldown_epochs(tmp_path, monkeypatch):
     exp.cache["data"] = None
     exp.endpoint(0)
     assert lines[0] == "training endpoint seed 0 (310 epochs)"
+
+
+@pytest.mark.parametrize("mistake", [dict(reps=0), dict(batch_paths=0), dict(start="missing.safetensors"),
+                                     dict(method="m2o", dest="missing.safetensors"), dict(method="nope")])
+def test_a_dry_run_refuses_what_the_real_run_refuses(mistake, tmp_path, monkeypatch):
+    from llpf.errors import LLPFError
+    from llpf.reproduce import reproduce
+
+    monkeypatch.setattr("llpf.runner.train", lambda *a, **k: pytest.fail("the real run trained before its checks"))
+    kw = {"reps": 2, "method": "m2m", "device": "cpu", "log": lambda line: None, **mistake}
+    with pytest.raises(LLPFError) as real:
+        reproduce("demo", out=tmp_path / "real", progress=False, **kw)
+    with pytest.raises(LLPFError) as dry:
+        dry_run("demo", batch_size=2, **kw)
+    assert str(dry.value) == str(real.value) and "\n" not in str(dry.value)
+    assert not (tmp_path / "real").exists()
 
 
 def test_dry_run_cli(capsys, monkeypatch):
@@ -307,14 +324,21 @@ def test_reproduce_writes_the_aggregate(tiny_reproduction):
     s = json.loads((out / "summary.json").read_text())
     assert s["kind"] == "m2m" and s["aggregate"]["repetitions"] == 2
     assert set(s["reps"]) == {"rep-00", "rep-01"}
-    for r in s["reps"].values():
-        assert {"valid", "valid_relative", "max_train_loss", "final_distance_max", "test_accuracy_min",
-                "test_accuracy_max", "relative_threshold"} <= set(r)
+    for name, r in s["reps"].items():
+        assert {"valid", "valid_relative", "valid_paper", "max_train_loss", "final_distance_max", "test_accuracy_min",
+                "test_accuracy_max", "relative_threshold", "smoothed_batch_loss_max"} <= set(r)
+        rep = json.loads((out / name / "summary.json").read_text())
+        assert r["valid_paper"] == rep["valid_paper"]
+        assert r["smoothed_batch_loss_max"] == rep["paper_criteria"]["smoothed_batch_loss_max"]
     assert s["aggregate"]["max_train_loss"]["mean"] == pytest.approx(
         sum(r["max_train_loss"] for r in s["reps"].values()) / 2)
     assert "valid_count" in s["aggregate"]
+    assert s["aggregate"]["valid_paper_count"] == f"{sum(r['valid_paper'] for r in s['reps'].values())}/2"
     md = (out / "summary.md").read_text()
     assert "| rep-00 |" in md and "| rep-01 |" in md and "| **all** |" in md
+    header = next(line for line in md.splitlines() if line.startswith("| rep |")).split(" | ")
+    total = next(line for line in md.splitlines() if line.startswith("| **all** |")).split(" | ")
+    assert total[header.index("valid_paper")] == s["aggregate"]["valid_paper_count"]
     assert (out / "figure.png").stat().st_size > 10_000
 
 

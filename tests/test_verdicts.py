@@ -13,6 +13,7 @@ from llpf.config import PathConfig, Phase
 from llpf.data import Split
 from llpf.errors import DataError, PrerequisiteWarning
 from llpf.files import load_weights
+from llpf.plots import moving_average
 from llpf.store import RunDir
 from llpf.train import evaluate, recompute_bn_stats
 
@@ -59,10 +60,53 @@ def test_both_verdicts_and_what_they_were_judged_on(problem):
     assert s["paper_criteria"]["loss_below"] == 0.1 and s["paper_criteria"]["distance_below"] == 0.1
     assert s["paper_criteria"]["loss_ok"] == (s["max_train_loss"] < 0.1)
     assert s["paper_criteria"]["distance_ok"] == all(d < 0.1 for d in s["final_distance"].values())
-    assert s["valid_paper"] == (s["paper_criteria"]["loss_ok"] and s["paper_criteria"]["distance_ok"])
+    assert s["valid_paper"] == (s["paper_criteria"]["loss_ok"] and s["paper_criteria"]["distance_ok"]
+                                and s["paper_criteria"]["smoothed_batch_loss_ok"])
     for n, d in s["final_distance"].items():
         assert s["excess_over_floor"][n] == pytest.approx(d - s["distance_floor"][n], abs=1e-6)
     assert 0 <= s["batch_loss_exceedance"] <= 1
+
+
+class Offset(nn.Module):
+    """A model whose batch loss is set by the batch: ``mean(x) + |w|^2`` (with ``mean_loss``), so a test
+    chooses every iteration's batch loss, and the training-set loss on zeros is ``|w|^2``."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x):
+        return x[:, 0] + (self.w ** 2).sum()
+
+
+def mean_loss(out, y):
+    return out.mean()
+
+
+def batch_losses_path(levels):
+    """M2M with lr 0 (Train_r draws its batches and changes nothing) between two models 0.001 apart, on batches
+    whose losses are ``levels`` (+ |w|^2, 0.0005), judged on a training set whose loss is 0.0005."""
+    batches = [(torch.full((2, 1), v), torch.zeros(2, dtype=torch.long)) for v in levels]
+    zeros = [(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))]
+    config = PathConfig(phases=[Phase(iterations=len(levels), step_a=0.1, step_f=0.0, rounds=1)], lr=0.0,
+                        eval_every=5, save_every=5, checkpoint_every=100)
+    return llpf.m2m(Offset([0.01, 0.02]), Offset([0.011, 0.0205]), batches, config, eval_sets={"train": zeros},
+                    loss_fn=mean_loss, metrics={}, device="cpu")
+
+
+@pytest.mark.parametrize("levels, smoothed_ok", [([0.0] * 9 + [0.95] + [0.0] * 10, True),
+                                                  ([0.0] * 5 + [0.15] * 10 + [0.0] * 5, False)])
+def test_valid_paper_tests_the_batch_loss_smoothed_over_ten_iterations(levels, smoothed_ok):
+    """Paper Figure 2's loss (every iteration, moving average over 10): one batch at 0.95 among low ones stays
+    below 0.1 once smoothed, ten at 0.15 in a row do not; the verdict at the evaluation points sees neither."""
+    path = batch_losses_path(levels)
+    s, pc = path.summary, path.summary["paper_criteria"]
+    losses = [r["batch_loss"] for r in path.rows if r["iteration"] > 0]
+    assert losses == pytest.approx([v + 0.0005 for v in levels], abs=1e-4)  # w moves 0.001 toward dest
+    assert pc["smoothed_over"] == 10 and pc["smoothed_batch_loss_max"] == pytest.approx(max(moving_average(losses)))
+    assert pc["smoothed_batch_loss_max"] == pytest.approx(0.0955 if smoothed_ok else 0.1505, abs=1e-4)
+    assert pc["loss_ok"] and pc["distance_ok"] and s["max_batch_loss"] > 0.1  # the other paper tests pass
+    assert pc["smoothed_batch_loss_ok"] is smoothed_ok and s["valid_paper"] is smoothed_ok
 
 
 def test_arrival_tolerance_decides_floor_reached(problem):

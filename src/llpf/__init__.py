@@ -23,6 +23,8 @@ _PUBLIC = {
     "Driver": "driver", "PathResult": "driver",
     "METHODS": "methods", "register": "methods",
     "compare": "comparison",
+    "layerwise": "analysis.layerwise", "path_layerwise": "analysis.layerwise",
+    "align": "alignment",
 }
 
 __all__ = [*_PUBLIC, "__version__"]

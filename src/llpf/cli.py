@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -18,7 +19,7 @@ from . import __version__
 from .errors import LLPFError
 
 # In the order ``llpf --help`` lists their commands.
-COMMAND_MODULES = ("endpoints", "paths", "compare", "experiments", "analyses")
+COMMAND_MODULES = ("endpoints", "layers", "align", "paths", "compare", "experiments", "analyses", "layerwise")
 
 # The commands that run under torchrun (several ranks); every other command runs in one process.
 SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce", "m2o-baselines", "compare"}
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llpf: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left early (llpf configs | head -3): stop quietly, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + 13
     finally:
         warnings.showwarning = shown
         _leave_ranks()

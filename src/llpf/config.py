@@ -32,11 +32,20 @@ else:  # pragma: no cover
 
 @dataclass
 class ModelConfig:
+    """The architecture: one of llpf's own (``lenet5``, ``resnet18`` ...) or ``torchvision:<builder>``.
+
+    ``width`` is the builder's width multiplier where it has one (MobileNet's
+    ``width_mult``); ``stem = "cifar"`` gives a torchvision model a 3x3
+    stride-1 first convolution and no stem max-pool, for 32x32 images
+    (``llpf.models.by_name``).
+    """
+
     name: str = "lenet5"
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 32
-    width: float = 1.0  # channels (ResNet18, LeNet5) or embedding dimension (CCT) times this; 1.0: the paper's model
+    width: float = 1.0  # channels (ResNet18, LeNet5), embedding dimension (CCT) or a torchvision builder's multiplier
+    stem: str = "default"  # torchvision models: "default" (the builder's) | "cifar"
 
 
 @dataclass
@@ -80,6 +89,33 @@ class TrainConfig:
     min_lr: float = 0.0  # cosine
     cooldown_epochs: int = 0  # cosine
     augmentation: str = "default"  # "default" | "none" | "crop-flip"
+    # [train.dest]: the destinations' recipe, as keys of this table that override its values
+    # (empty: both ends are trained alike). ``recipe("dest")`` is the merged recipe.
+    dest: dict | None = None
+
+    def recipe(self, which: str = "start") -> "TrainConfig":
+        """The recipe that trains the ``which`` end: "start" is ``[train]`` itself, "dest" is ``[train]``
+        with ``[train.dest]``'s keys over it (the same as "start" when there is no ``[train.dest]``)."""
+        if which not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}, got {which!r}")
+        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "dest"}
+        if which == "start" or not self.dest:
+            return from_dict(TrainConfig, base)
+        if "dest" in self.dest:
+            raise ConfigError("train.dest cannot hold a dest table of its own")
+        return from_dict(TrainConfig, {**base, **self.dest}, "train.dest.")
+
+    def recipe_of(self, end: str) -> str:
+        """The recipe that trains a pair's ``end`` ("start" or "dest"): "dest" only where ``[train.dest]`` is."""
+        return "dest" if end == "dest" and self.dest else "start"
+
+    def endpoint_file(self, seed: int, end: str = "start") -> str:
+        """The file of the endpoint of ``seed`` at a pair's ``end``: ``seedS.safetensors``, or
+        ``seedS-dest.safetensors`` for a destination trained with ``[train.dest]``."""
+        return f"seed{seed}{'-dest' if self.recipe_of(end) == 'dest' else ''}.safetensors"
+
+
+RECIPES = ("start", "dest")  # the ends an endpoint recipe trains: [train], and [train] with [train.dest] over it
 
 
 @dataclass
@@ -101,6 +137,7 @@ class Phase:
     until_loss: float = 0.0
     min_rounds: int = 1
     max_rounds: int = 100
+    sphere: str = ""  # M2M: the table's ``sphere`` when empty; else "start" | "dest" | "moving" for this phase
 
 
 @dataclass
@@ -112,8 +149,12 @@ class PathConfig:
     lr: float = 1e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"  # the parameters weight_decay shrinks: "all" | "moved" (the layers a phase moves)
     step_rule: str = "sum"  # "sum" (paper) | "max" (authors' public code)
     correct: str = "all"  # M2M: VarianceCorrection on "all" parameters or "moved" only
+    # M2M: the variance sphere VarianceCorrection projects onto (llpf.schedule.SPHERES): the start's
+    # (the paper), the destination's, or one moving from the start's to the destination's over the phase
+    sphere: str = "start"
     eval_every: int = 100
     save_every: int = 100
     checkpoint_every: int = 100
@@ -132,9 +173,10 @@ class PathConfig:
     # Train_r draws plain training batches in the paper (Algorithm 1 line 7, Algorithm 2 line 8),
     # so off by default; true applies the dataset's default augmentation (data.augment) to them
     augment: bool = False
-    # The fast path of Train_r's steps (llpf.fast): "auto" is on with CUDA, off elsewhere
-    bf16: str = "auto"  # bf16 autocast: "auto" | "on" | "off"
-    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" | "on" | "off"
+    # The fast path of Train_r's steps (llpf.fast). bf16 autocast changes Train_r's numerics (and so the
+    # until-loss decisions) against the paper's fp32: a speed setting, off unless named ("auto": on with CUDA)
+    bf16: str = "off"  # bf16 autocast: "off" | "on" | "auto"
+    channels_last: str = "auto"  # conv nets: channels_last inputs: "auto" (on with CUDA) | "on" | "off"
     compile: bool = False  # torch.compile of the training step's forward and loss
     seed: int = 0
 
@@ -188,26 +230,34 @@ def paper_cycles(scale: float = 1.0, lr: float = 0.1) -> list[Cycle]:
 class AutoNEBConfig(DriverSettings):
     """AutoNEB (``llpf.baselines.elastic_band``): a nudged elastic band grown in cycles.
 
-    The published settings but two, both for LeNet5: the published schedule's
-    shape at 2% of its steps (320 band steps; 20 per 1000) and a tenth of its
-    learning rates (first cycle 0.01, LeNet5's own endpoint rate). At the
-    published first rate 0.1 the band on the demo's LeNet5 endpoints jumped
-    to chance-level loss (2.3) in its first cycle; at 0.01 its peak fell from
-    the straight line's 1.54 to 0.015. ``insertion_samples`` > 0 decides where
+    The defaults are the published settings but four, all for LeNet5 on
+    digits: the published schedule's shape at 2% of its steps (320 band steps;
+    20 per 1000), a tenth of its learning rates (first cycle 0.01, LeNet5's own
+    endpoint rate), no weight decay (published: 1e-4) and batch 64 (published:
+    512). At the published first rate 0.1 the band on the demo's
+    LeNet5 endpoints jumped to chance-level loss (2.3) in its first cycle; at
+    0.01 its peak fell from the straight line's 1.54 to 0.015 (both measured
+    with the earlier insertion at the highest loss). The paper's
+    configs set the published values. ``insertion_samples`` > 0 decides where
     pivots go on that many training samples (a fixed random subset) instead of
     the whole training split: the grid of ``(P - 1) * points_per_segment + P``
-    evaluations per cycle dominates a small run's time.
+    evaluations per cycle dominates a small run's time. ``budget`` > 0 is the
+    number of gradient evaluations the run spends, the cycles' steps then
+    giving only their proportions.
     """
 
     cycles: list[Cycle] = field(default_factory=lambda: paper_cycles(0.02, lr=0.01))
     initial_pivots: int = 3  # interior pivots of the first band (published)
     insert_per_cycle: int = 2  # published
+    insert_threshold: float = 0.1  # a pivot only where the loss rises this far above the chord (published)
     max_pivots: int = 31  # pivots in all, ends included: what the published schedule reaches
     points_per_segment: int = 9  # interior evaluation points per segment (published)
     spring: float = math.inf  # inf: no spring force, pivots redistributed along the chain (published)
     optimizer: str = "sgd"  # "sgd" | "adam"
-    momentum: float = 0.9  # the published config names "SGD-Momentum" without a value
+    momentum: float = 0.9  # published (the configs' SGD with momentum 0.9)
+    weight_decay: float = 0.0  # added to each pivot's gradient before the projection (published: 1e-4)
     insertion_samples: int = 0  # 0: the whole training split
+    budget: int = 0  # gradient evaluations to spend (0: the cycles' steps as given)
 
 
 @dataclass
@@ -272,6 +322,10 @@ class Config:
 _CHOICES = {
     ("PathConfig", "step_rule"): ("sum", "max"),
     ("PathConfig", "correct"): ("all", "moved"),
+    ("PathConfig", "sphere"): ("start", "dest", "moving"),
+    ("Phase", "sphere"): ("", "start", "dest", "moving"),
+    ("ModelConfig", "stem"): ("default", "cifar"),
+    ("PathConfig", "weight_decay_on"): ("all", "moved"),
     ("PathConfig", "select_on"): ("test", "validation"),
     ("PathConfig", "select_by"): ("loss", "accuracy"),
     ("PathConfig", "bf16"): ("auto", "on", "off"),
@@ -284,12 +338,12 @@ _CHOICES = {
     ("CurveConfig", "kind"): ("bezier", "polychain"),
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
-             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "steps",
-             "initial_pivots", "max_pivots", "points_per_segment", "points", "width"}
+             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "width",
+             "steps", "initial_pivots", "max_pivots", "points_per_segment", "points"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
-                 "insertion_samples", "eval_batch_size", "recalibration_examples"}
+                 "insertion_samples", "insert_threshold", "budget", "eval_batch_size", "recalibration_examples"}
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -324,6 +378,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
+        return dict(value)
     raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
 
 
@@ -341,7 +399,7 @@ def from_dict(cls, data: dict, where: str = ""):
         v = _convert(value, hints[key], full)
         choices = _CHOICES.get((cls.__name__, key))
         if choices and v not in choices:
-            raise ConfigError(f"{full} must be one of {', '.join(choices)}, got {v!r}")
+            raise ConfigError(f"{full} must be one of {', '.join(c or repr(c) for c in choices)}, got {v!r}")
         if key in _POSITIVE and not v > 0:
             raise ConfigError(f"{full} must be positive, got {v!r}")
         if key in _NON_NEGATIVE and (v < 0 or v != v):
@@ -372,6 +430,24 @@ def _check_autoneb(c: AutoNEBConfig, where: str) -> None:
     if c.max_pivots < c.initial_pivots + 2:
         raise ConfigError(f"{where}max_pivots ({c.max_pivots}) must be at least initial_pivots + 2 "
                           f"({c.initial_pivots + 2}): the ends count as pivots")
+    least = autoneb_step_cost(c)
+    if c.budget and c.budget < least:
+        raise ConfigError(f"{where}budget ({c.budget}) is below one band step per cycle ({least} gradient "
+                          f"evaluations for {len(c.cycles)} cycles)")
+
+
+def projected_pivots(interior: int, cycles: int, insert: int, max_pivots: int) -> list[int]:
+    """Interior pivots of ``cycles`` AutoNEB cycles from one with ``interior`` on, if every later one inserts
+    ``insert`` (at most ``max_pivots`` in all, ends included)."""
+    return [min(interior + insert * j, max_pivots - 2) for j in range(cycles)]
+
+
+def autoneb_step_cost(c: AutoNEBConfig, steps: list[int] | None = None) -> int:
+    """Gradient evaluations of AutoNEB's cycles at ``steps`` band steps each (default: one each) if every cycle
+    inserts ``insert_per_cycle`` pivots: a band step costs one evaluation per interior pivot."""
+    steps = steps or [1] * len(c.cycles)
+    pivots = projected_pivots(c.initial_pivots, len(c.cycles), c.insert_per_cycle, c.max_pivots)
+    return sum(s * n for s, n in zip(steps, pivots))
 
 
 def _check_curve(c: CurveConfig, where: str) -> None:
@@ -423,14 +499,23 @@ def _check(cfg: Config) -> Config:
         table = getattr(cfg, kind)
         if table is not None:
             _CROSS_CHECKS[type(table)](table, f"{kind}.")
-    tr = cfg.train
-    if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
-        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {tr.betas}")
-    if tr.warmup_epochs > tr.epochs:
-        raise ConfigError(f"train.warmup_epochs ({tr.warmup_epochs}) exceeds train.epochs ({tr.epochs})")
+    if cfg.m2o is not None and (cfg.m2o.sphere != "start" or any(ph.sphere not in ("", "start")
+                                                                   for ph in cfg.m2o.phases)):
+        raise ConfigError("m2o: sphere is an [m2m] setting; M2O walks toward the origin and has no "
+                          "destination sphere")
+    _check_recipe(cfg.train, "train.")
+    if cfg.train.dest:
+        _check_recipe(cfg.train.recipe("dest"), "train.dest.")
     if not 0 <= cfg.data.validation_fraction < 1:
         raise ConfigError(f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
     return cfg
+
+
+def _check_recipe(tr: TrainConfig, where: str) -> None:
+    if len(tr.betas) != 2 or not all(0 <= b < 1 for b in tr.betas):
+        raise ConfigError(f"{where}betas must be two numbers in [0, 1), got {tr.betas}")
+    if tr.warmup_epochs > tr.epochs:
+        raise ConfigError(f"{where}warmup_epochs ({tr.warmup_epochs}) exceeds {where}epochs ({tr.epochs})")
 
 
 def config_from_dict(data: dict) -> Config:
@@ -447,9 +532,14 @@ def load_config(name_or_path: str | Path) -> Config:
     """Read a config from a TOML file path or the name of a shipped config."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, not a config; name a TOML file or a shipped config")
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a TOML config (it is not text)") from None
     else:
         res = resources.files("llpf") / "configs" / f"{name_or_path}.toml"
         if not res.is_file():

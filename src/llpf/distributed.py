@@ -430,7 +430,7 @@ class DataParallelTrainR(TrainR):
     """
 
     def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, *, presharded: bool = False,
+                 momentum: float = 0.0, weight_decay: float | Tensor = 0.0, device=None, *, presharded: bool = False,
                  fast: FastPath | None = None):
         super().__init__(fp, batches, loss_fn, lr, momentum, weight_decay, device, fast)
         self.presharded = presharded

@@ -27,6 +27,7 @@ from .evaluation import RECALIBRATION_BATCH, bn_slice, eval_batch_for, eval_form
 from .flat import cpu_state
 from .methods.base import Knots, Method, Record
 from .observer import Observer
+from .progress import progress_bar
 from .runtime import rng_state, set_rng_state
 from .schedule import phase_at
 from .train import DEFAULT_METRICS, MetricFn, evaluate, has_batchnorm, recompute_bn_stats
@@ -206,9 +207,7 @@ class Driver:
                     break
                 rows.append({"iteration": it, "phase": ph + 1, "batch_loss": loss,
                              "rounds": r[k] if isinstance(r, list) else r})
-                rec.max_batch_loss = max(rec.max_batch_loss, loss)
-                rec.batch_losses += 1
-                rec.batch_losses_above += loss > self.cfg.loss_threshold
+                rec.add_batch_loss(loss, self.cfg.loss_threshold)
             out[k] = rows
         self.pending = []
         return out
@@ -254,8 +253,6 @@ class Driver:
 
     def run(self, progress: bool = False) -> list[PathResult]:
         """Run to the end of the schedule (or until a stop is requested); one PathResult per path."""
-        from tqdm.auto import tqdm
-
         m = self.method
         if self.iteration == 0:
             m.begin(self.evaluate)
@@ -264,8 +261,10 @@ class Driver:
                 self._evaluate_into(k, row)
                 self._emit(k, [row])
                 self._save_point(k)
-        bar = tqdm(total=m.total, initial=self.iteration, desc=m.name.upper(), disable=not progress,
-                   dynamic_ncols=True, leave=False)
+            for k in [k for k in self.active if m.zero_length(k)]:  # nothing to walk: the path is its start
+                self._hand_over_path(k)
+                self._retire(k)
+        bar = progress_bar(total=m.total, initial=self.iteration, desc=m.name.upper(), enabled=progress)
         stop = self._stop_agreed()
         while self.iteration < m.total and self.active and not stop:
             stop = self.step(bar)
@@ -359,8 +358,11 @@ def path_summary(method: Method, k: int, rec: Record) -> dict:
         "planned_iterations": method.total,
         "max_batch_loss": finite(rec.max_batch_loss),
         "max_train_loss": finite(rec.max_train_loss),
+        "numerics": method.numerics(),
     }
     if rec.failure:
         s["reason"] = rec.failure
+    if method.zero_length(k):
+        s["zero_length"] = True
     s.update(method.summary(k, rec))
     return s

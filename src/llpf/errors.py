@@ -25,9 +25,17 @@ class RunDirError(LLPFError):
     """An output directory already holds a run, or cannot be written."""
 
 
+class DeviceError(LLPFError):
+    """The device asked for does not exist on this machine (or is not one torch knows)."""
+
+
 class NonFiniteError(LLPFError):
     """Weights or a loss became NaN or infinite."""
 
 
 class PrerequisiteWarning(UserWarning):
     """An input breaks a premise of the method (paper section 3.2, Eq. 4); the run goes on."""
+
+
+class AlignmentError(LLPFError):
+    """A model whose permutation groups cannot be found (torch.fx cannot trace it), or an alignment that fails."""

@@ -1,11 +1,16 @@
 """The fast path of a training step: bf16 autocast, channels_last inputs, ``torch.compile``.
 
-Three :class:`~llpf.config.PathConfig` settings choose it. ``bf16`` and
-``channels_last`` are "auto" by default, which means on for CUDA and off
-elsewhere ("on" and "off" force them); ``channels_last`` applies to conv nets
-only. ``compile`` is off by default: it is turned on only where it was
-measured to help. Only Train_r's steps take the fast path; evaluations run in
-the parameters' own precision, so the recorded verdicts do not depend on it.
+Three :class:`~llpf.config.PathConfig` settings choose it. ``bf16`` is off by
+default: the paper's paths run in fp32, and bf16 changes Train_r's numerics,
+its until-loss decisions (which step's batch loss falls below L) and a
+batched path's BatchNorm against one path's; "on" (or "auto", on for CUDA
+only) names it as the speed setting it is (``--bf16`` on the command line).
+``channels_last`` is "auto" by default, on for CUDA and off elsewhere, and
+applies to conv nets only; it changes the memory layout, not the arithmetic.
+``compile`` is off by default: it is turned on only where it was measured to
+help. Only Train_r's steps take the fast path; evaluations run in the
+parameters' own precision. Every run's ``summary.json`` records the numerics
+its steps ran with (``numerics``).
 
 Under bf16 autocast the parameters and their gradients stay float32 (the
 flat vector is updated in float32); convolutions and matrix products run in
@@ -29,6 +34,12 @@ class FastPath:
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
+
+    def numerics(self, dtype: torch.dtype) -> dict:
+        """What a path's ``summary.json`` records: the parameters' dtype and how its training steps computed."""
+        name = str(dtype).removeprefix("torch.")
+        return {"parameters": name, "train_steps": f"bf16 autocast ({name} parameters)" if self.bf16 else name,
+                "channels_last": self.channels_last, "compile": self.compile}
 
     def autocast(self, device: torch.device):
         """The context a training step's forward pass and loss run in."""

@@ -7,12 +7,15 @@ leaves the old file or the new one, never half. Weights are safetensors;
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from .errors import CheckpointError, RunDirError
@@ -40,6 +43,14 @@ def atomic_write(path: str | Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def check_creatable(path: str | Path) -> None:
+    """Refuse a path that could not be written: its nearest existing ancestor (or itself) must be a writable folder."""
+    path = Path(path)
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RunDirError(f"cannot create {path}: {parent} is not a writable directory")
+
+
 def check_output_folder(path: str | Path, force: bool = False) -> Path:
     """Refuse an output folder that is a file, holds an llpf run, or is not empty (unless ``force``).
 
@@ -54,6 +65,7 @@ def check_output_folder(path: str | Path, force: bool = False) -> Path:
         raise RunDirError(f"{path} holds an llpf run; choose another --out")
     if not force and path.is_dir() and any(path.iterdir()):
         raise RunDirError(f"output folder {path} is not empty; choose another --out or pass --force")
+    check_creatable(path)
     return path
 
 
@@ -62,10 +74,33 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def write_csv(path: str | Path, rows: list[dict], columns: Sequence[str]) -> Path:
+    """``rows`` as CSV with ``columns`` (other keys left out; floats written exactly, by ``repr``), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write(path, buf.getvalue().encode())
+    return Path(path)
+
+
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save a state dict as safetensors, atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(path, save(tensors, metadata=metadata))
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata a safetensors file carries (``{}`` for other files or none); what wrote it: config, seed, recipe."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # noqa: BLE001 - load_weights names an unreadable file; its metadata is only a note
+        return {}
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

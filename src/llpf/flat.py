@@ -36,6 +36,12 @@ def check_same_architecture(a: nn.Module, b: nn.Module, what=("start", "destinat
             raise ModelMismatchError(f"{what[0]} and {what[1]} differ in the shape of {n}: {list(sa)} vs {list(sb)}")
 
 
+def same_state(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold identical parameters and buffers: a pair with nothing between them."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(v, sb[n].to(v.device)) for n, v in sa.items())
+
+
 def check_finite(model: nn.Module, what: str) -> None:
     for n, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.is_floating_point() and not torch.isfinite(t).all():

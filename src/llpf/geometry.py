@@ -206,12 +206,30 @@ def layer_distances(a: Tensor, b: Tensor | None, seg: Segments) -> Tensor:
     return seg.norm(a if b is None else a - b)
 
 
-def distance_floor(start: Tensor, dest: Tensor, seg: Segments) -> Tensor:
-    """The distance between the variance spheres of start and destination, per layer.
+def sphere_variance(start_var: Tensor, dest_var: Tensor, fraction: float) -> Tensor:
+    """The variance sphere a ``fraction`` of the way from the start's (0) to the destination's (1), per layer.
+
+    The radius moves linearly: ``((1 - f) * std_start + f * std_dest) ** 2``,
+    so the distance between this sphere and the destination's,
+    ``sqrt(n) * |std - std_dest|``, shrinks linearly with f. At f = 0 and f = 1
+    the given tensors come back themselves (the paper's Algorithm 1 is f = 0).
+    """
+    if fraction <= 0:
+        return start_var
+    if fraction >= 1:
+        return dest_var
+    return ((1 - fraction) * start_var.sqrt() + fraction * dest_var.sqrt()).square()
+
+
+def distance_floor(start: Tensor, dest: Tensor, seg: Segments, fraction: float = 0.0) -> Tensor:
+    """The distance between the variance sphere a path ends on and the destination's, per layer.
 
     A point P with ``Var(P_l) = Var(start_l)`` is at least
     ``sqrt(n_l) * |std(start_l) - std(dest_l)|`` from ``dest_l``: the nearest
     such point shares the destination's mean and direction and differs only in
     its radius. No M2M path, which keeps P on the start's sphere, can get closer.
+    A path that ends on the sphere ``fraction`` of the way to the destination's
+    (:func:`sphere_variance`) has ``1 - fraction`` of that floor: none on the
+    destination's own sphere.
     """
-    return seg.n.sqrt() * (seg.variance(start).sqrt() - seg.variance(dest).sqrt()).abs()
+    return (1.0 - fraction) * seg.n.sqrt() * (seg.variance(start).sqrt() - seg.variance(dest).sqrt()).abs()

@@ -4,6 +4,8 @@ Three rows: training loss along the path (per-iteration batch loss and the
 full training-set loss at evaluation points, with the loss thresholds for
 M2M); the layer-wise L2 distance to the destination (M2M) or the variance
 ratio toward the origin (M2O), one curve per layer; test loss and accuracy.
+An M2M path whose variance sphere moves gets a fourth: each layer's target
+variance (its sphere S_var) over its start variance.
 One run is drawn as measured; several (repetitions) as mean and standard
 deviation, smoothed over ``SMOOTH`` iterations as the paper does. Plots read
 only run directories and metric rows.
@@ -22,9 +24,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import files
+from .errors import RunDirError
+from .methods.base import SMOOTH  # the paper's figures: moving average over 10 iterations
 from .store import RunDir
-
-SMOOTH = 10  # the paper's figures: moving average over 10 iterations
 
 
 def moving_average(y: np.ndarray, w: int = SMOOTH) -> np.ndarray:
@@ -94,8 +96,10 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
     variance ratios (``var_ratio/``); loss thresholds and the best point when
     the summaries name them.
     """
-    fig = new_figure(figsize=(7, 9))
-    axes = fig.subplots(3, 1, sharex=True)
+    columns = runs[0][0] if runs and runs[0] else {}
+    spheres = [k for k in columns if k.startswith(SPHERE_PREFIX)]
+    fig = new_figure(figsize=(7, 11 if spheres else 9))
+    axes = fig.subplots(4 if spheres else 3, 1, sharex=True)
 
     def band(ax, key, label, **kw):
         its, arr = _stack(runs, key)
@@ -120,6 +124,10 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
 
     _measures_panel(axes[1], runs, band)
 
+    if spheres:
+        _layer_curves(axes[3], spheres, SPHERE_PREFIX, band)
+        axes[3].set_ylabel("target variance / start variance")
+
     ax = axes[2]
     band(ax, "test_loss", "test loss", color="tab:red", marker="o", ms=2)
     ax.set_ylabel("test loss", color="tab:red")
@@ -128,12 +136,13 @@ def paths_figure(runs: list[list[dict]], path: Path, title: str, summaries: list
     ax2.set_ylabel("test accuracy", color="tab:blue")
     if best_iteration is not None:
         ax.axvline(best_iteration, color="gray", ls=":", label="best point")
-    ax.set_xlabel("iteration")
+    axes[-1].set_xlabel("iteration")
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
 DRIVER_COLUMNS = {"iteration", "phase", "batch_loss", "rounds"}
+SPHERE_PREFIX = "target_var_ratio/"  # M2M with a sphere that moves: each layer's S_var over its start variance
 EVALUATED = ("train_", "test_", "validation_")
 
 
@@ -157,13 +166,18 @@ def _measures_panel(ax, runs: list[list[dict]], band) -> None:
         if own:
             ax.legend(fontsize=7)
         return
+    _layer_curves(ax, layers, prefix, band)
+    ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
+    if distances and any(isinstance(r.get(k), (int, float)) and r[k] > 0 for rows in runs for r in rows for k in layers):
+        ax.set_yscale("log")  # not for a zero-length pair, whose distances are all 0
+
+
+def _layer_curves(ax, layers: list[str], prefix: str, band) -> None:
+    """One curve per layer column (``prefix`` + layer name), with a legend when there are few."""
     ax.set_prop_cycle(color=matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:max(1, min(20, len(layers)))]
                       if len(layers) > 10 else matplotlib.colormaps["tab10"](np.arange(10)))
     for k in layers:
         band(ax, k, k[len(prefix):], lw=1)
-    ax.set_ylabel("layer-wise L2 distance to D" if distances else "layer variance / start variance")
-    if distances:
-        ax.set_yscale("log")
     if len(layers) <= 12:
         ax.legend(fontsize=7, ncol=2)
 
@@ -171,6 +185,8 @@ def _measures_panel(ax, runs: list[list[dict]], band) -> None:
 def path_figure(run: str | Path, out: str | Path | None = None) -> Path:
     """Write ``figures/path.png`` for one run, as measured (no smoothing)."""
     rd = RunDir(run)
+    if not rd.exists:
+        raise RunDirError(f"{run} holds no llpf run")
     kind = rd.info().get("kind", "m2m")
     summary = rd.summary() if (rd.path / "summary.json").is_file() else {}
     where = f" (rows at {summary['evaluated_point']})" if summary.get("evaluated_point") else ""

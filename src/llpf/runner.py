@@ -6,6 +6,7 @@ directory copies its input weights, so ``resume`` needs nothing outside it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import signal
 import threading
@@ -22,8 +23,8 @@ from . import distributed as D
 from .data import Bundle, Split, prepare_data
 from .data.augment import default_augmentation
 from .driver import Driver
-from .errors import ConfigError, LLPFError, PrerequisiteWarning, RunDirError
-from .files import load_weights, save_weights
+from .errors import ConfigError, DeviceError, LLPFError, PrerequisiteWarning, RunDirError
+from .files import check_creatable, load_weights, save_weights, weights_metadata, write_json
 from .methods import batched_class, config_table, method_class
 from .models import build_model, load_state
 from .observer import Observer
@@ -42,28 +43,54 @@ def _model(cfg: C.Config, state: dict, what: str, source) -> nn.Module:
 
 
 def train(cfg: C.Config, seed: int, out: str | Path, device=None, progress: bool = False,
-          data: Bundle | None = None) -> dict:
+          data: Bundle | None = None, recipe: str = "start") -> dict:
     """Train one endpoint (paper Table 3) and save it as safetensors. Returns its metrics.
 
+    ``recipe`` "dest" trains with ``[train.dest]`` over ``[train]`` (a config
+    without that table is refused); the weights file records the recipe.
     Under torchrun the ranks train it together (``train_endpoint``) and rank 0 saves it.
     """
     out = Path(out)
+    if recipe == "dest" and not cfg.train.dest:
+        raise ConfigError(f"config {cfg.name!r} has no [train.dest] table to train a destination with")
+    settings = cfg.train.recipe(recipe)
 
     def check():
         if out.exists():
             raise C.ConfigError(f"{out} already exists; choose another --out")
+        check_creatable(out)
     D.on_main(check)
     device = pick_device(device)
     data = data or prepare_data(cfg, device)
     torch.manual_seed(seed)
     model = build_model(cfg.model).to(device)
-    train_endpoint(model, data.train, cfg.train, seed, device, progress=progress, dataset=cfg.data.name)
+    train_endpoint(model, data.train, settings, seed, device, progress=progress, dataset=cfg.data.name)
     if D.is_leader():
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed)})
+        save_weights(out, model.state_dict(), {"config": cfg.name, "model": cfg.model.name, "seed": str(seed),
+                                               **recipe_metadata(cfg, recipe)})
     bs = cfg.data.eval_batch_size
     return {"train": D.evaluate_sharded(model, data.train, bs, F.cross_entropy),
             "test": D.evaluate_sharded(model, data.test, bs, F.cross_entropy)}
+
+
+def recipe_metadata(cfg: C.Config, recipe: str) -> dict[str, str]:
+    """What an endpoint's weights file says about the recipe that trained it: its name and its settings."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg.train.recipe(recipe)).items() if k != "dest"}
+    return {"recipe": recipe, "recipe_settings": json.dumps(settings)}
+
+
+def endpoint_recipes(rd: RunDir) -> dict:
+    """Which recipe made each end of a run (from the metadata of its copies of the input weights; None where
+    the weights were not trained by llpf)."""
+    out = {}
+    for end in ("start", "dest"):
+        f = rd.path / f"{end}.safetensors"
+        if f.is_file():
+            meta = weights_metadata(f)
+            out[end] = ({"recipe": meta["recipe"], **json.loads(meta.get("recipe_settings", "{}"))}
+                        if "recipe" in meta else None)
+    return out
 
 
 def _path_config(cfg: C.Config, kind: str):
@@ -128,17 +155,35 @@ def _driver(kind: str, cfgs: list[C.Config], starts: list[Weights], dests: list[
 
 
 def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:
-    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer."""
+    """Paper Eq. 4: start and destination should lie on nearby variance spheres, layer by layer.
+
+    What the warning says follows the spheres of the schedule: a path that
+    ends on the start's sphere cannot get closer to the destination than the
+    distance between the spheres; one that switches to the destination's
+    sphere at once (``sphere = "dest"``) rescales those layers in one
+    iteration; one whose sphere moves there gradually needs no warning.
+    """
     from .analysis.variance import check_variance_pair
 
     m = driver.method
+    ends_on_dest = m.schedule[-1].sphere_to == 1
+    jump = next((rp for rp in m.schedule if rp.sphere == "dest" and rp.sphere_from == 0), None)
+    if ends_on_dest and jump is None:
+        return
     for k in range(m.paths):
         far = check_variance_pair(m.model_of(k), m.dest_module(k), tolerance)
-        if far:
-            worst = max(far, key=lambda r: r["relative_difference"])
-            warnings.warn(f"{len(far)} layer(s) of start and destination differ in variance by more than "
-                          f"{tolerance:.0%} (worst {worst['layer']}: {worst['relative_difference']:.0%}); the path "
-                          f"cannot get closer than the distance between their variance spheres (paper Eq. 4)",
+        if not far:
+            continue
+        worst = max(far, key=lambda r: r["relative_difference"])
+        differ = (f"{len(far)} layer(s) of start and destination differ in variance by more than {tolerance:.0%} "
+                  f"(worst {worst['layer']}: {worst['relative_difference']:.0%})")
+        if ends_on_dest:
+            warnings.warn(f"{differ}; sphere = \"dest\" rescales them onto the destination's variance sphere at "
+                          f"iteration {jump.first}, at once; sphere = \"moving\" spreads that over the phase",
+                          PrerequisiteWarning, stacklevel=2)
+        else:
+            warnings.warn(f"{differ}; the path cannot get closer than the distance between their variance spheres "
+                          f"(paper Eq. 4); [m2m] sphere = \"dest\" or \"moving\" ends it on the destination's sphere",
                           PrerequisiteWarning, stacklevel=2)
 
 
@@ -171,39 +216,67 @@ def finish_all(rds: list[RunDir | None], driver: Driver, progress: bool) -> list
 
 
 def _close(rd: RunDir, driver: Driver, summary: dict) -> dict:
-    """Mark one path's run complete, failed or interrupted; draw its figure."""
+    """Mark one path's run complete, failed or interrupted; record its alignment in the summary; draw its figure."""
     if not summary:
         rd.set_status("interrupted", iteration=driver.iteration)
         return {}
+    summary = rd.update_summary({"endpoint_recipes": endpoint_recipes(rd)})
     if summary["status"] == "complete":  # the driver saved the path's last point
         shutil.copyfile(rd.point_path(summary["iterations"]), rd.path / "final.safetensors")
         rd.set_status("complete")
     else:
         rd.set_status("failed", reason=summary.get("reason"))
     (rd.path / "checkpoint.pt").unlink(missing_ok=True)
+    if (rd.path / ALIGNMENT).is_file():
+        summary = rd.update_summary({"alignment": json.loads((rd.path / ALIGNMENT).read_text())}) or summary
     from .plots import path_figure
     path_figure(rd.path)
     return summary
 
 
 def run_path(kind: str, cfg: C.Config, start: str | Path, dest: str | Path | None, out: str | Path,
-             device=None, force: bool = False, progress: bool = False, data: Bundle | None = None) -> dict:
+             device=None, force: bool = False, progress: bool = False, data: Bundle | None = None,
+             align: bool = False) -> dict:
     """Run method ``kind`` into the run directory ``out``; return its summary. M2M and the M2M baselines
-    (``line``, ``autoneb``, ``bezier``) need ``dest``; M2O and its baselines do not.
+    (``line``, ``autoneb``, ``bezier``) need ``dest``; M2O and its baselines do not. ``align``: the path goes
+    to the destination with its units reordered to match the start's (:func:`align_dest`).
 
     Under torchrun the ranks compute the path together; every rank reads the
     inputs, rank 0 alone checks and writes ``out``.
     """
-    return run_paths(kind, [cfg], [start], [dest], [out], device, force, progress, data)[0]
+    return run_paths(kind, [cfg], [start], [dest], [out], device, force, progress, data, align)[0]
+
+
+ALIGNMENT = "alignment.json"  # in a run directory whose destination was aligned: what alignment did
+
+
+def align_dest(cfg: C.Config, start: Weights, dest: Weights, data: Bundle, device, lines: bool = True
+               ) -> tuple[Weights, dict]:
+    """The destination with its units reordered to match the start's (weight matching, ``llpf.alignment``),
+    checked to compute what the destination computes; its record, with the straight line from the start to
+    the destination before and after alignment when ``lines``."""
+    from .alignment.pair import align_endpoints, line_change
+
+    a = _model(cfg, start[0], "start", start[1]).to(device)
+    b = _model(cfg, dest[0], "destination", dest[1]).to(device)
+    aligned, record = align_endpoints(a, b, data, cfg.data.eval_batch_size)
+    if lines:
+        *_, record["straight_line"] = line_change(a, b, aligned, data, cfg.data.eval_batch_size, device=device)
+    state = {k: v.detach().cpu() for k, v in aligned.state_dict().items()}
+    return (state, dest[1]), {"dest": str(dest[1]), **record}
 
 
 def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: list, device=None,
-              force: bool = False, progress: bool = False, data: Bundle | None = None) -> list[dict]:
+              force: bool = False, progress: bool = False, data: Bundle | None = None,
+              align: bool = False) -> list[dict]:
     """Run paths of ``kind`` together (one batched method when more than one), path k into run directory
-    ``outs[k]`` from ``starts[k]`` (to ``dests[k]``) with ``cfgs[k]`` (equal but for the seed).
+    ``outs[k]`` from ``starts[k]`` (to ``dests[k]``, aligned to the start when ``align``) with ``cfgs[k]``
+    (equal but for the seed).
 
     Each run directory is what :func:`run_path` would have written for its path alone.
     """
+    if align and not method_class(kind).needs_dest:
+        raise ConfigError(f"--align reorders a destination's units to match the start's; {kind} has no destination")
     for cfg in cfgs:
         _path_config(cfg, kind)
     device = pick_device(device)
@@ -213,20 +286,28 @@ def run_paths(kind: str, cfgs: list[C.Config], starts: list, dests: list, outs: 
     D.on_main(lambda: [rd.check_writable_for_new_run(force) for rd in rds])
     start_w = [(load_weights(a), Path(a)) for a in starts]
     dest_w = [None if b is None else (load_weights(b), Path(b)) for b in dests]
+    leader = D.is_leader()
+    records = [None] * len(dest_w)
+    if align:  # every rank aligns (the result is deterministic); rank 0 alone records the straight lines
+        data = data or prepare_data(cfgs[0], device)
+        dest_w, records = map(list, zip(*(align_dest(cfg, a, b, data, device, leader)
+                                          for cfg, a, b in zip(cfgs, start_w, dest_w))))
     # Building the engine validates every input (weights, shapes, patterns, data) before the
     # run directories are touched.
-    leader = D.is_leader()
     driver = _driver(kind, cfgs, start_w, dest_w, device, data, rds if leader else [Observer() for _ in rds])
     if not leader:
         return finish_all([None] * len(rds), driver, progress)
     if kind == "m2m":
         warn_if_variances_differ(driver)
-    for rd, cfg, start, dest, (a, _), b in zip(rds, cfgs, starts, dests, start_w, dest_w):
-        inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name}
+    for rd, cfg, start, dest, (a, _), b, record in zip(rds, cfgs, starts, dests, start_w, dest_w, records):
+        inputs = {"start": str(start), "dest": str(dest) if dest else None, "config": cfg.name,
+                  **({"aligned": True} if record else {})}
         rd.create(kind, resolved_config(cfg, kind), inputs, str(device), force=force)
-        save_weights(rd.path / "start.safetensors", a)
+        save_weights(rd.path / "start.safetensors", a, weights_metadata(start))
         if b is not None:
-            save_weights(rd.path / "dest.safetensors", b[0])
+            save_weights(rd.path / "dest.safetensors", b[0], weights_metadata(dest))
+        if record:
+            write_json(rd.path / ALIGNMENT, record)
     return finish_all(rds, driver, progress)
 
 
@@ -276,6 +357,17 @@ def resume(run: str | Path, device=None, progress: bool = False, data: Bundle | 
     return resume_paths([run], device, progress, data)[0]
 
 
+def _resume_device(asked, recorded):
+    """The device asked for, else the one the run was made on, which this machine may lack (say so)."""
+    if asked is not None or recorded is None:
+        return pick_device(asked)
+    try:
+        return pick_device(recorded)
+    except DeviceError as e:
+        raise DeviceError(f"the run was made on {recorded}, which this machine lacks; resume it with --device "
+                          f"({str(e).rsplit('; ', 1)[-1]})") from None
+
+
 def resume_paths(runs: list, device=None, progress: bool = False, data: Bundle | None = None) -> list[dict]:
     """Continue runs of one kind together from their checkpoints (which must be at one iteration).
 
@@ -289,7 +381,7 @@ def resume_paths(runs: list, device=None, progress: bool = False, data: Bundle |
         raise RunDirError(f"runs resumed together must be of one kind, got {', '.join(sorted(kinds))}")
     if len({None if r[4] is None else int(r[4]["iteration"]) for r in read}) > 1:
         raise RunDirError("runs resumed together must stand at one checkpoint iteration; resume them one by one")
-    device = pick_device(device or read[0][0].get("device"))
+    device = _resume_device(device, read[0][0].get("device"))
     leader = D.is_leader()
     driver = _driver(kinds.pop(), [r[1] for r in read], [r[2] for r in read], [r[3] for r in read], device, data,
                      rds if leader else [Observer() for _ in rds])

@@ -12,6 +12,7 @@
                              points (AutoNEB's pivots, a curve's control points), written at its end
     RUN/checkpoint.pt        everything needed to resume (weights_only-loadable)
     RUN/summary.json         status and the path's verdicts
+    RUN/alignment.json       when the destination was aligned to the start (``--align``): what alignment did
     RUN/figures/*.png
 
 Every file except metrics.csv is written to a temporary name, flushed, fsynced
@@ -34,7 +35,7 @@ import torch
 
 from . import files
 from .errors import CheckpointError, RunDirError
-from .files import load_weights, save_weights
+from .files import check_creatable, load_weights, save_weights
 from .observer import Observer
 
 BASE_COLUMNS = ["iteration", "phase", "batch_loss", "rounds"]
@@ -97,9 +98,7 @@ class RunDir(Observer):
                 raise RunDirError(f"{self.path} already holds a {status} run{hint}")
         elif self.path.is_dir() and any(self.path.iterdir()):
             raise RunDirError(f"output directory {self.path} is not empty and holds no llpf run")
-        parent = next((p for p in [self.path, *self.path.parents] if p.exists()), None)
-        if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise RunDirError(f"cannot create {self.path}: {parent} is not a writable directory")
+        check_creatable(self.path)
 
     def create(self, kind: str, config_toml: str, inputs: dict[str, Any], device: str, force: bool = False) -> None:
         """Make a new run directory; refuse one that already holds a run (unless ``force`` and not complete)."""
@@ -111,7 +110,7 @@ class RunDir(Observer):
         if not os.access(self.path, os.W_OK):
             raise RunDirError(f"output directory {self.path} is not writable")
         for stale in ("metrics.csv", "summary.json", "checkpoint.pt", "final.safetensors", "best.safetensors",
-                      "path.json"):
+                      "path.json", "alignment.json"):
             (self.path / stale).unlink(missing_ok=True)
         for p in (self.path / "points").glob("*.safetensors"):
             p.unlink()

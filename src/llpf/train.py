@@ -18,6 +18,7 @@ from .data import Split
 from .evaluation import RECALIBRATION_BATCH, eval_batch_for
 from .fast import FastPath
 from .flat import FlatParams
+from .progress import progress_bar
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MetricFn = Callable[[Tensor, Tensor], Tensor]
@@ -51,11 +52,12 @@ class TrainR:
 
     All trainable parameters are trained (not only the moved ones). ``lr`` may
     be a per-layer tensor (AngleConformal in M2O). Momentum and weight decay are
-    available but the paper uses neither.
+    available but the paper uses neither; ``weight_decay`` may be a per-element
+    tensor (zero on the parameters it spares).
     """
 
     def __init__(self, fp: FlatParams, batches: Iterator, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, device=None, fast: FastPath | None = None):
+                 momentum: float = 0.0, weight_decay: float | Tensor = 0.0, device=None, fast: FastPath | None = None):
         self.fp, self.batches, self.loss_fn = fp, batches, loss_fn
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buf = torch.zeros_like(fp.flat) if momentum else None
@@ -87,7 +89,9 @@ class TrainR:
         """The second half: the SGD update of the flat vector by ``fp.grad`` (per-element rates when a tensor)."""
         fp = self.fp
         g = fp.grad
-        if self.weight_decay:
+        if isinstance(self.weight_decay, Tensor):
+            g = g.addcmul(fp.flat, self.weight_decay)
+        elif self.weight_decay:
             g = g.add(fp.flat, alpha=self.weight_decay)
         if self.buf is not None:
             self.buf.mul_(self.momentum).add_(g)
@@ -262,8 +266,6 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     trains on its share in DistributedDataParallel (gradients averaged), so
     every rank takes the single process's steps up to float rounding.
     """
-    from tqdm.auto import tqdm
-
     from . import distributed as D
     from .data import BatchStream
     from .data.augment import augment, default_augmentation
@@ -283,7 +285,7 @@ def train_endpoint(model: nn.Module, train_split, recipe: TrainConfig, seed: int
     gen = torch.Generator(device=device).manual_seed(seed) if aug is not None else None
     model.train()
     losses = []
-    bar = tqdm(range(epochs), desc=f"train seed {seed}", disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc=f"train seed {seed}", enabled=progress)
     for _ in bar:
         acc = torch.zeros((), device=device)
         for _ in range(steps_per_epoch):

@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import Bundle, Split, prepare_data
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..files import load_weights, write_json
 from ..flat import interpolate_state
+from ..progress import progress_bar
+from ..runtime import pick_device
 from ..store import RunDir
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm
 
@@ -62,21 +64,53 @@ def straight_line(model_a: nn.Module, model_b: nn.Module, data_split, points: in
     Each row also holds ``t`` in [0, 1].
     """
     if points < 2:
-        raise ValueError("a straight line needs at least 2 points")
-    device = torch.device(device) if device is not None else next(model_a.parameters()).device
-    splits = {k: v.to(device) for k, v in _as_splits(data_split).items()}
-    bn = _bn_split(splits, bn_data.to(device) if bn_data is not None else None)
-    recompute = has_batchnorm(model_a) if recompute_bn is None else recompute_bn
-    metrics = DEFAULT_METRICS if metrics is None else metrics
-    work = copy.deepcopy(model_a).to(device)
-    sa = {k: v.detach().to(device) for k, v in model_a.state_dict().items()}
-    sb = {k: v.detach().to(device) for k, v in model_b.state_dict().items()}
-    rows = []
-    for i in range(points):
-        t = i / (points - 1)
-        row = evaluate_state(work, interpolate_state(sa, sb, t), splits, loss_fn, metrics, batch_size, recompute, bn)
-        rows.append({"t": t, **row})
-    return rows
+        raise ConfigError(f"a straight line needs at least 2 points (its two ends), got {points}")
+    ev = PointEvaluator(model_a, data_split, loss_fn, recompute_bn, metrics, batch_size, device, bn_data)
+    sa, sb = ev.state(model_a), ev.state(model_b)
+    return [{"t": i / (points - 1), **ev.at(interpolate_state(sa, sb, i / (points - 1)))} for i in range(points)]
+
+
+class PointEvaluator:
+    """``at(state)``: loss and metrics of ``model``'s architecture at any state on every split, as on a line.
+
+    ``data_split`` is read as :func:`straight_line` reads it; ``train_samples``
+    (> 0) keeps a fixed random subset of the training split (the ``train``
+    split, else the only one), which then also serves for the BatchNorm
+    statistics unless ``bn_data`` is given; ``test_samples`` likewise of the
+    ``test`` split. ``recompute`` says whether the statistics are recomputed at
+    every point (``recompute_bn`` None: when the model has BatchNorm).
+    """
+
+    def __init__(self, model: nn.Module, data_split, loss_fn: LossFn = F.cross_entropy, recompute_bn: bool | None = None,
+                 metrics: Mapping[str, MetricFn] | None = None, batch_size: int = 1024, device=None,
+                 bn_data: Split | None = None, train_samples: int = 0, test_samples: int = 0):
+        self.device = pick_device(device) if device is not None else next(model.parameters()).device
+        self.splits = {k: v.to(self.device) for k, v in _as_splits(data_split).items()}
+        name = "train" if "train" in self.splits else next(iter(self.splits))
+        self.splits[name] = self.splits[name].subset(train_samples, seed=0)
+        if "test" in self.splits:
+            self.splits["test"] = self.splits["test"].subset(test_samples, seed=0)
+        self.bn = _bn_split(self.splits, bn_data.to(self.device) if bn_data is not None else None)
+        self.recompute = has_batchnorm(model) if recompute_bn is None else recompute_bn
+        self.loss_fn, self.batch_size = loss_fn, batch_size
+        self.metrics = DEFAULT_METRICS if metrics is None else metrics
+        self.work = copy.deepcopy(model).to(self.device)
+
+    def state(self, model: nn.Module) -> dict[str, Tensor]:
+        """``model``'s state dict, detached, on the evaluation device."""
+        return {k: v.detach().to(self.device) for k, v in model.state_dict().items()}
+
+    def at(self, state: Mapping[str, Tensor]) -> dict[str, float]:
+        return evaluate_state(self.work, state, self.splits, self.loss_fn, self.metrics, self.batch_size,
+                              self.recompute, self.bn)
+
+    @property
+    def batchnorm(self) -> str:
+        """How BatchNorm statistics are handled, in words."""
+        if not has_batchnorm(self.work):
+            return "the model has no BatchNorm"
+        return ("BatchNorm statistics recomputed on the training samples at every point" if self.recompute
+                else "raw BatchNorm statistics (interpolated, never recomputed)")
 
 
 def line_summary(rows: list[dict], key: str = "train_loss") -> dict[str, float]:
@@ -102,21 +136,25 @@ def segment_rows(states: Sequence[tuple[Any, Callable[[], Mapping[str, Tensor]]]
     segment: ``from`` and ``to`` (the labels), ``t`` (the fractions of the
     segment) and ``rows`` (what ``at`` returned at each).
     """
-    from tqdm.auto import tqdm
-
     k = points_per_segment
     ts = [j / (k + 1) for j in range(k + 2)]
     loaded = lambda load: {n: v.to(device) for n, v in load().items()}  # noqa: E731
     prev_label, prev_state = states[0][0], loaded(states[0][1])
     prev_row = at(prev_state)
     segments = []
-    for label, load in tqdm(states[1:], desc="segments", disable=not progress, leave=False):
+    for label, load in progress_bar(states[1:], desc="segments", enabled=progress):
         state = loaded(load)
         end_row = at(state)
         rows = [prev_row] + [at(interpolate_state(prev_state, state, t)) for t in ts[1:-1]] + [end_row]
         segments.append({"from": prev_label, "to": label, "t": ts, "rows": rows})
         prev_label, prev_state, prev_row = label, state, end_row
     return segments
+
+
+def check_points_per_segment(points_per_segment: int) -> None:
+    """A segment certified by no point between its ends certifies nothing: at least one interior point."""
+    if points_per_segment < 1:
+        raise ConfigError(f"points per segment must be at least 1, got {points_per_segment}")
 
 
 def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, recompute_bn: bool | None = None,
@@ -132,13 +170,13 @@ def path_segments(run_dir: str | Path, data=None, points_per_segment: int = 5, r
     """
     from .runs import run_config
 
+    check_points_per_segment(points_per_segment)
     rd = RunDir(run_dir)
     cfg = run_config(run_dir)
     pts = rd.points()
     if len(pts) < 2:
         raise RunDirError(f"{run_dir} has fewer than two saved points; nothing to connect")
     from ..models import build_model
-    from ..runtime import pick_device
 
     device = pick_device(device)
     if data is None:

@@ -50,6 +50,8 @@ from ..evaluation import eval_batch_for
 from ..files import write_json
 from ..schedule import select
 from ..flat import FlatParams
+from ..progress import progress_bar
+from ..runtime import pick_device
 from ..train import LossFn, TrainR, evaluate
 from .units import LayerStructure, find_dead_units, structure
 
@@ -94,9 +96,7 @@ def low_loss_moves(model: nn.Module, train: Split, settings: MoveSettings, loss_
     drawing batches from its own stream (seed ``settings.seed + i``). Returns
     the matrices (on the CPU) and each move's last batch loss.
     """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = pick_device(device) if device is not None else next(model.parameters()).device
     dtype = DTYPES[settings.dtype]
     work = copy.deepcopy(model).to(device=device, dtype=dtype)
     fp = FlatParams(work)
@@ -112,7 +112,7 @@ def low_loss_moves(model: nn.Module, train: Split, settings: MoveSettings, loss_
     out = {n: torch.empty(settings.moves, spans[n][1] - spans[n][0], dtype=torch.float64) for n in names}
     disp = torch.zeros(fp.flat.numel(), dtype=torch.float64, device=device)
     losses = []
-    for i in tqdm(range(settings.moves), desc="moves", disable=not progress, leave=False):
+    for i in progress_bar(range(settings.moves), desc="moves", enabled=progress):
         with torch.no_grad():
             fp.flat.copy_(start)
             for k, b in work.named_buffers():
@@ -230,7 +230,7 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
     settings = settings or MoveSettings()
     if softmax_output is None:
         softmax_output = loss_fn is F.cross_entropy
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = pick_device(device) if device is not None else next(model.parameters()).device
     model = copy.deepcopy(model).to(device)
     split = train.to(device)
     eval_batch_size = eval_batch_size or eval_batch_for(model, split)

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..errors import CheckpointError, ModelMismatchError, RunDirError
+from ..errors import CheckpointError, ConfigError, ModelMismatchError, RunDirError
 from .. import files
 from ..files import check_output_folder, write_json
 from ..schedule import select
@@ -235,6 +235,9 @@ def run_pca(runs: Iterable[str | Path], out_dir: str | Path, layers: list[str] |
 
     A non-empty ``out_dir`` is refused unless ``force``.
     """
+    for name, value, least in (("k", k, 1), ("oversample", oversample, 0), ("power iterations", power_iterations, 0)):
+        if value < least:
+            raise ConfigError(f"PCA's {name} must be at least {least}, got {value}")
     check_output_folder(out_dir, force)
     ps = collect_points(runs, layers)
     result = streamed_pca(ps, k, oversample, power_iterations, seed)

@@ -2,7 +2,7 @@
 
 Inputs are run directories (or folders holding them, such as a demo's
 output) and the output folders of ``llpf dim``, ``llpf variance``, ``llpf
-barrier``, ``llpf pca``, ``llpf m2o-baselines`` and ``llpf compare``. The page shows, per run, its path figure, the
+barrier``, ``llpf pca``, ``llpf m2o-baselines``, ``llpf compare`` and ``llpf layerwise``. The page shows, per run, its path figure, the
 segment certificate and straight-line comparison where computed, its summary
 and its resolved config; across runs, the per-layer PCA of the paths and the
 M2O generalisation curve; and every analysis output given. Figures are
@@ -25,7 +25,7 @@ from ..store import RunDir
 from .runs import is_run, run_kind
 
 ANALYSIS_FILES = ("dimension.json", "variance.json", "barrier.json", "pca.json", "generalisation.json",
-                  "m2o-baselines.json", "comparison.csv")
+                  "m2o-baselines.json", "comparison.csv", "layerwise.json")
 
 CSS = """
 body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
@@ -124,6 +124,8 @@ def run_section(run: Path, work: Path) -> str:
         f = f if f.is_file() else line_figure(res["rows"], work / f"{run.name}-straight-line.png",
                         f"straight line start -> destination: max train loss {res['summary'].get('max_train_loss', 0):.4f}")
         parts.append("<h3>Straight line between the endpoints</h3>" + img(f, f"{run.name} straight line"))
+    if (rd.path / "layerwise" / "layerwise.json").is_file():
+        parts.append(layerwise_section(rd.path / "layerwise"))
     if (rd.path / "summary.json").is_file():
         parts.append("<h3>Summary</h3>" + summary_tables(rd.summary()))
     if (rd.path / "config.toml").is_file():
@@ -182,8 +184,36 @@ def barrier_section(d: Path) -> str:
     return "\n".join(parts)
 
 
+def layerwise_section(d: Path) -> str:
+    """``llpf layerwise``: the whole-model barrier beside the single groups', cumulative sets, couplings, carriers."""
+    r = json.loads((d / "layerwise.json").read_text())
+    st, car = r["settings"], r["carriers"]
+    parts = [f"<h2>Layer-wise linear connectivity: {esc(d)}</h2>",
+             f"<p>inputs: {esc(json.dumps(r.get('inputs', {})))}; {len(r['groups'])} groups ({esc(st['groups'])}), "
+             f"{esc(st['points'])} points per line, {esc(st['evaluations'])} evaluations; {esc(st['batchnorm'])}. "
+             f"Barriers are {esc(r['measure'])} at λ = ½ minus the mean of the endpoints' "
+             f"(Adilova et al. 2024); coupling is {esc(r['definitions']['coupling'])}.</p>",
+             f"<p>Whole-model barrier {fmt(r['whole_model_barrier'])} (largest above the chord "
+             f"{fmt(r['whole_model']['max'])} at λ = {fmt(r['whole_model']['t_at_max'])}). Carried by groups: "
+             f"{esc(', '.join(car['groups']) or 'none')}; by pairs: "
+             f"{esc(', '.join('+'.join(p) for p in car['pairs']) or 'none')} (at least {fmt(car['fraction'])} of it). "
+             f"Half of it appears on adding: {esc(json.dumps(car['appears_at']))}.</p>"]
+    for f in ("layerwise-single.png", "layerwise-cumulative.png", "layerwise-coupling.png", "layerwise-segments.png"):
+        if (d / f).is_file():
+            parts.append(img(d / f, f))
+    parts.append(table([[n, *r["single"][n].values(), *r["single_max"][n].values()] for n in r["groups"]],
+                       ["group", "rest at A", "rest at B", "max above chord, rest at A", "max above chord, rest at B"]))
+    parts.append(table([[b, *v.values()] for b, v in r["decomposition"].items()],
+                       ["base", *next(iter(r["decomposition"].values()))]))
+    if r.get("segments"):
+        parts.append("<h3>Segments between saved points</h3>" + table(
+            [[s["from"], s["to"], s["whole_model_barrier"], s["largest_single"]["group"], s["largest_single"]["value"]]
+             for s in r["segments"]], ["from", "to", "whole segment", "largest single group", "its barrier"]))
+    return "\n".join(parts)
+
+
 def comparison_section(d: Path) -> str:
-    """``llpf compare``'s table (comparison.csv) and figure, with how the paths were evaluated."""
+    """``llpf compare``'s table (comparison.csv) and figures (the frontier's too), with how the paths were evaluated."""
     import csv
 
     with open(d / "comparison.csv", newline="") as fh:
@@ -197,6 +227,8 @@ def comparison_section(d: Path) -> str:
                      f"{esc(st.get('test_samples'))}; {esc(st.get('batchnorm'))}.</p>")
     if (d / "comparison.png").is_file():
         parts.append(img(d / "comparison.png", "comparison"))
+    if (d / "frontier.png").is_file():
+        parts.append(img(d / "frontier.png", "loss-budget frontier"))
     if rows:
         parts.append(table([[_number(c) for c in r] for r in rows[1:]], rows[0]))
     return "\n".join(parts)
@@ -314,6 +346,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, pca: bool = T
             sections.append(baselines_section(d))
         if (d / "comparison.csv").is_file():
             sections.append(comparison_section(d))
+        if (d / "layerwise.json").is_file():
+            sections.append(layerwise_section(d))
     if not sections:
         raise RunDirError("nothing to report")
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>llpf report</title>"

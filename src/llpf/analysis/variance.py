@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..files import write_json
 from ..geometry import Layout, Segments, distance_floor
 from ..schedule import normalisation_parameters
@@ -47,6 +48,11 @@ def relative_difference(start: float, dest: float) -> float:
     return abs(dest / start - 1.0)
 
 
+def check_tolerance(tolerance: float) -> None:
+    if not tolerance >= 0 or math.isinf(tolerance):
+        raise ConfigError(f"the variance tolerance is a relative difference, a number >= 0; got {tolerance}")
+
+
 def check_variance_pair(start_model: Weights, dest_model: Weights, tolerance: float = 0.25,
                         names: Sequence[str] | None = None) -> list[dict]:
     """The layers whose variances differ between start and destination by more than ``tolerance`` (relative).
@@ -56,6 +62,7 @@ def check_variance_pair(start_model: Weights, dest_model: Weights, tolerance: fl
     ``sqrt(n) * |std_start - std_dest|`` the M2M path cannot get below. Empty
     when the pair satisfies the paper's premise (Eq. 4) at this tolerance.
     """
+    check_tolerance(tolerance)
     a, b = _params(start_model, names), _params(dest_model, names)
     out = []
     for n, ta in a.items():

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from ..config import CurveConfig, method_config
 from ..data import Split
 from ..errors import ConfigError, NonFiniteError
+from ..progress import progress_bar
 from ..train import DEFAULT_METRICS, LossFn, MetricFn
 from .functional import FlatModel, make_optimizer, set_lr
 
@@ -125,10 +126,8 @@ class Curve:
 
     def run(self, progress: bool = False) -> "Curve":
         """Train the bend for the remaining steps."""
-        from tqdm.auto import tqdm
-
-        with tqdm(total=self.config.steps, initial=self.steps_done, desc=self.config.kind,
-                  disable=not progress, leave=False) as bar:
+        with progress_bar(total=self.config.steps, initial=self.steps_done, desc=self.config.kind,
+                          enabled=progress) as bar:
             while not self.finished:
                 loss = self.step()
                 bar.update()

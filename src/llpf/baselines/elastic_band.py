@@ -18,24 +18,34 @@ pivots of a step.
 
 AutoNEB runs the band in cycles. Each cycle optimises it for a number of steps,
 then evaluates the loss at ``points_per_segment`` evenly spaced interior points
-of every segment between neighbouring pivots; before the next cycle a new
-pivot goes where the loss between pivots is highest (:func:`insert_pivot`).
+of every segment between neighbouring pivots; before the next cycle new pivots
+go where the loss rises most above the straight interpolation between two
+pivots (:func:`insert_pivot`). The path AutoNEB returns is the band of the
+cycle whose highest evaluated loss was lowest (the published code keeps every
+cycle's band and reads the best one), not necessarily the last.
 
 Settings (:class:`llpf.config.AutoNEBConfig`, the ``[autoneb]`` table) and why:
 
 - the cycle schedule has the shape of the one published with the paper's
-  code for its CIFAR ResNets (:data:`llpf.config.PAPER_CYCLES`): 4 cycles of
+  code for its CIFAR networks (:data:`llpf.config.PAPER_CYCLES`): 4 cycles of
   1000 steps at learning rate 0.1, 2 of 2000 at 0.1, 4 of 1000 at 0.01, 4 of
-  1000 at 0.001, 14 cycles and 16,000 band steps, SGD with momentum (0.9, our
-  choice: the published config names "SGD-Momentum" without a value).
-  :func:`~llpf.config.paper_cycles` scales the step counts and the learning
-  rates and keeps the shape. The first rate 0.1 suits the paper's BatchNorm
-  networks; on LeNet5 over digits (the demo endpoints, straight-line peak
-  1.54) it threw the band to chance-level loss (2.3) in the first cycle, so
-  the default is ``paper_cycles(0.02, lr=0.01)`` (the endpoints' own rate;
-  320 band steps, 3,760 gradient evaluations), which brought the peak to 0.015;
+  1000 at 0.001, 14 cycles and 16,000 band steps, SGD with momentum 0.9, band
+  steps on batches of 512 and a weight decay of 1e-4 added to each pivot's
+  gradient before the projection (as the published NEB does). The paper's
+  configs carry these settings; the table's defaults are the shape at 2% of
+  its steps with a tenth of its rates (``paper_cycles(0.02, lr=0.01)``, the
+  endpoints' own rate, 320 band steps), batch 64 and no decay, because on
+  LeNet5 over digits (the demo endpoints, straight-line peak 1.54) the first
+  rate 0.1 threw the band to chance-level loss (2.3) in the first cycle, while
+  0.01 brought the peak to 0.015 (both measured with the earlier insertion at
+  the highest loss). :func:`~llpf.config.paper_cycles` scales
+  the step counts and the learning rates and keeps the shape;
+- ``budget`` > 0 sets the gradient evaluations the whole run spends instead:
+  the cycles' steps are then the shape, and each cycle's steps are set when it
+  starts, from what is left and the pivots the band has (:func:`plan_steps`),
+  so the run spends its budget however many pivots were inserted;
 - the band starts as the straight line with 3 equally spaced interior pivots
-  and 2 pivots are inserted per later cycle (as published), at most
+  and up to 2 pivots are inserted per later cycle (as published), at most
   ``max_pivots = 31`` pivots in all (what that schedule reaches);
 - 9 interior evaluation points per segment (as published), on the whole
   training split or on ``insertion_samples`` of it. These evaluations, not
@@ -49,11 +59,14 @@ Settings (:class:`llpf.config.AutoNEBConfig`, the ``[autoneb]`` table) and why:
   scale. The ratios start equal and a pivot inserted at ``alpha`` of a segment
   splits that segment's share into ``alpha`` and ``1 - alpha``, so it stays
   where it was put;
-- a pivot is inserted only into a segment whose loss rises above the straight
-  chord between its two ends somewhere inside (a bump): where the loss between
-  two pivots is convex, a pivot in between cannot lower the path's maximum.
-  Among those, the segments with the highest interior loss win, the pivot goes
-  to that segment's highest evaluated point.
+- the insertion rule is the published code's (``fill.highest``): at each
+  evaluated point, the loss minus the straight interpolation between the
+  losses at the segment's two pivots, divided by the range of the pivots'
+  losses over the whole band; the segments with the largest such excess get
+  a pivot at that point, and only where the excess is above
+  ``insert_threshold`` (0.1, published). A segment whose loss stays below its
+  chord (convex between two pivots) never gets one: a pivot there cannot lower
+  the path's maximum.
 
 Cost is counted in gradient evaluations (one forward and backward pass on one
 batch at one pivot), the unit that also counts an LLPF Train_r step; a band
@@ -69,14 +82,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import PAPER_CYCLES, AutoNEBConfig, Cycle, method_config, paper_cycles
+from ..config import PAPER_CYCLES, AutoNEBConfig, Cycle, method_config, paper_cycles, projected_pivots
 from ..data import Split
 from ..errors import NonFiniteError
+from ..progress import progress_bar
 from ..train import LossFn
 from .functional import FlatModel, make_optimizer
 
 __all__ = ["PAPER_CYCLES", "AutoNEB", "AutoNEBConfig", "Band", "Cycle", "along", "chain_points", "insert_pivot", "neb_force",
-           "paper_cycles", "redistribute", "tangent"]
+           "paper_cycles", "plan_steps", "redistribute", "tangent"]
 
 
 # ---------------------------------------------------------------- the pure pieces
@@ -89,6 +103,8 @@ def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) ->
     monotonically through ``cur`` the tangent is the segment towards the higher
     neighbour; at a local maximum or minimum it is the sum of both segments,
     the one towards the higher neighbour weighted by the larger loss difference.
+    Where the pivots leave no direction (all three coincide, or ``next`` is
+    ``prev``) the tangent is zero: no part of the gradient is projected out.
     """
     l_prev, l_cur, l_next = (float(v) for v in losses)
     fwd, back = next - cur, cur - prev
@@ -101,10 +117,10 @@ def tangent(prev: Tensor, cur: Tensor, next: Tensor, losses: Sequence[float]) ->
         small = min(abs(l_next - l_cur), abs(l_prev - l_cur))
         tau = fwd * big + back * small if l_next > l_prev else fwd * small + back * big
     norm = tau.norm()
-    if norm == 0:  # all three losses equal
+    if norm == 0:  # all three losses equal, or cur coincides with the neighbour that carries the weight
         tau = fwd + back
         norm = tau.norm()
-    return tau / norm
+    return tau / norm if norm > 0 else torch.zeros_like(tau)
 
 
 def neb_force(grad: Tensor, tangent: Tensor, prev: Tensor, cur: Tensor, next: Tensor, k: float) -> Tensor:
@@ -132,24 +148,26 @@ def redistribute(chain: Tensor, weights: Tensor) -> Tensor:
 
 
 def insert_pivot(chain: Tensor, weights: Tensor, losses: Tensor, alphas: Tensor, pivot_losses: Tensor,
-                 count: int = 1) -> tuple[Tensor, Tensor, list[tuple[int, float]]]:
-    """Insert up to ``count`` pivots where the loss between neighbouring pivots is highest.
+                 count: int = 1, threshold: float = 0.1) -> tuple[Tensor, Tensor, list[tuple[int, float]]]:
+    """Insert up to ``count`` pivots where the loss rises most above the straight interpolation between pivots.
 
+    The published rule (Draxler et al. 2018, ``torch_autoneb.fill.highest``).
     ``losses`` [P-1, m] are the losses at the interior points ``alphas`` [m]
     (fractions in (0, 1)) of each segment of ``chain`` [P, D]; ``pivot_losses``
-    [P] the losses at the pivots. Eligible segments have a bump: an interior
-    loss above the chord between the losses at its two ends. The ``count``
-    eligible segments with the highest interior loss each get one pivot, at
-    their highest point, by linear interpolation. Returns the new chain, the
-    new target arc-length ratios (the split segment's share divided at alpha)
-    and the (segment index in the old chain, alpha) of each insertion.
+    [P] the losses at the pivots. Each interior loss minus the chord between
+    its segment's two pivot losses, over the range of ``pivot_losses`` (max -
+    min, the band's loss range), is its excess; the ``count`` segments with the
+    largest excess each get one pivot at the point of that excess, by linear
+    interpolation, if it is above ``threshold``. Returns the new chain, the new
+    target arc-length ratios (the split segment's share divided at alpha) and
+    the (segment index in the old chain, alpha) of each insertion.
     """
     alphas = alphas.to(losses)
     pivot_losses = pivot_losses.to(losses)
     chord = pivot_losses[:-1, None] * (1 - alphas) + pivot_losses[1:, None] * alphas
-    bump = (losses > chord).any(dim=1)
-    peak, at = losses.max(dim=1)
-    order = [s for s in torch.argsort(peak, descending=True).tolist() if bump[s]][:max(count, 0)]
+    excess = (losses - chord) / (float(pivot_losses.max() - pivot_losses.min()) + 1e-12)
+    top, at = excess.max(dim=1)
+    order = [s for s in torch.argsort(top, descending=True).tolist()[:max(count, 0)] if top[s] > threshold]
     rows, ratios, inserted = [chain[:1]], [], []
     for s in range(len(chain) - 1):
         if s in order:
@@ -161,6 +179,20 @@ def insert_pivot(chain: Tensor, weights: Tensor, losses: Tensor, alphas: Tensor,
             ratios.append(weights[s])
         rows.append(chain[s + 1:s + 2])
     return torch.cat(rows), torch.stack([torch.as_tensor(r) for r in ratios]).to(weights), inserted
+
+
+def plan_steps(shape: Sequence[int], pivots: Sequence[int], budget: int) -> list[int]:
+    """Band steps of the cycles to come so that they spend ``budget`` gradient evaluations.
+
+    ``shape`` are the cycles' steps as configured (their proportions are kept),
+    ``pivots`` their interior pivots (the first as the band has them, the later
+    ones projected). The first cycle's steps are what binds: the later ones are
+    planned again when they start, and the last takes what is left.
+    """
+    if len(shape) == 1:
+        return [max(1, round(budget / pivots[0]))]
+    scale = budget / sum(s * n for s, n in zip(shape, pivots))
+    return [max(1, round(scale * s)) for s in shape]
 
 
 def along(chain: Tensor, fraction: float) -> Tensor:
@@ -194,10 +226,15 @@ def chain_points(chain: Tensor, per_segment: int) -> Iterator[tuple[float, Tenso
 
 
 class Band:
-    """Interior pivots between two fixed end vectors, moved by NEB forces."""
+    """Interior pivots between two fixed end vectors, moved by NEB forces.
 
-    def __init__(self, fm: FlatModel, a: Tensor, b: Tensor, interior: int, spring: float = math.inf):
-        self.fm, self.a, self.b, self.spring = fm, a, b, spring
+    ``weight_decay`` adds ``weight_decay * p_i`` to each pivot's loss gradient
+    before its projection, as the published NEB does.
+    """
+
+    def __init__(self, fm: FlatModel, a: Tensor, b: Tensor, interior: int, spring: float = math.inf,
+                 weight_decay: float = 0.0):
+        self.fm, self.a, self.b, self.spring, self.weight_decay = fm, a, b, spring, weight_decay
         ts = torch.linspace(0, 1, interior + 2, device=a.device, dtype=a.dtype)[1:-1]
         self.inner = torch.stack([torch.lerp(a, b, float(t)) for t in ts]).requires_grad_(True)
         self.weights = torch.ones(interior + 1, dtype=a.dtype, device=a.device)
@@ -221,6 +258,8 @@ class Band:
             losses[i + 1], grads[i] = self.fm.loss_and_grad(self.inner[i], x, y)
         values = losses.tolist()
         inner = self.inner.detach()
+        if self.weight_decay:
+            grads.add_(inner, alpha=self.weight_decay)
         k = 0.0 if math.isinf(self.spring) else self.spring
         force = torch.empty_like(grads)
         for i in range(n):
@@ -239,8 +278,10 @@ class Band:
                 self.inner.copy_(redistribute(self.chain(), self.weights)[1:-1])
         return losses
 
-    def insert(self, losses: Tensor, alphas: Tensor, pivot_losses: Tensor, count: int) -> list[tuple[int, float]]:
-        chain, self.weights, inserted = insert_pivot(self.chain(), self.weights, losses, alphas, pivot_losses, count)
+    def insert(self, losses: Tensor, alphas: Tensor, pivot_losses: Tensor, count: int,
+               threshold: float) -> list[tuple[int, float]]:
+        chain, self.weights, inserted = insert_pivot(self.chain(), self.weights, losses, alphas, pivot_losses, count,
+                                                     threshold)
         self.inner = chain[1:-1].clone().requires_grad_(True)
         return inserted
 
@@ -257,7 +298,9 @@ class AutoNEB:
     evaluated point). ``records`` holds one row per finished cycle (cycle 0 is
     the initial straight chain): its maximum loss on the evaluation grid,
     cumulative band steps and gradient evaluations, pivots, and the insertions
-    made before it.
+    made before it. ``plan`` holds every cycle's band steps (set again as each
+    cycle starts when the config has a ``budget``); ``path()`` is the best
+    cycle's band.
     """
 
     def __init__(self, start: nn.Module, dest: nn.Module, batches: Iterator, eval_data: Split,
@@ -266,14 +309,17 @@ class AutoNEB:
         self.config = config = method_config(AutoNEBConfig, config)
         self.fm = FlatModel(start, loss_fn, device)
         a, b = self.fm.vector(start), self.fm.vector(dest)
-        self.band = Band(self.fm, a, b, config.initial_pivots, config.spring)
+        self.band = Band(self.fm, a, b, config.initial_pivots, config.spring, config.weight_decay)
         self.batches = batches
         self.eval_data = eval_data.to(self.fm.device)
         self.eval_batch_size = eval_batch_size
         m = config.points_per_segment
         self.alphas = torch.linspace(0, 1, m + 2, dtype=a.dtype, device=a.device)[1:-1]
         self.cycle = self.cycle_step = self.band_steps = self.gradient_evals = 0
+        self.plan = [c.steps for c in config.cycles]
+        self._replan()
         self.records: list[dict] = []
+        self.best: dict | None = None  # the best cycle so far: its number, max loss, pivots and ratios (on the CPU)
         self.opt: torch.optim.Optimizer | None = None
         self._grid: tuple[Tensor, Tensor] | None = None
         self._inserted: list = []
@@ -285,7 +331,17 @@ class AutoNEB:
 
     @property
     def total_steps(self) -> int:
-        return sum(c.steps for c in self.config.cycles)
+        return sum(self.plan)
+
+    def _replan(self) -> None:
+        """With a budget: the steps of this cycle and the later ones, from what is left (:func:`plan_steps`)."""
+        cfg = self.config
+        if not cfg.budget:
+            return
+        interior = len(self.band.inner)
+        later = projected_pivots(interior, len(cfg.cycles) - self.cycle, cfg.insert_per_cycle, cfg.max_pivots)
+        shape = [c.steps for c in cfg.cycles[self.cycle:]]
+        self.plan[self.cycle:] = plan_steps(shape, later, cfg.budget - self.gradient_evals)
 
     def loss_at(self, vec: Tensor) -> float:
         """The evaluation split's loss at ``vec`` (eval mode, BatchNorm statistics recomputed)."""
@@ -312,6 +368,9 @@ class AutoNEB:
                "gradient_evals": self.gradient_evals, "pivots": self.band.pivots, "max_loss": worst,
                "pivot_max_loss": float(pivots.max()), "inserted": [list(i) for i in self._inserted]}
         self.records.append(row)
+        if self.cycle and (self.best is None or worst < self.best["max_loss"]):  # cycle 0 is the straight line
+            self.best = {"cycle": self.cycle, "max_loss": worst, "inner": self.band.inner.detach().cpu().clone(),
+                         "weights": self.band.weights.cpu().clone()}
         return row
 
     def _start_cycle(self) -> None:
@@ -320,7 +379,9 @@ class AutoNEB:
         if self.cycle > 0:
             count = min(cfg.insert_per_cycle, cfg.max_pivots - self.band.pivots)
             if count > 0:
-                self._inserted = self.band.insert(self._grid[0], self.alphas, self._grid[1], count)
+                self._inserted = self.band.insert(self._grid[0], self.alphas, self._grid[1], count,
+                                                  cfg.insert_threshold)
+        self._replan()
         c = cfg.cycles[self.cycle]
         self.opt = make_optimizer([self.band.inner], cfg.optimizer, c.lr, cfg.momentum)
 
@@ -340,19 +401,18 @@ class AutoNEB:
         self.cycle_step += 1
         self.band_steps += 1
         self.gradient_evals += self.band.pivots - 2
-        if self.cycle_step >= self.config.cycles[self.cycle].steps:
+        if self.cycle_step >= self.plan[self.cycle]:
             self.cycle, self.cycle_step, self.opt = self.cycle + 1, 0, None
             self._record()
         return losses
 
     def run(self, progress: bool = False) -> list[dict]:
         """All remaining cycles; returns ``records``."""
-        from tqdm.auto import tqdm
-
-        done = sum(c.steps for c in self.config.cycles[:self.cycle]) + self.cycle_step
-        with tqdm(total=self.total_steps, initial=done, desc="autoneb", disable=not progress, leave=False) as bar:
+        done = sum(self.plan[:self.cycle]) + self.cycle_step
+        with progress_bar(total=self.total_steps, initial=done, desc="autoneb", enabled=progress) as bar:
             while not self.finished:
                 losses = self.step()
+                bar.total = self.total_steps
                 bar.update()
                 bar.set_postfix(cycle=self.cycle, pivots=self.band.pivots, max_batch_loss=f"{float(losses.max()):.3f}")
                 worst = self.records[-1]["max_loss"]
@@ -363,15 +423,19 @@ class AutoNEB:
         return self.records
 
     def path(self) -> Tensor:
-        """The pivots, ends included ([P, D])."""
-        return self.band.chain()
+        """The best cycle's pivots, ends included ([P, D]): the band whose highest evaluated loss was lowest
+        (the current band before any cycle has finished)."""
+        if self.best is None:
+            return self.band.chain()
+        b = self.band
+        return torch.cat([b.a[None], self.best["inner"].to(b.a), b.b[None]])
 
     def state_dict(self) -> dict:
         """Everything needed to continue (weights_only-loadable); the batch stream's state is the caller's."""
         return {"inner": self.band.inner.detach().clone(), "weights": self.band.weights.clone(),
                 "cycle": self.cycle, "cycle_step": self.cycle_step, "band_steps": self.band_steps,
                 "gradient_evals": self.gradient_evals, "records": [dict(r) for r in self.records],
-                "inserted": list(self._inserted),
+                "inserted": list(self._inserted), "plan": list(self.plan), "best": self.best,
                 "grid": self._grid, "optimizer": None if self.opt is None else self.opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -380,6 +444,7 @@ class AutoNEB:
         self.cycle, self.cycle_step = state["cycle"], state["cycle_step"]
         self.band_steps, self.gradient_evals = state["band_steps"], state["gradient_evals"]
         self.records, self._inserted, self._grid = state["records"], state["inserted"], state["grid"]
+        self.plan, self.best = list(state["plan"]), state["best"]
         self.opt = None
         if state["optimizer"] is not None:
             c = self.config.cycles[self.cycle]

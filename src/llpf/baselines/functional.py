@@ -26,6 +26,7 @@ from torch.func import functional_call
 from ..data import Split
 from ..errors import ConfigError
 from ..flat import check_same_architecture, layout_of
+from ..runtime import pick_device
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm, recompute_bn_stats
 
 OPTIMIZERS = ("sgd", "adam")  # the choices of AutoNEBConfig.optimizer and CurveConfig.optimizer
@@ -35,7 +36,7 @@ class FlatModel:
     """A scratch copy of ``model`` that computes losses at flat parameter vectors."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn = F.cross_entropy, device=None):
-        device = torch.device(device) if device is not None else next(model.parameters()).device
+        device = pick_device(device) if device is not None else next(model.parameters()).device
         self.module = copy.deepcopy(model).to(device)
         self.layout = layout_of(self.module)
         self.loss_fn = loss_fn

@@ -5,7 +5,8 @@ start model and one config this runs, into ``DIR``::
 
     DIR/m2o/                   M2O at the config's [m2o] settings
     DIR/move-only/             its Move schedule alone: T Moves, no gradient step
-    DIR/finetune-wdX/          plain SGD with weight decay X, as many gradient steps as M2O took
+    DIR/finetune-wdX/          plain SGD with weight decay X on the layers M2O moves, as many gradient steps
+                               as M2O took (DIR/finetune-wdX-all/: the decay on every parameter)
     DIR/m2o-baselines.csv      one row per method: its best point on validation, and that point's test metrics
     DIR/m2o-baselines.json     the same, with the settings
     DIR/m2o-baselines.png      the selection metric on validation and test along each run
@@ -17,6 +18,11 @@ chooses its best point on a validation split cut from the training set
 (``data.validation_fraction``) by the config's ``select_by``, and only then is
 the test split read. The start model should not have seen that split: train
 it from a config with the same ``validation_fraction``.
+
+Fine-tuning decays the parameters M2O moves and no others (``decay_on =
+"moved"``): M2O never shrinks normalisation layers (paper section 3.3), and
+:func:`matched_decay` sizes the decay to shrink the moved layers as Move
+does. ``decay_on = "all"`` decays every parameter instead.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from ..data import Bundle, prepare_data
 from ..errors import ConfigError, RunDirError
 from .. import files
 from ..files import check_output_folder, write_json
-from ..runner import resolve_run, resume, run_path
+from ..runner import load_model, resolve_run, resume, run_path
 from ..runtime import pick_device
 from ..store import RunDir, gradient_steps
 
@@ -57,6 +63,12 @@ def baseline_config(cfg: C.Config, validation_fraction: float = 0.1) -> C.Config
                                m2o=dataclasses.replace(cfg.m2o, select_on="validation"))
 
 
+def check_decays(cfg: C.Config, decays: Sequence[float] | None) -> None:
+    """Each fine-tuning weight decay checked as its run's [m2o] table will be, before any run starts."""
+    for d in decays or ():
+        C.method_config(C.PathConfig, dataclasses.replace(cfg.m2o, weight_decay=d), "--decays: m2o.")
+
+
 def matched_decay(pc: C.PathConfig, steps: int) -> float:
     """The weight decay at which ``steps`` SGD steps shrink a weight as much as the Move schedule does.
 
@@ -70,8 +82,11 @@ def matched_decay(pc: C.PathConfig, steps: int) -> float:
     return -math.expm1(log_shrink / steps) / pc.lr
 
 
-def finetune_config(cfg: C.Config, steps: int, iterations: int, decay: float) -> C.Config:
-    """Plain fine-tuning for ``steps`` SGD steps with ``decay``: one step per iteration.
+DECAY_ON = ("moved", "all")  # the parameters fine-tuning decays: those M2O moves (default), or every one
+
+
+def finetune_config(cfg: C.Config, steps: int, iterations: int, decay: float, decay_on: str = "moved") -> C.Config:
+    """Plain fine-tuning for ``steps`` SGD steps with ``decay`` on ``decay_on``: one step per iteration.
 
     Its cadences of evaluation, points and checkpoints are M2O's, scaled by
     M2O's steps per iteration, so both are measured about as often per
@@ -84,7 +99,7 @@ def finetune_config(cfg: C.Config, steps: int, iterations: int, decay: float) ->
     layers = sorted({p for ph in pc.phases for p in ph.layers})
     phase = dataclasses.replace(pc.phases[0], iterations=steps, layers=layers, keep_previous=False, rounds=1,
                                 until_loss=0.0)
-    m2o = dataclasses.replace(pc, phases=[phase], weight_decay=decay, target_variance_ratio=0.0,
+    m2o = dataclasses.replace(pc, phases=[phase], weight_decay=decay, weight_decay_on=decay_on, target_variance_ratio=0.0,
                               eval_every=scale(pc.eval_every), save_every=scale(pc.save_every),
                               checkpoint_every=scale(pc.checkpoint_every))
     return dataclasses.replace(cfg, m2o=m2o)
@@ -129,11 +144,12 @@ def start_row(s: dict) -> dict:
 
 
 def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: Sequence[float] | None = None,
-                  validation_fraction: float = 0.1, device=None, force: bool = False, progress: bool = False,
-                  data: Bundle | None = None, log: Callable[[str], object] = print) -> dict:
+                  decay_on: str = "moved", validation_fraction: float = 0.1, device=None, force: bool = False,
+                  progress: bool = False, data: Bundle | None = None, log: Callable[[str], object] = print) -> dict:
     """Run M2O, move-only and fine-tuning over ``decays`` from ``start`` into ``out``; write and return the table.
 
-    ``decays`` defaults to 0 and 1, 1/4 and 4 times :func:`matched_decay`, in that order.
+    ``decays`` defaults to 0 and 1, 1/4 and 4 times :func:`matched_decay`, in that order, each on the
+    parameters ``decay_on`` names (:data:`DECAY_ON`).
     ``data`` (default: the config's dataset) must hold a validation split.
     Under torchrun the runs are dealt to the ranks as repetitions are
     (:mod:`llpf.shards`): M2O to rank 0, move-only to rank 1, and each
@@ -141,6 +157,10 @@ def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: 
     Rank 0 writes the table and returns it; the other ranks return ``{}``.
     """
     cfg = baseline_config(cfg, validation_fraction)
+    if decay_on not in DECAY_ON:
+        raise ConfigError(f"decay_on must be one of {', '.join(DECAY_ON)}, got {decay_on!r}")
+    check_decays(cfg, decays)
+    load_model(cfg, start, "start")  # one line now, not every run failed on every rank
     world, rank = D.world_size(), D.rank()
     device = D.init(device) if world > 1 else pick_device(device)
     out, start = D.on_main(lambda: check_output_folder(out, force)), Path(start)
@@ -150,7 +170,7 @@ def m2o_baselines(cfg: C.Config, start: str | Path, out: str | Path, *, decays: 
     run_id = D.shared_run_id()
     D.cleanup()  # the ranks work apart from here: a fine-tuning run may outlast any collective's timeout
     say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
-    plan = Plan(cfg, start, out, decays, data, device, progress, force, world, run_id)
+    plan = Plan(cfg, start, out, decays, decay_on, data, device, progress, force, world, run_id)
     shards.run_shard(out, plan.count, world, rank, run_id, lambda k: plan.run(k, say), plan.finished, say,
                      noun="run")
     if rank != 0:
@@ -169,6 +189,7 @@ class Plan:
     start: Path
     out: Path
     decays: Sequence[float] | None
+    decay_on: str
     data: Bundle
     device: object
     progress: bool
@@ -198,7 +219,8 @@ class Plan:
         if k < 2:
             return ("m2o", "move-only")[k], ("m2o", "move-only")[k], self.cfg
         wd = self.decay(k, steps)
-        return f"finetune-wd{wd:.4g}", "finetune", finetune_config(self.cfg, steps, self.m2o_done[1], wd)
+        name = f"finetune-wd{wd:.4g}" + ("-all" if self.decay_on == "all" else "")
+        return name, "finetune", finetune_config(self.cfg, steps, self.m2o_done[1], wd, self.decay_on)
 
     def finished(self, k: int) -> bool:
         """Run ``k`` is complete with these settings (one of other settings is refused, as ``--force`` does)."""
@@ -220,7 +242,8 @@ class Plan:
         elif k == 1:
             log("move-only: M2O's Moves, no gradient step")
         else:
-            log(f"fine-tuning, weight decay {cfg.m2o.weight_decay:.4g}: {steps} SGD steps")
+            log(f"fine-tuning, weight decay {cfg.m2o.weight_decay:.4g} on the {self.decay_on} parameters: {steps} SGD "
+                f"steps")
         run_once(kind, cfg, self.start, self.out / name, self.data, self.device, self.progress, self.force)
         return {"run": name}
 
@@ -254,6 +277,7 @@ class Plan:
         result = {"config": self.cfg.name, "start": str(self.start), "device": str(self.device),
                   "select_on": "validation", "select_by": self.cfg.m2o.select_by,
                   "validation_fraction": self.cfg.data.validation_fraction, "budget_gradient_steps": steps,
+                  "decay_on": self.decay_on,
                   "matched_decay": matched_decay(self.cfg.m2o, steps) if steps else None, "rows": rows,
                   "chosen_on_validation": best_row(rows, self.cfg.m2o.select_by)["run"] if rows else None}
         if rows:

@@ -22,20 +22,21 @@ def _active(mask: Tensor, bp: BatchedParams) -> Tensor:
     return mask if bp.active_mask is None else mask & bp.active_mask[:, None]
 
 
-def batched_m2m_iteration(bp: BatchedParams, dest: Tensor, v0: Tensor, rp: ResolvedPhase, cfg: PathConfig,
+def batched_m2m_iteration(bp: BatchedParams, dest: Tensor, v: Tensor, rp: ResolvedPhase, cfg: PathConfig,
                           train_r: BatchedTrainR, moved: Tensor, corrected: Tensor) -> tuple[Tensor, Tensor]:
     """Algorithm 1 lines 5-8 for K paths: Move, VarianceCorrection, Train_r, VarianceCorrection.
 
-    Returns the batch loss of each path ``[K]`` and its Train_r rounds ``[K]``.
+    ``v`` ``[K, L]`` holds each path's sphere S_var. Returns the batch loss of
+    each path ``[K]`` and its Train_r rounds ``[K]``.
     """
     ph = rp.phase
     moved, corrected = _active(moved, bp), _active(corrected, bp)
     with torch.no_grad():
         move_(bp.flat, dest, bp.seg, ph.step_a, ph.step_f, moved, cfg.step_rule)  # M1 = Move(P_i, D)
-        variance_correction_(bp.flat, v0, bp.seg, corrected)  # M2 = VarianceCorrection(M1, S_var)
+        variance_correction_(bp.flat, v, bp.seg, corrected)  # M2 = VarianceCorrection(M1, S_var)
     loss, rounds = train_r(ph)  # M3 = Train_r(M2)
     with torch.no_grad():
-        variance_correction_(bp.flat, v0, bp.seg, corrected)  # P_{i+1} = VarianceCorrection(M3, S_var)
+        variance_correction_(bp.flat, v, bp.seg, corrected)  # P_{i+1} = VarianceCorrection(M3, S_var)
     return loss, rounds
 
 

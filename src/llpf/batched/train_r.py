@@ -36,7 +36,7 @@ class BatchedTrainR:
     """
 
     def __init__(self, bp: BatchedParams, streams: StackedStreams, loss_fn: LossFn, lr: float,
-                 momentum: float = 0.0, weight_decay: float = 0.0, fast: FastPath | None = None):
+                 momentum: float = 0.0, weight_decay: float | Tensor = 0.0, fast: FastPath | None = None):
         if len(streams) != bp.paths:
             raise ValueError(f"{len(streams)} batch streams for {bp.paths} paths")
         self.bp, self.streams, self.loss_fn = bp, streams, loss_fn
@@ -68,7 +68,9 @@ class BatchedTrainR:
             for name, new in buffers.items():
                 old = bp.buffers[name]
                 old.copy_(new if going is None else torch.where(_rows(going, old), new, old))
-            if self.weight_decay:
+            if isinstance(self.weight_decay, Tensor):  # per element ([n]), the same for every path
+                grad = grad.addcmul(bp.flat, self.weight_decay)
+            elif self.weight_decay:
                 grad = grad.add(bp.flat, alpha=self.weight_decay)
             if self.buf is not None:
                 moment = self.buf * self.momentum + grad

@@ -4,7 +4,7 @@ Those that write a folder refuse a non-empty ``--out`` unless ``--force``.
 """
 from __future__ import annotations
 
-from .common import (at_least, config_arg, device_arg, force_arg, quiet_arg, recompute, recompute_bn_arg)
+from .common import at_least, config_arg, device_arg, force_arg, number, quiet_arg, recompute, recompute_bn_arg
 
 
 def add(sub) -> None:
@@ -30,7 +30,8 @@ def _model_analyses(sub) -> None:
     p.add_argument("--moves", type=at_least(1), default=200, help="number of one-iteration moves N (default 200)")
     p.add_argument("--rounds", type=at_least(1), default=10, help="SGD steps per move (default 10)")
     p.add_argument("--batch-size", type=at_least(1), default=256, help="batch size of the moves (default 256)")
-    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
+    p.add_argument("--lr", type=number(0, open_low=True), default=1e-3,
+                   help="SGD learning rate of the moves (default 1e-3, paper Table 1)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float64",
                    help="precision of forward/backward (default float64; displacements always sum in float64)")
     p.add_argument("--layers", nargs="+", default=["*"], help="layer patterns to analyse (default: all)")
@@ -46,7 +47,7 @@ def _model_analyses(sub) -> None:
     p.add_argument("models", nargs="+", help="model weights (at least one)")
     p.add_argument("--out", required=True, help="folder for variance.json and variance.png")
     p.add_argument("--include-norm", action="store_true", help="include normalisation layers (Figure 6 leaves them out)")
-    p.add_argument("--tolerance", type=float, default=0.25,
+    p.add_argument("--tolerance", type=number(0), default=0.25,
                    help="flag layers whose variance differs from the first model's by more than this (relative)")
     force_arg(p)
     p.set_defaults(handler=variance)
@@ -58,6 +59,9 @@ def _model_analyses(sub) -> None:
     p.add_argument("--out", required=True, help="folder for barrier.json and barrier.png")
     p.add_argument("--points", type=at_least(2), default=21, help="grid points including both ends (default 21)")
     recompute_bn_arg(p, "recompute BatchNorm statistics at each point (auto: when the model has BatchNorm)")
+    p.add_argument("--align", action="store_true",
+                   help="reorder B's hidden units to match A's first (weight matching, llpf align): barrier.json is "
+                        "the line to the aligned B, barrier-unaligned.json the line to B")
     force_arg(p)
     device_arg(p)
     p.set_defaults(handler=barrier)
@@ -82,7 +86,8 @@ def _run_analyses(sub) -> None:
 
     p = sub.add_parser("report", help="an offline HTML report of runs and analysis outputs")
     p.add_argument("inputs", nargs="+",
-                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines")
+                   help="run directories, folders of runs, outputs of dim/variance/barrier/pca/m2o-baselines/"
+                        "compare/layerwise")
     p.add_argument("--out", required=True, help="folder for index.html")
     p.add_argument("--no-pca", action="store_true", help="skip the PCA of the given paths")
     force_arg(p)
@@ -103,8 +108,10 @@ def dim(args) -> int:
     from ..config import load_config
     from ..data import prepare_data
     from ..files import check_output_folder
+    from ..flat import layout_of
     from ..runner import load_model
     from ..runtime import pick_device
+    from ..schedule import select
 
     check_output_folder(args.out, args.force)
     settings = MoveSettings(moves=args.moves, rounds=args.rounds, batch_size=args.batch_size, lr=args.lr,
@@ -112,6 +119,7 @@ def dim(args) -> int:
     cfg = load_config(args.config)
     device = pick_device(args.device)
     model = load_model(cfg, args.model).to(device)
+    select(args.layers, layout_of(model).names)  # a pattern matching nothing: one line before the data loads
     data = prepare_data(cfg, device)
     result = analyse_dimension(model, data.train, settings, device=device, progress=not args.quiet,
                                eval_batch_size=cfg.data.eval_batch_size)
@@ -161,13 +169,33 @@ def barrier(args) -> int:
     device = pick_device(args.device)
     a, b = load_model(cfg, args.a, "model A").to(device), load_model(cfg, args.b, "model B").to(device)
     data = prepare_data(cfg, device)
+    inputs = {"a": str(args.a), "b": str(args.b), "config": cfg.name}
+    if args.align:
+        return _aligned_barrier(args, cfg, a, b, data, device, inputs)
     rows = straight_line(a, b, data, points=args.points, recompute_bn=recompute(args.recompute_bn),
                          batch_size=cfg.data.eval_batch_size, device=device)
-    files = write_barrier(rows, args.out, {"a": str(args.a), "b": str(args.b), "config": cfg.name})
+    files = write_barrier(rows, args.out, inputs)
     top = max(rows, key=lambda r: r["train_loss"])
     print(f"straight line: max training loss {top['train_loss']:.4f} at t={top['t']:.2f} "
           f"(ends {rows[0]['train_loss']:.4f}, {rows[-1]['train_loss']:.4f})")
     print(f"wrote {files['json']}, {files['figure']}")
+    return 0
+
+
+def _aligned_barrier(args, cfg, a, b, data, device, inputs: dict) -> int:
+    """``llpf barrier --align``: the line to B's alignment to A (barrier.json) and to B itself (barrier-unaligned)."""
+    from ..alignment.pair import align_endpoints, line_change
+    from ..analysis.barriers import write_barrier
+    from .summaries import print_alignment
+
+    bs = cfg.data.eval_batch_size
+    aligned, record = align_endpoints(a, b, data, bs)
+    before, after, record["straight_line"] = line_change(a, b, aligned, data, bs, args.points,
+                                                         recompute(args.recompute_bn), device)
+    files = write_barrier(after, args.out, {**inputs, "aligned": True, "alignment": record})
+    unaligned = write_barrier(before, args.out, inputs, name="barrier-unaligned")
+    print_alignment(record)
+    print(f"wrote {files['json']}, {files['figure']} (A -> aligned B), {unaligned['json']} (A -> B)")
     return 0
 
 

@@ -18,6 +18,8 @@ def add(sub) -> None:
     config_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--recipe", choices=("start", "dest"), default="start",
+                   help="start: the [train] table (default); dest: [train] with the config's [train.dest] over it")
     device_arg(p)
     quiet_arg(p)
     p.set_defaults(handler=train)
@@ -44,7 +46,7 @@ def train(args) -> int:
     from ..runner import train
 
     cfg = load_config(args.config)
-    m = train(cfg, args.seed, args.out, device=args.device, progress=not args.quiet)
+    m = train(cfg, args.seed, args.out, device=args.device, progress=not args.quiet, recipe=args.recipe)
     if not D.is_main():
         return 0
     print(f"wrote {args.out}: train loss {m['train']['loss']:.4f} accuracy {m['train']['accuracy']:.4f}; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import at_least, device_arg, fast_args, fast_overrides, force_arg, quiet_arg, require
+from .common import at_least, device_arg, fast_args, fast_overrides, force_arg, number, quiet_arg, require
 
 
 def add(sub) -> None:
@@ -58,9 +58,12 @@ def _m2o_baselines(sub) -> None:
     p.add_argument("config", help="TOML file or shipped config name (with an [m2o] table)")
     p.add_argument("--start", "--start-model", required=True, help="start model weights (--start-model under torchrun)")
     p.add_argument("--out", required=True, help="folder for the runs, m2o-baselines.csv/.json/.png")
-    p.add_argument("--decays", type=float, nargs="+", default=None,
+    p.add_argument("--decays", type=number(0), nargs="+", default=None,
                    help="fine-tuning weight decays (default: 0 and 1, 1/4, 4 x the decay that shrinks as Move does)")
-    p.add_argument("--validation-fraction", type=float, default=0.1,
+    p.add_argument("--decay-all", action="store_true",
+                   help="decay every parameter while fine-tuning (default: only those M2O moves, as the matched "
+                        "decay assumes: normalisation layers are not decayed)")
+    p.add_argument("--validation-fraction", type=number(0, 1, open_low=True), default=0.1,
                    help="share of the training set held out for choosing points, when the config sets none "
                         "(default 0.1; the start model should not have trained on it)")
     force_arg(p, "use a non-empty --out: its finished runs of the same settings are kept, an interrupted one resumed")
@@ -77,9 +80,10 @@ def reproduce(args) -> int:
         for name in experiments():
             print(f"{name:28s} {load_config(name).description}")
         return 0
-    if args.dry_run:
+    if args.dry_run:  # checks what the real run checks, then times two iterations
         dry_run(args.name, data_dir=args.data_dir, device=args.device, batch_size=args.dry_run_batch,
-                method=args.method)
+                method=args.method, reps=args.reps, start=args.start, dest=args.dest, batch_paths=args.batch_paths,
+                fast=fast_overrides(args))
         return 0
     result = reproduce(args.name, args.reps, args.out, data_dir=args.data_dir, device=args.device,
                        start=args.start, dest=args.dest, progress=not args.quiet, method=args.method,
@@ -97,8 +101,8 @@ def m2o_baselines(args) -> int:
     from ..config import load_config
 
     r = m2o_baselines(load_config(args.config), args.start, args.out, decays=args.decays,
-                      validation_fraction=args.validation_fraction, device=args.device, force=args.force,
-                      progress=not args.quiet)
+                      decay_on="all" if args.decay_all else "moved", validation_fraction=args.validation_fraction,
+                      device=args.device, force=args.force, progress=not args.quiet)
     if not r:  # a rank other than 0 under torchrun: rank 0 prints the table
         return 0
     fmt = lambda v: "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -113,8 +117,13 @@ def m2o_baselines(args) -> int:
 
 def bench(args) -> int:
     from ..bench import bench
-    from ..files import write_json
+    from ..files import check_creatable, write_json
+    from ..runtime import pick_device
 
+    pick_device(args.device)
+    if args.json:
+        require(not Path(args.json).is_dir(), f"--json {args.json} is a folder; name a file")
+        check_creatable(args.json)
     result = bench(args.device, threads=args.threads, quick=args.quick)
     if args.json:
         write_json(Path(args.json), result)

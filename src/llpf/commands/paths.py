@@ -1,7 +1,7 @@
 """One command per path method (``m2m``, ``m2o`` and the baselines ``autoneb``, ``bezier``, ``line``), ``resume`` and ``plot``."""
 from __future__ import annotations
 
-from .common import at_least, config_arg, device_arg, exit_code, fast_args, fast_overrides, quiet_arg
+from .common import at_least, config_arg, device_arg, exit_code, fast_args, fast_overrides, quiet_arg, require
 
 METHODS = (("m2m", "low-loss path between two models (Algorithm 1)"),
            ("m2o", "low-loss path toward the origin (Algorithm 2)"),
@@ -18,6 +18,10 @@ def add(sub) -> None:
                        help="start model weights (--start-model under torchrun, whose own --start-method takes --start)")
         if kind != "m2o":
             p.add_argument("--dest", "--dest-model", dest="dest", required=True, help="destination model weights")
+            p.add_argument("--align", action="store_true",
+                           help="first reorder the destination's hidden units to match the start's (weight matching; "
+                                "its function is kept, llpf align); the summary records the straight line's barrier "
+                                "before and after")
         if kind == "m2m":
             p.add_argument("--segments", action="store_true",
                            help="afterwards, certify the straight segments between saved points (llpf segments)")
@@ -52,6 +56,9 @@ def path(args) -> int:
     from .summaries import report
 
     if args.resume and D.on_main(lambda: RunDir(args.out).exists):
+        aligned = D.on_main(lambda: RunDir(args.out).info().get("inputs", {}).get("aligned", False))
+        require(aligned == getattr(args, "align", False), f"{args.out} holds a run {'with' if aligned else 'without'} "
+                f"--align; continue it with the same command, or start another with --force")
         s = resume(args.out, device=args.device, progress=not args.quiet)
     else:
         cfg = load_config(args.config)
@@ -60,7 +67,7 @@ def path(args) -> int:
             if pc is not None:
                 setattr(pc, key, value)
         s = run_path(args.command, cfg, args.start, getattr(args, "dest", None), args.out, device=args.device,
-                     force=args.force, progress=not args.quiet)
+                     force=args.force, progress=not args.quiet, align=getattr(args, "align", False))
     if not D.is_main():
         return exit_code(s)
     if getattr(args, "segments", False) and s and s["status"] == "complete":

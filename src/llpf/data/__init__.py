@@ -6,6 +6,7 @@ waits on a loader. Loaders register themselves in ``DATASETS`` by name.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -94,6 +95,10 @@ class BatchStream:
 
 
 DATASETS: dict[str, Callable[[DataConfig], Bundle]] = {}
+# The built-in loaders and the module that registers each, imported when a config names it: the image datasets'
+# module imports torchvision, which the embedded digits never need.
+BUILT_IN = {"digits": "digits", "mnist": "vision", "fashion-mnist": "vision", "cifar10": "vision",
+            "cifar100": "vision", "imagenet": "vision"}
 
 
 def register(name: str):
@@ -117,12 +122,12 @@ def cut_validation(bundle: Bundle, fraction: float, seed: int = 0) -> Bundle:
 
 def load_data(cfg: DataConfig, device=None) -> Bundle:
     """Load the dataset ``cfg.name`` as tensors on ``device``."""
-    from . import digits, vision  # noqa: F401  (registers the built-in loaders)
-
+    if cfg.name not in DATASETS and cfg.name in BUILT_IN:
+        importlib.import_module(f"{__name__}.{BUILT_IN[cfg.name]}")  # registers its loaders
     try:
         loader = DATASETS[cfg.name]
     except KeyError:
-        raise ConfigError(f"unknown dataset {cfg.name!r}; known: {', '.join(sorted(DATASETS))}") from None
+        raise ConfigError(f"unknown dataset {cfg.name!r}; known: {', '.join(sorted({*DATASETS, *BUILT_IN}))}") from None
     bundle = loader(cfg)
     if cfg.limit_train:
         bundle.train = Split(bundle.train.x[:cfg.limit_train], bundle.train.y[:cfg.limit_train])

@@ -7,7 +7,9 @@ cycle with the optimizer's state. Each iteration's ``batch_loss`` is the
 highest batch loss over the pivots and ``rounds`` its gradient evaluations
 (one per interior pivot). Evaluation rows are at the band's midpoint (half its
 length) and add ``pivots``, ``cycle`` and ``band_max_loss``, the highest loss
-on the insertion grid at the last cycle boundary.
+on the insertion grid at the last cycle boundary. With a ``budget`` each
+cycle's steps are set as it starts, and the schedule follows. The path handed
+over at the end is the best cycle's band (``best_cycle`` in the summary).
 """
 from __future__ import annotations
 
@@ -34,18 +36,20 @@ class AutoNEBPath(FixedEnds):
         self.fm = self.neb.fm
 
     def stage_steps(self) -> list[int]:
-        return [c.steps for c in self.cfg.cycles]
+        return list(self.neb.plan)
 
     def begin(self, evaluate: Evaluate) -> None:
         self.neb.begin()
 
     def iterate(self, iteration: int, phase) -> tuple[Tensor, int]:
-        before = self.neb.gradient_evals
+        before, plan = self.neb.gradient_evals, list(self.neb.plan)
         losses = self.neb.step()
+        if self.neb.plan != plan:
+            self.restage()
         return losses.max(), self.neb.gradient_evals - before
 
     def point(self) -> Tensor:
-        return along(self.neb.path(), 0.5)
+        return along(self.neb.band.chain(), 0.5)  # the band as it is now (the path handed over is the best one)
 
     def measure(self, k: int) -> dict:
         last = self.neb.records[-1] if self.neb.records else {}
@@ -56,8 +60,11 @@ class AutoNEBPath(FixedEnds):
 
     def summary(self, k: int, record: Record) -> dict:
         last = self.neb.records[-1]
+        best = self.neb.best or {}
         return {"evaluated_point": "the band's midpoint", "pivots": self.neb.band.pivots,
                 "gradient_evals": self.neb.gradient_evals, "band_max_loss": last["max_loss"],
+                "best_cycle": best.get("cycle"), "best_band_max_loss": best.get("max_loss"),
+                "path_pivots": len(self.neb.path()),
                 "band_max_loss_samples": len(self.neb.eval_data), "cycles": self.neb.records}
 
     def state_dict(self, k: int) -> dict:
@@ -66,3 +73,4 @@ class AutoNEBPath(FixedEnds):
     def load_state_dict(self, k: int, state: dict) -> None:
         self.batches.load_state_dict(state["batches"])
         self.neb.load_state_dict(state["autoneb"])
+        self.restage()

@@ -30,6 +30,9 @@ driver calls, in this order:
     point is path k's new best, which the driver then saves as measured.
 ``finished(k) -> bool``
     path k stops before the end of the schedule (M2O's target variance ratio).
+``zero_length(k) -> bool``
+    path k's destination is its start (identical parameters and buffers): the
+    driver ends it complete at iteration 0, a path of one point and length 0.
 ``retire(k)``
     path k has failed or finished: stop updating it.
 ``summary(k, record) -> dict``
@@ -74,14 +77,15 @@ from ..data import BatchStream, Split
 from ..data.augment import augmented
 from ..distributed import DataParallelTrainR, broadcast_, check_divisible, is_distributed
 from ..errors import ConfigError
-from ..fast import fast_path
-from ..flat import FlatParams, check_finite, check_same_architecture, cpu_state, flat_of
+from ..fast import FastPath, fast_path
+from ..flat import FlatParams, check_finite, check_same_architecture, cpu_state, flat_of, same_state
 from ..geometry import Segments
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, resolve
 from ..train import LossFn, TrainR, cycle
 
 Evaluate = Callable[..., dict]
+SMOOTH = 10  # paper Figure 2: every iteration's training loss, smoothed by a moving average over 10 iterations
 
 
 @dataclass
@@ -96,6 +100,17 @@ class Record:
     iterations: int = 0
     batch_losses: int = 0  # iterations whose batch loss was recorded
     batch_losses_above: int = 0  # ... and of those, the ones above cfg.loss_threshold
+    recent_batch_losses: list = field(default_factory=list)  # the last SMOOTH - 1 of them, oldest first
+    max_smoothed_batch_loss: float = -math.inf  # the largest trailing mean over SMOOTH iterations (fewer at first)
+
+    def add_batch_loss(self, loss: float, threshold: float) -> None:
+        """One iteration's batch loss: the maxima, the count above ``threshold``, the smoothed maximum."""
+        self.max_batch_loss = max(self.max_batch_loss, loss)
+        self.batch_losses += 1
+        self.batch_losses_above += loss > threshold
+        window = [*self.recent_batch_losses, loss]
+        self.max_smoothed_batch_loss = max(self.max_smoothed_batch_loss, sum(window) / len(window))
+        self.recent_batch_losses = window[1 - SMOOTH:]
 
 
 def ratio_to(x: Tensor, ref: Tensor) -> Tensor:
@@ -126,6 +141,7 @@ class Method:
     needs_dest: ClassVar[bool] = False
     paths: int = 1
     data_parallel: bool = False  # the ranks of a process group compute the paths together (evaluation sharded too)
+    zero_lengths: tuple[bool, ...] | list[bool] = ()  # per path: start and destination are the same model (``_check_models``)
     cfg: PathConfig
     device: torch.device
     loss_fn: LossFn
@@ -136,16 +152,22 @@ class Method:
     def check_eval_sets(self, names: set[str]) -> None:
         pass
 
-    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> None:
+    def _check_models(self, start: nn.Module, dest: nn.Module | None) -> bool:
+        """Check a start (and destination); True when the destination is the start itself (a zero-length pair)."""
         check_finite(start, "start")
         if not self.needs_dest:
             if dest is not None:
                 raise ConfigError(f"{self.name} takes no destination model")
-            return
+            return False
         if dest is None:
             raise ConfigError(f"{self.name} needs a destination model")
         check_same_architecture(start, dest)
         check_finite(dest, "destination")
+        return same_state(start, dest)
+
+    def zero_length(self, k: int) -> bool:
+        """Path k's destination is its start: the path is that one point, ended at iteration 0."""
+        return k < len(self.zero_lengths) and bool(self.zero_lengths[k])
 
     def begin(self, evaluate: Evaluate) -> None:
         pass
@@ -177,6 +199,13 @@ class Method:
     def summary(self, k: int, record: Record) -> dict:
         return {}
 
+    def numerics(self) -> dict:
+        """How the path's training steps computed (``summary.json``'s ``numerics``): the parameters' dtype, and
+        Train_r's fast path where the method trains with Train_r (the baselines step in the parameters' dtype)."""
+        train_r = getattr(self, "train_r", None)
+        fast = train_r.fast if train_r is not None else FastPath()
+        return fast.numerics(next(self.model_of(0).parameters()).dtype)
+
     def state_dict(self, k: int) -> dict:
         raise NotImplementedError
 
@@ -207,7 +236,10 @@ class FlatPaths(Method):
     def _resolve(self, layout, model: nn.Module) -> None:
         """The phase schedule against ``model``'s layers, with one layer mask per phase."""
         self.names = layout.names
-        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(model))
+        self.schedule = resolve(self.cfg.phases, self.names, self.excluded_layers(model), self.cfg.sphere)
+        if not self.needs_dest and any(rp.sphere != "start" for rp in self.schedule):
+            raise ConfigError(f"{self.name} has no destination: its variance sphere can only be the start's "
+                              f"(sphere is an M2M setting)")
         self.total = self.cfg.total_iterations
         self.masks = [layout.mask(rp.moved, self.device) for rp in self.schedule]
         self.all_layers = torch.ones(len(self.names), dtype=torch.bool, device=self.device)
@@ -216,6 +248,13 @@ class FlatPaths(Method):
     def excluded_layers(self, model: nn.Module) -> set[str]:
         """Layers no phase moves, whatever its patterns say."""
         return set()
+
+    def weight_decay(self) -> float | Tensor:
+        """Train_r's weight decay: ``cfg.weight_decay`` on every parameter, or per element on the layers some
+        phase moves only (``weight_decay_on = "moved"``: the fine-tuning baseline of M2O decays what M2O shrinks)."""
+        if self.cfg.weight_decay_on == "all" or not self.cfg.weight_decay or bool(self.ever_moved.all()):
+            return self.cfg.weight_decay  # every layer decayed: the same steps as "all", to the bit
+        return self.seg.expand(self.ever_moved.to(self.start_flat.dtype) * self.cfg.weight_decay)
 
     @property
     def flat(self) -> Tensor:
@@ -310,7 +349,7 @@ class SinglePath(FlatPaths):
         self.data_parallel = is_distributed()
         if self.data_parallel and isinstance(train_data, Split):
             check_divisible(min(self.cfg.batch_size, len(train_data)))
-        self._check_models(start, dest)
+        self.zero_lengths = [self._check_models(start, dest)]
         torch.manual_seed(self.cfg.seed)
         self.model = copy.deepcopy(start).to(self.device)
         self.fp = FlatParams(self.model)
@@ -318,10 +357,10 @@ class SinglePath(FlatPaths):
         self._resolve(self.fp.layout, self.model)
         self.batches = TrainBatches(train_data, self.cfg.batch_size, self.cfg.seed, self.device, self.cfg.augment,
                                     augmentation)
+        self.start_flat = self.fp.flat.clone()
         make = DataParallelTrainR if self.data_parallel else TrainR  # data-parallel: every rank takes rank 0's start
         self.train_r = make(self.fp, self.batches, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                            self.cfg.weight_decay, self.device, fast=fast_path(self.cfg, self.device, self.model))
-        self.start_flat = self.fp.flat.clone()
+                            self.weight_decay(), self.device, fast=fast_path(self.cfg, self.device, self.model))
         self.v0 = self.fp.seg.variance(self.start_flat)
         self.dest_model = dest
         self.dest_flat = None if dest is None else flat_of(dest, self.names).to(self.device, self.fp.flat.dtype)

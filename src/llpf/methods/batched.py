@@ -56,8 +56,7 @@ class BatchedPaths(FlatPaths):
         self._setup(cfg, device, loss_fn)
         starts, dests = _models(start, "start"), _models(dest, "destination")
         self._check_inputs(starts, dests, train_data, seeds)
-        for k, a in enumerate(starts):
-            self._check_models(a, dests[k] if dests else None)
+        self.zero_lengths = [self._check_models(a, dests[k] if dests else None) for k, a in enumerate(starts)]
         self.paths = len(starts)
         self.seeds = [self.cfg.seed + k for k in range(self.paths)] if seeds is None else [int(s) for s in seeds]
         torch.manual_seed(self.seeds[0])
@@ -71,7 +70,7 @@ class BatchedPaths(FlatPaths):
             self.dest_flat = torch.stack([flat_of(d, self.names).to(self.device, self.bp.flat.dtype) for d in dests])
         self.streams = StackedStreams(train_data.to(self.device), self.cfg.batch_size, self.seeds)
         self.train_r = BatchedTrainR(self.bp, self.streams, self.loss_fn, self.cfg.lr, self.cfg.momentum,
-                                     self.cfg.weight_decay, fast_path(self.cfg, self.device, starts[0]))
+                                     self.weight_decay(), fast_path(self.cfg, self.device, starts[0]))
 
     def _check_inputs(self, starts: list, dests: list, train_data, seeds) -> None:
         if not starts:
@@ -123,8 +122,8 @@ class BatchedM2M(M2MRecords, BatchedPaths):
     def iterate(self, iteration: int, phase: ResolvedPhase) -> tuple[Tensor, Tensor]:
         moved = self.masks[phase.index]
         corrected = self.all_layers if self.cfg.correct == "all" else moved
-        return batched_m2m_iteration(self.bp, self.dest_flat, self.v0, phase, self.cfg, self.train_r, moved,
-                                     corrected)
+        return batched_m2m_iteration(self.bp, self.dest_flat, self.sphere(iteration, phase), phase, self.cfg,
+                                     self.train_r, moved, corrected)
 
 
 class BatchedM2O(M2ORecords, BatchedPaths):

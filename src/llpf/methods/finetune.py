@@ -5,10 +5,12 @@ M2O (Algorithm 2) alternates a Move toward the origin (line 6) with Train_r
 regulariser should beat:
 
 * :class:`FineTune` keeps Train_r and drops Move: plain SGD at the config's
-  ``lr`` and ``momentum``, with ``weight_decay`` shrinking every parameter
-  (by ``1 - lr x weight_decay`` per step, as Move shrinks a layer by
-  ``1 - step_a`` per iteration). Its phases give only the iteration count and
-  the rounds per iteration; their Move step sizes are not used.
+  ``lr`` and ``momentum``, with ``weight_decay`` shrinking a parameter by
+  ``1 - lr x weight_decay`` per step, as Move shrinks a layer by ``1 - step_a``
+  per iteration: every parameter, or with ``weight_decay_on = "moved"`` (as
+  ``llpf m2o-baselines`` runs it) only the layers M2O moves, so normalisation
+  layers are spared as M2O spares them. Its phases give only the iteration
+  count and the rounds per iteration; their Move step sizes are not used.
 * :class:`MoveOnly` keeps Move's schedule and drops Train_r: T Moves toward the
   origin and no gradient step, so a moved layer ends at ``(1 - step_a)^T``
   times its start when ``step_f`` is 0.

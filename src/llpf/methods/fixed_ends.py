@@ -52,16 +52,21 @@ class FixedEnds(Method):
         self.cfg = method_config(self.config_class, cfg)
         self.device = pick_device(device)
         self.loss_fn = loss_fn or F.cross_entropy
-        self._check_models(start, dest)
+        self.zero_lengths = [self._check_models(start, dest)]
         torch.manual_seed(self.cfg.seed)
         self.names = layout_of(start).names
         self.end_states = (cpu_state(start), cpu_state(dest))  # the ends of the path, buffers included
         self.batches = TrainBatches(train_data, self.cfg.batch_size, self.cfg.seed, self.device, self.cfg.augment,
                                     augmentation)
         self.build(start, dest, train_data)
+        self.restage()
+        self._view: nn.Module | None = None
+
+    def restage(self) -> None:
+        """The schedule from ``stage_steps()``, again when a method sets a stage's length as it starts (AutoNEB
+        with a budget): the stages already run keep theirs, so the driver's iteration stays in the same stage."""
         self.schedule = stages(self.stage_steps(), self.names)
         self.total = self.schedule[-1].last
-        self._view: nn.Module | None = None
 
     def build(self, start: nn.Module, dest: nn.Module, train_data) -> None:
         raise NotImplementedError

@@ -62,7 +62,7 @@ class Line(FixedEnds):
         return Knots("polygon", list(self.end_states))
 
     def summary(self, k: int, record: Record) -> dict:
-        return {"points": self.cfg.points, "batchnorm": batchnorm_note(self.model, self.cfg.recalibrate_bn),
+        return {"points": 1 if self.zero_length(k) else self.cfg.points, "batchnorm": batchnorm_note(self.model, self.cfg.recalibrate_bn),
                 "gradient_evals": 0}
 
     def state_dict(self, k: int) -> dict:

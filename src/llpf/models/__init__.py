@@ -1,4 +1,4 @@
-"""The model zoo: architectures of the paper, built by name from a ModelConfig."""
+"""The model zoo: architectures of the paper, and torchvision's by builder name, built from a ModelConfig."""
 from __future__ import annotations
 
 from typing import Callable
@@ -7,6 +7,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError, ModelMismatchError
+from .by_name import PREFIX, build_torchvision
 from .cct import cct7_3x1
 from .lenet5 import LeNet5
 from .resnet18 import resnet18_cifar, resnet18_imagenet
@@ -24,12 +25,27 @@ STOCHASTIC_MODELS = {"cct7-3x1"}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """A freshly initialised model of the architecture ``cfg.name``."""
+    """A freshly initialised model of the architecture ``cfg.name`` (``torchvision:<builder>``: ``by_name``)."""
+    if cfg.name.startswith(PREFIX):
+        return build_torchvision(cfg)
+    if cfg.stem != "default":
+        raise ConfigError(f"model.stem applies to torchvision:<builder> models; {cfg.name!r} has its own stem")
     try:
         make = MODELS[cfg.name]
     except KeyError:
-        raise ConfigError(f"unknown model {cfg.name!r}; known: {', '.join(sorted(MODELS))}") from None
+        raise ConfigError(f"unknown model {cfg.name!r}; known: {', '.join(sorted(MODELS))} and "
+                          f"torchvision:<builder> (torchvision's classification models)") from None
     return make(cfg)
+
+
+def draws_random_numbers(cfg: ModelConfig) -> bool:
+    """Whether the model's training forward pass draws random numbers (dropout, stochastic depth)."""
+    if not cfg.name.startswith(PREFIX):
+        return cfg.name in STOCHASTIC_MODELS
+    from torchvision.ops import StochasticDepth
+
+    return any(isinstance(m, (nn.modules.dropout._DropoutNd, StochasticDepth)) and m.p > 0
+               for m in build_model(cfg).modules())
 
 
 def load_state(model: nn.Module, state: dict, where: str) -> nn.Module:

@@ -16,10 +16,7 @@ sixteenth of the parameters.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torchvision
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, conv1x1
 
 from ..errors import CheckpointError
 from ..files import load_weights
@@ -27,11 +24,12 @@ from .width import scaled
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 
-
 class ResNet18(nn.Module):
     """torchvision's ResNet18 (two BasicBlocks per stage) with ``width`` times its channels."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, cifar: bool = True):
+        from torchvision.models.resnet import BasicBlock, conv1x1  # here: LeNet5 on digits never imports torchvision
+
         super().__init__()
         channels = [scaled(c, width) for c in STAGE_CHANNELS]
         k, stride = (3, 1) if cifar else (7, 2)
@@ -87,6 +85,8 @@ def load_torchvision_resnet18_weights(model: nn.Module, path: str | Path | None 
     ``weights_only=True`` (torchvision's own ``resnet18-f37072fd.pth`` works).
     """
     if path is None:
+        import torchvision
+
         weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
         try:
             state = weights.get_state_dict(progress=False)

@@ -2,7 +2,8 @@
 
 ::
 
-    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics and time
+    OUT/endpoints/seedS.safetensors   endpoint models (Table 3 recipe), seedS.json their metrics, time and recipe
+                                      (seedS-dest: a destination trained with the config's [train.dest])
     OUT/rep-XX/                       one run directory per repetition (M2M or M2O)
     OUT/ranks/rank-R.json             how each repetition went on the rank that ran it (``llpf.shards``)
     OUT/reproduce.json                the experiment, its inputs and the wall time of each piece
@@ -10,7 +11,8 @@
     OUT/summary.md, summary.json      per repetition and aggregated verdicts, and the repetitions not finished
 
 Repetition k of an M2M experiment runs from the endpoint of seed 2k to that of
-seed 2k+1; of an M2O experiment, from the endpoint of seed k. Running the same
+seed 2k+1 (trained with ``[train.dest]`` when the config has it); of an M2O
+experiment, from the endpoint of seed k. Running the same
 command again skips the endpoints and repetitions already finished, resumes an
 interrupted repetition from its checkpoint, and redraws the aggregate. A
 repetition that raises is reported failed and the others go on.
@@ -43,15 +45,15 @@ from .. import config as C
 from .. import distributed as D
 from .. import shards
 from ..data import Bundle, prepare_data
-from ..errors import ConfigError, RunDirError
-from ..files import save_weights, write_json
+from ..errors import RunDirError
+from ..files import check_creatable, save_weights, write_json
 from ..models import build_model
 from ..runtime import pick_device
 from ..store import RunDir
 from .aggregate import aggregate
 from .batching import check_batch_paths, default_batch_paths, unbatchable
 from .estimate import dry_run, format_plan, random_bundle
-from .experiment import experiments, kind_of, load_experiment
+from .experiment import check_request, experiments, kind_of, load_experiment
 
 __all__ = ["Ledger", "aggregate", "check_batch_paths", "default_batch_paths", "dry_run", "experiments",
            "format_plan", "kind_of", "load_experiment", "random_bundle", "reproduce", "unbatchable"]
@@ -64,22 +66,14 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
 
     ``method`` picks the path table of a config holding both (``demo``).
     ``batch_paths`` repetitions run together (default: ``default_batch_paths``);
-    ``fast`` overrides the path table's fast-path settings (``{"bf16": "off"}``).
+    ``fast`` overrides the path table's fast-path settings (``{"bf16": "on"}``).
     Under torchrun each rank runs its share and rank 0 returns the aggregate;
     the other ranks return ``{}``.
     """
-    if reps < 1:
-        raise ConfigError(f"--reps must be at least 1, got {reps}")
-    cfg = load_experiment(name, data_dir, method)
-    kind = kind_of(cfg)
-    if dest is not None and kind == "m2o":
-        raise ConfigError("--dest is for M2M experiments; M2O walks toward the origin")
-    for key, value in (fast or {}).items():
-        setattr(getattr(cfg, kind), key, value)
+    cfg, kind = check_request(name, reps, data_dir, method, start, dest, fast)
     world, rank = D.world_size(), D.rank()
     device = D.init(device) if world > 1 else pick_device(device)
     n = check_batch_paths(cfg, kind, device, len(shards.assign(reps, world, rank)) or 1, batch_paths)
-    _check_given(cfg, start, dest)
     out = Path(out)
     say = log if world == 1 else (lambda line: log(f"rank {rank}: {line}"))
     exp = Experiment(cfg, kind, out, device, progress, say)
@@ -109,15 +103,6 @@ def reproduce(name: str, reps: int, out: str | Path, data_dir: str | None = None
                 exp.report(reps, world, run_id, shards.collect(out, reps, world, run_id))
             raise
     return exp.report(reps, world, run_id, tally)
-
-
-def _check_given(cfg: C.Config, start, dest) -> None:
-    """Given endpoints must load into the model: one line now, not a failed repetition on every rank."""
-    from ..runner import load_model
-
-    for path, what in ((start, "start"), (dest, "destination")):
-        if path is not None:
-            load_model(cfg, path, what)
 
 
 class Ledger:
@@ -167,6 +152,7 @@ class Experiment:
 
     def open(self, world: int, start) -> None:
         """Rank 0, before the ranks start: the folders, the ledger (refusing another experiment's), shared inputs."""
+        check_creatable(self.out)
         (self.out / "endpoints").mkdir(parents=True, exist_ok=True)
         ledger = Ledger(self.out, self.cfg.name, self.kind)
         ledger.data.update(device=str(self.device), ranks=world)
@@ -249,7 +235,8 @@ class Experiment:
 
     def log_done(self, k: int, summary: dict) -> None:
         self.log(f"rep {k}: {summary.get('status')}" + (f", valid {summary.get('valid')}, valid_relative "
-                                                         f"{summary.get('valid_relative')}" if self.kind == "m2m" else ""))
+                                                         f"{summary.get('valid_relative')}, valid_paper "
+                                                         f"{summary.get('valid_paper')}" if self.kind == "m2m" else ""))
 
     def report(self, reps: int, world: int, run_id: str, tally: shards.Tally, partial: bool = False) -> dict:
         """Rank 0: merge what the ranks recorded into the ledger, aggregate, and name the repetitions not finished."""
@@ -273,23 +260,31 @@ class Experiment:
         """Repetition k's start and destination (M2O: None), given or trained."""
         if self.kind == "m2m" and self.cfg.data.name != "imagenet":
             return (Path(start) if start else self.endpoint(2 * k),
-                    Path(dest) if dest else self.endpoint(2 * k + 1))
+                    Path(dest) if dest else self.endpoint(2 * k + 1, "dest"))
         return Path(start) if start else self.endpoint(k), None
 
-    def endpoint(self, seed: int) -> Path:
-        """The endpoint of ``seed``: trained with the Table 3 recipe unless OUT/endpoints already holds it."""
-        from ..runner import train
+    def endpoint(self, seed: int, end: str = "start") -> Path:
+        """The endpoint of ``seed``: trained with the Table 3 recipe unless OUT/endpoints already holds it.
+
+        A destination (``end`` "dest") of a config with ``[train.dest]`` is
+        trained with that recipe and named ``seedS-dest``.
+        """
+        from ..runner import recipe_metadata, train
         from ..train import endpoint_epochs
 
-        path = self.out / "endpoints" / f"seed{seed}.safetensors"
+        recipe = self.cfg.train.recipe_of(end)
+        path = self.out / "endpoints" / self.cfg.train.endpoint_file(seed, end)
         if path.is_file():
             return path
         if self.cfg.data.name == "imagenet":
             return self.torchvision_endpoint()
-        self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train)} epochs)")
+        self.log(f"training endpoint seed {seed} ({endpoint_epochs(self.cfg.train.recipe(recipe))} epochs"
+                 + (", the [train.dest] recipe)" if recipe == "dest" else ")"))
         t0 = time.perf_counter()
-        metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data())
-        write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics})
+        metrics = train(self.cfg, seed, path, device=self.device, progress=self.progress, data=self.data(),
+                        recipe=recipe)
+        write_json(path.with_suffix(".json"), {"wall_s": time.perf_counter() - t0, "metrics": metrics,
+                                               **recipe_metadata(self.cfg, recipe)})
         self.log(f"  seed {seed}: train loss {metrics['train']['loss']:.4f}, "
                  f"test accuracy {metrics['test']['accuracy']:.4f}")
         return path

@@ -18,7 +18,7 @@ from ..files import write_json
 from ..plots import SMOOTH, paths_figure
 from ..store import read_metrics
 
-FLAGS = ("valid", "valid_relative", "floor_reached")
+FLAGS = ("valid", "valid_relative", "valid_paper", "floor_reached")
 
 
 def aggregate(out: str | Path, unfinished: dict[str, str] | None = None) -> dict:
@@ -55,7 +55,9 @@ def rep_row(kind: str, s: dict, rows: list[dict]) -> dict:
            "test_accuracy_min": min(acc) if acc else None, "test_accuracy_max": max(acc) if acc else None}
     if kind == "m2m":
         fd, init = s.get("final_distance", {}), s.get("initial_distance", {})
-        row.update(valid=s.get("valid"), valid_relative=s.get("valid_relative"),
+        pc = s.get("paper_criteria") or {}
+        row.update(valid=s.get("valid"), valid_relative=s.get("valid_relative"), valid_paper=s.get("valid_paper"),
+                   smoothed_batch_loss_max=pc.get("smoothed_batch_loss_max"),
                    loss_threshold=s.get("loss_threshold"), relative_threshold=s.get("relative_threshold"),
                    endpoint_train_loss_start=(s.get("endpoint_train_loss") or {}).get("start"),
                    endpoint_train_loss_dest=(s.get("endpoint_train_loss") or {}).get("dest"),
@@ -91,7 +93,8 @@ def statistics(reps: dict[str, dict]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the markdown table
 
 
-M2M_COLUMNS = ["valid", "valid_relative", "max_train_loss", "loss_threshold", "relative_threshold",
+M2M_COLUMNS = ["valid", "valid_relative", "valid_paper", "max_train_loss", "smoothed_batch_loss_max",
+               "loss_threshold", "relative_threshold",
                "endpoint_train_loss_start", "endpoint_train_loss_dest", "final_distance_max",
                "final_relative_distance_max", "test_accuracy_min", "test_accuracy_max", "wall_s"]
 M2O_COLUMNS = ["status", "max_train_loss", "start_test_accuracy", "best_test_accuracy", "best_variance_ratio",
@@ -124,13 +127,14 @@ def _aggregate_cell(agg: dict, column: str) -> str:
 def _endpoint_lines(eps: dict) -> list[str]:
     if not eps:
         return []
-    lines = ["", "Endpoints (paper Table 3 recipe):", "",
-             "| endpoint | train loss | train acc | test loss | test acc | wall_s |", "|---|---|---|---|---|---|"]
+    lines = ["", "Endpoints (paper Table 3 recipe; recipe dest: [train] with the config's [train.dest]):", "",
+             "| endpoint | recipe | train loss | train acc | test loss | test acc | wall_s |",
+             "|---|---|---|---|---|---|---|"]
     for k, e in sorted(eps.items()):
         m = e.get("metrics", {})
         tr, te = m.get("train", {}), m.get("test", {})
-        lines.append(f"| {k} | {_fmt(tr.get('loss'))} | {_fmt(tr.get('accuracy'))} | {_fmt(te.get('loss'))} "
-                     f"| {_fmt(te.get('accuracy'))} | {_fmt(e.get('wall_s'))} |")
+        lines.append(f"| {k} | {e.get('recipe', 'start')} | {_fmt(tr.get('loss'))} | {_fmt(tr.get('accuracy'))} | "
+                     f"{_fmt(te.get('loss'))} | {_fmt(te.get('accuracy'))} | {_fmt(e.get('wall_s'))} |")
     return lines
 
 

@@ -10,7 +10,7 @@ import torch
 
 from .. import config as C
 from ..errors import ConfigError
-from ..models import STOCHASTIC_MODELS
+from ..models import draws_random_numbers
 
 
 def unbatchable(cfg: C.Config, kind: str) -> str | None:
@@ -19,7 +19,7 @@ def unbatchable(cfg: C.Config, kind: str) -> str | None:
         return "ImageNet is read by a loader, and batched paths draw from a dataset held as tensors"
     if getattr(cfg, kind).augment:
         return "its Train_r augments batches, and batched paths draw plain ones"
-    if cfg.model.name in STOCHASTIC_MODELS:
+    if draws_random_numbers(cfg.model):
         return f"{cfg.model.name} draws random numbers in training (dropout), which a batch draws differently"
     return None
 

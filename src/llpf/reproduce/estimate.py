@@ -17,30 +17,37 @@ import torch
 
 from .. import config as C
 from ..data import Bundle, Split, prepare_data
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..models import build_model
 from ..methods import method_class
 from ..runtime import pick_device
 from ..schedule import ResolvedPhase, normalisation_parameters, resolve
 from ..train import endpoint_epochs
-from .experiment import kind_of, load_experiment
+from .batching import check_batch_paths
+from .experiment import check_request
 
 USUAL_TRAIN = {"imagenet": 1281167, "cifar10": 50000, "cifar100": 50000}  # when the dataset is absent; else 60000
 USUAL_TEST = {"imagenet": 50000}  # else 10000
 
 
 def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int | None = None,
-            log=print, method: str | None = None) -> dict:
+            log=print, method: str | None = None, *, reps: int = 1, start=None, dest=None,
+            batch_paths: int | None = None, fast: dict | None = None) -> dict:
     """Build model and data, resolve every phase, time two iterations on random tensors; train nothing.
 
+    It first checks what ``reproduce`` with the same arguments checks
+    (``reps``, ``start``, ``dest``, ``batch_paths``, ``fast``), so a dry run
+    that passes means the real run gets past its checks too.
     ``batch_size`` (default: the config's) sets the size of the random batches
     the two iterations draw; the estimate is only meaningful at the config's
     batch size (a smaller one times mostly per-step overhead).
     """
-    cfg = load_experiment(name, data_dir, method)
-    kind = kind_of(cfg)
+    cfg, kind = check_request(name, reps, data_dir, method, start, dest, fast)
     pc = getattr(cfg, kind)
     device = pick_device(device)
+    check_batch_paths(cfg, kind, device, reps, batch_paths)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"the dry run's batch size must be at least 1, got {batch_size}")
     n_train, n_test, source = dataset_size(cfg, log)
     bs = batch_size or pc.batch_size
     torch.manual_seed(0)
@@ -55,7 +62,8 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
     n_evals = pc.total_iterations // pc.eval_every + 1
     eval_examples = n_test + (n_train if cfg.data.name != "imagenet" else 0)  # ImageNet: validation only
     endpoints = 0 if cfg.data.name == "imagenet" else (2 if kind == "m2m" else 1)
-    ep_steps = endpoints * endpoint_epochs(cfg.train) * (n_train // cfg.train.batch_size)
+    recipes = [cfg.train.recipe("start"), cfg.train.recipe("dest")][:endpoints]  # M2M: a start and a destination
+    ep_steps = sum(endpoint_epochs(r) * (n_train // r.batch_size) for r in recipes)
     plan = {
         "name": cfg.name, "kind": kind, "description": cfg.description, "device": str(device),
         "model": cfg.model.name, "parameters": nparams, "layers": len(names), "data": source,
@@ -64,6 +72,7 @@ def dry_run(name: str, data_dir: str | None = None, device=None, batch_size: int
         "estimate_s": {"path_min": lo_steps * step_s, "path_max": hi_steps * step_s,
                        "evaluation": n_evals * eval_examples * fwd_s, "endpoints": ep_steps * step_s},
         "endpoints_per_rep": endpoints, "endpoint_epochs": endpoint_epochs(cfg.train),
+        "dest_endpoint_epochs": endpoint_epochs(recipes[-1]) if endpoints == 2 else None,
         "endpoint_steps": ep_steps,
     }
     log(format_plan(plan))
@@ -168,7 +177,9 @@ def format_plan(p: dict) -> str:
         lines.append(f"  (timed at batch {p['timed_batch_size']}, not {p['batch_size']}: the times above are not estimates "
                      f"for the real batch size)")
     if p["endpoints_per_rep"]:
-        lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, {p['endpoint_epochs']} epochs each, "
+        epochs = (f"{p['endpoint_epochs']} epochs each" if p.get("dest_endpoint_epochs") in (None, p["endpoint_epochs"])
+                  else f"{p['endpoint_epochs']} epochs (the destination {p['dest_endpoint_epochs']}, [train.dest])")
+        lines.append(f"  endpoints: {p['endpoints_per_rep']} per repetition, {epochs}, "
                      f"~{_hms(e['endpoints'])} to train them")
     return "\n".join(lines)
 

@@ -38,3 +38,27 @@ def load_experiment(name: str, data_dir: str | None, method: str | None = None) 
             raise ConfigError(f"config {cfg.name!r} has no [{method}] table")
         cfg = dataclasses.replace(cfg, **{k: None for k in KINDS if k != method})
     return cfg
+
+
+def check_request(name: str, reps: int, data_dir: str | None = None, method: str | None = None, start=None,
+                  dest=None, fast: dict | None = None) -> tuple[C.Config, str]:
+    """What ``reproduce`` and its dry run both check before anything runs; returns the config and its kind.
+
+    The repetitions, the config and its one path table, ``--dest`` only for
+    M2M, the fast-path overrides (applied to the path table), and given
+    endpoints, which must load into the model.
+    """
+    from ..runner import load_model
+
+    if reps < 1:
+        raise ConfigError(f"--reps must be at least 1, got {reps}")
+    cfg = load_experiment(name, data_dir, method)
+    kind = kind_of(cfg)
+    if dest is not None and kind == "m2o":
+        raise ConfigError("--dest is for M2M experiments; M2O walks toward the origin")
+    for key, value in (fast or {}).items():
+        setattr(getattr(cfg, kind), key, value)
+    for path, what in ((start, "start"), (dest, "destination")):
+        if path is not None:
+            load_model(cfg, path, what)
+    return cfg, kind
