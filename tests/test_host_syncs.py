@@ -66,3 +66,19 @@ def test_fixed_r_iterations_make_no_host_sync_and_until_loss_one_per_step(split,
     steps = rounds if isinstance(rounds, int) else int(rounds.max())
     assert steps == 6
     assert len(calls) == steps - UNTIL.min_rounds + 1  # one sync per step from min_rounds on: the loss the rule reads
+
+
+def test_a_full_evaluation_waits_on_the_device_once_per_set_and_runs_without_autograd(split, monkeypatch):
+    """Forward passes only (under inference mode), the outputs reduced on the device, one transfer per set."""
+    from llpf.driver import Driver
+
+    m = build("m2m", split, True)
+    d = Driver(m, eval_sets={"train": split, "test": split}, eval_batch_size=16)  # 16 batches per set
+    model = m.model_of(0)
+    modes = []
+    model.register_forward_hook(lambda *a: modes.append(torch.is_inference_mode_enabled()))
+    with counted(monkeypatch) as calls:
+        row = d.evaluate(model)
+    assert set(row) == {"train_loss", "train_accuracy", "test_loss", "test_accuracy"}
+    assert calls == ["tolist", "tolist"]
+    assert len(modes) == 2 * len(split) // 16 and all(modes)  # on the evaluation copy, which keeps the hook

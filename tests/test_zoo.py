@@ -190,3 +190,116 @@ def test_cct_attention_is_multi_head_softmax_attention():
         heads.append(weights @ v[..., s])
     expected = attn.proj(torch.cat(heads, dim=-1))
     torch.testing.assert_close(attn(x), expected)
+
+
+# ---------------------------------------------------------------- width
+
+
+def resnet18_count(c: int, in_channels: int, classes: int, cifar: bool = True) -> int:
+    """ResNet18's parameters from its stem width ``c`` (stages c, 2c, 4c, 8c), worked out layer by layer."""
+    k = 3 if cifar else 7
+    total = k * k * in_channels * c + 2 * c  # conv1, bn1
+    planes_in = c
+    for planes in (c, 2 * c, 4 * c, 8 * c):
+        total += 9 * planes_in * planes + 9 * planes * planes + 4 * planes  # block 0: two 3x3 convs, two BNs
+        if planes_in != planes:
+            total += planes_in * planes + 2 * planes  # the 1x1 downsample and its BN
+        total += 18 * planes * planes + 4 * planes  # block 1
+        planes_in = planes
+    return total + 8 * c * classes + classes  # fc
+
+
+def cct7_count(d: int, in_channels: int, classes: int, tokens: int = 256) -> int:
+    """CCT-7/3x1's parameters from its embedding dimension ``d`` (MLP 2d, 7 blocks)."""
+    block = 2 * d + 3 * d * d + d * d + d + 2 * d + (d * 2 * d + 2 * d) + (2 * d * d + d)
+    return 9 * in_channels * d + tokens * d + 7 * block + 2 * d + (d + 1) + d * classes + classes
+
+
+def lenet5_count(c1: int, c2: int, h1: int, h2: int, classes: int = 10) -> int:
+    return (25 * c1 + c1) + (25 * c1 * c2 + c2) + (25 * c2 * h1 + h1) + (h1 * h2 + h2) + (h2 * classes + classes)
+
+
+@pytest.mark.parametrize("width, c", [(1.0, 64), (0.5, 32), (0.25, 16), (0.375, 24)])
+def test_resnet18_channels_scale_with_width(width, c):
+    for name, cifar in (("resnet18", True), ("resnet18-imagenet", False)):
+        model = build_model(ModelConfig(name, num_classes=10, in_channels=3, width=width))
+        assert n_params(model) == resnet18_count(c, 3, 10, cifar), name
+        assert model.layer4[1].conv2.weight.shape == (8 * c, 8 * c, 3, 3)
+        assert_partition(model, RESNET18_PARTS)  # Table 1's phases select the same parts at any width
+    assert build_model(ModelConfig("resnet18", 10, 3, width=width))(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("width, d", [(1.0, 256), (0.5, 128), (0.25, 64), (0.3, 76)])
+def test_cct7_embedding_scales_with_width(width, d):
+    model = build_model(ModelConfig("cct7-3x1", num_classes=10, in_channels=3, image_size=32, width=width))
+    assert n_params(model) == cct7_count(d, 3, 10)  # 0.3 x 256 = 76.8 -> 76, a multiple of the 4 heads
+    assert model.classifier.positional_emb.shape == (1, 256, d)
+    assert_partition(model, CCT7_PARTS)
+
+
+@pytest.mark.parametrize("width, sizes", [(1.0, (6, 16, 120, 84)), (0.5, (3, 8, 60, 42)), (2.0, (12, 32, 240, 168))])
+def test_lenet5_units_scale_with_width(width, sizes):
+    model = build_model(ModelConfig("lenet5", 10, 1, 32, width=width))
+    assert n_params(model) == lenet5_count(*sizes)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_counts_at_a_quarter_width_are_a_sixteenth_of_the_convolutions():
+    """What the widths say, as ratios: the 3x3 convolutions, most of ResNet18, shrink as width squared."""
+    full = build_model(ModelConfig("resnet18", 10, 3))
+    quarter = build_model(ModelConfig("resnet18", 10, 3, width=0.25))
+    def convs(m):
+        return sum(p.numel() for n, p in m.named_parameters() if p.dim() == 4 and n != "conv1.weight")
+    assert convs(full) == 16 * convs(quarter)
+    assert 15 < n_params(full) / n_params(quarter) < 16
+
+
+def test_every_shipped_config_builds_the_papers_model_at_the_default_width():
+    """No paper config sets a width, and each builds the model it built before width existed."""
+    from llpf.config import load_config, shipped_configs
+
+    for name in shipped_configs():
+        m = load_config(name).model
+        if m.name.startswith("torchvision:"):
+            continue  # architectures by name carry their own width (tests/test_torchvision_models.py)
+        assert m.width == 1.0, name
+        expected = {"lenet5": lenet5_count(6, 16, 120, 84, m.num_classes),
+                    "resnet18": resnet18_count(64, m.in_channels, m.num_classes),
+                    "resnet18-imagenet": resnet18_count(64, m.in_channels, m.num_classes, cifar=False),
+                    "cct7-3x1": cct7_count(256, m.in_channels, m.num_classes)}[m.name]
+        assert n_params(build_model(m)) == expected, name
+
+
+@pytest.mark.parametrize("cifar", [True, False])
+def test_resnet18_at_width_one_computes_torchvisions_function(cifar):
+    """Loaded with a torchvision ResNet18's weights, llpf's gives the same outputs: the same model, not a look-alike."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10)
+    if cifar:
+        reference.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        reference.maxpool = nn.Identity()
+    model = (resnet18_cifar if cifar else resnet18_imagenet)(10)
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("width", [0.0, -0.5, float("nan"), float("inf")])
+def test_a_width_that_is_not_a_positive_number_is_one_config_error(width):
+    from llpf.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="width"):
+        build_model(config_from_dict({"model": {"name": "resnet18", "in_channels": 3, "width": width}}).model)
+
+
+def test_resnet18_is_initialised_as_torchvision_initialises_it():
+    """Kaiming normal (fan-out, ReLU) for every convolution, BatchNorm at weight 1 and bias 0, at any width."""
+    torch.manual_seed(0)
+    for width in (1.0, 0.25):
+        model = resnet18_cifar(10, width=width)
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1]
+                assert m.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.15), name
+            elif isinstance(m, nn.BatchNorm2d):
+                assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any(), name

@@ -26,7 +26,8 @@ def find_path(method: str | type[Method], start: nn.Module, train_data, config: 
               *, dest: nn.Module | None = None, test_data=None, eval_sets: Mapping[str, Any] | None = None,
               loss_fn: LossFn | None = None, metrics: Mapping[str, MetricFn] | None = None, device=None,
               progress: bool = False, observer: Observer | None = None, keep_points: bool = False,
-              eval_batch_size: int = 1024, augmentation: str | None = None) -> PathResult:
+              eval_batch_size: int = 0, recalibration_examples: int = 8192,
+              augmentation: str | None = None) -> PathResult:
     """Run ``method`` (a name or a Method class) from ``start`` (to ``dest``) and return the PathResult.
 
     ``train_data`` is a :class:`~llpf.data.Split` or any iterable of
@@ -42,11 +43,14 @@ def find_path(method: str | type[Method], start: nn.Module, train_data, config: 
     built (its knots), its rows the point the driver evaluated. Points
     are kept in memory with ``keep_points``, else read back from the
     observer's run directory when asked. The models passed in are not modified.
+    Evaluations run in batches of ``eval_batch_size`` (0: measured for the
+    model on the device); BatchNorm statistics are recomputed on
+    ``recalibration_examples`` training examples drawn once (0: all of them).
     """
     cls = method_class(method) if isinstance(method, str) else method
     m = cls(start, config, train_data, dest=dest, loss_fn=loss_fn, device=device, augmentation=augmentation)
     return _drive(m, train_data, test_data, eval_sets, metrics, progress, None if observer is None else [observer],
-                  keep_points, eval_batch_size)[0]
+                  keep_points, eval_batch_size, recalibration_examples)[0]
 
 
 def find_paths(method: str | type[Method], starts: Sequence[nn.Module], train_data,
@@ -54,7 +58,7 @@ def find_paths(method: str | type[Method], starts: Sequence[nn.Module], train_da
                seeds: Sequence[int] | None = None, test_data=None, eval_sets: Mapping[str, Any] | None = None,
                loss_fn: LossFn | None = None, metrics: Mapping[str, MetricFn] | None = None, device=None,
                progress: bool = False, observers: Sequence[Observer] | None = None, keep_points: bool = False,
-               eval_batch_size: int = 1024) -> list[PathResult]:
+               eval_batch_size: int = 0, recalibration_examples: int = 8192) -> list[PathResult]:
     """K paths at once with a batched method ("m2m-batched", "m2o-batched"): one PathResult per start.
 
     Path k runs from ``starts[k]`` (to ``dest[k]``), drawing its batches from
@@ -64,11 +68,12 @@ def find_paths(method: str | type[Method], starts: Sequence[nn.Module], train_da
     """
     cls = method_class(method) if isinstance(method, str) else method
     m = cls(starts, config, train_data, dest=dest, seeds=seeds, loss_fn=loss_fn, device=device)
-    return _drive(m, train_data, test_data, eval_sets, metrics, progress, observers, keep_points, eval_batch_size)
+    return _drive(m, train_data, test_data, eval_sets, metrics, progress, observers, keep_points, eval_batch_size,
+                  recalibration_examples)
 
 
 def _drive(m: Method, train_data, test_data, eval_sets, metrics, progress, observers, keep_points,
-           eval_batch_size) -> list[PathResult]:
+           eval_batch_size, recalibration_examples) -> list[PathResult]:
     sets = dict(eval_sets or {})
     if test_data is not None:
         sets.setdefault("test", test_data)
@@ -82,7 +87,7 @@ def _drive(m: Method, train_data, test_data, eval_sets, metrics, progress, obser
                           "given: the path is judged on its batch losses (pass eval_sets={'train': ...} for the "
                           "full training loss)", PrerequisiteWarning, stacklevel=4)
     driver = Driver(m, eval_sets=sets, metrics=metrics, observers=observers, keep_points=keep_points,
-                    eval_batch_size=eval_batch_size)
+                    eval_batch_size=eval_batch_size, recalibration_examples=recalibration_examples)
     return driver.run(progress=progress)
 
 def m2m(start: nn.Module, dest: nn.Module, train_data, config: PathConfig | Mapping | None = None,

@@ -9,10 +9,15 @@ the per-block ratios is reported), so a machine that slows down slows both:
     with r steps, VarianceCorrection, the recording of the batch loss) over
     the same r plain ``torch.optim.SGD`` steps;
 ``eval_share``
-    the full evaluations every ``eval_every`` iterations (training and test
-    sets, plus the BatchNorm recalibration pass where there is BatchNorm) as a
-    share of a path's wall time at the experiment config's cadence; the time
-    per example is measured on a slice and scaled to the dataset's size;
+    the full evaluations every ``eval_every`` iterations, run as the driver
+    runs them (``llpf.evaluation``: forward passes over the training and test
+    sets in the evaluation layout and the batch measured for the device, plus
+    the BatchNorm recalibration pass over its fixed slice where there is
+    BatchNorm), as a share of a path's wall time at the experiment config's
+    cadence; the time per example is measured on a slice and scaled to the
+    dataset's size (and to the recalibration slice's);
+``recalibration_s``
+    that recalibration pass alone, where there is BatchNorm (ResNet18);
 ``geometry_overhead``
     Move and two VarianceCorrections over one training step;
 ``data_overhead``
@@ -40,14 +45,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig, PathConfig, Phase
+from .config import DataConfig, ModelConfig, PathConfig, Phase
 from .data import BatchStream, Split
 from .driver import Driver
+from .evaluation import eval_format, module_in
 from .geometry import move_, variance_correction_
 from .methods import M2M, BatchedM2M
 from .models import build_model
 from .runtime import pick_device
-from .train import TrainR, evaluate, has_batchnorm
+from .train import TrainR, has_batchnorm
 
 NEVER = 10 ** 9  # an evaluation, save and checkpoint cadence the timed blocks never reach
 
@@ -63,10 +69,11 @@ class Case:
     batch: int  # on CUDA
     cpu_batch: int
     eval_every: int
+    cpu_eval_examples: int  # the slice the time per evaluated example is measured on, on a CPU
 
 
-CASES = (Case("lenet5", ModelConfig("lenet5", 10, 1, 32), 60000, 10000, 64, 64, 500),
-         Case("resnet18", ModelConfig("resnet18", 10, 3, 32), 50000, 10000, 256, 8, 500))
+CASES = (Case("lenet5", ModelConfig("lenet5", 10, 1, 32), 60000, 10000, 64, 64, 500, 4096),
+         Case("resnet18", ModelConfig("resnet18", 10, 3, 32), 50000, 10000, 256, 8, 500, 256))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +84,14 @@ class Settings:
     repeats: int = 5  # timed blocks of each side
     block_s: float = 1.0  # about how long one timed block lasts
     held: int = 10000  # examples held on a CPU (all of them on CUDA)
-    eval_examples: int = 256  # the slice the time per evaluated example is measured on
+    eval_examples: int = 0  # the slice the time per evaluated example is measured on (0: each case's own on a CPU)
     batch_ks: tuple[int, ...] = (1, 10)
     cpu_batch: int = 0  # instead of each case's own (quick runs)
 
     @classmethod
     def for_device(cls, device: torch.device, quick: bool) -> "Settings":
         if quick:
-            return cls(rounds=2, repeats=2, block_s=0.01, held=256, eval_examples=16, batch_ks=(1, 2), cpu_batch=2)
+            return cls(rounds=2, repeats=2, block_s=0.01, held=256, eval_examples=64, batch_ks=(1, 2), cpu_batch=2)
         if device.type == "cuda":
             return cls(repeats=7, block_s=0.5, held=0, eval_examples=10000, batch_ks=(1, 10, 50, 200))
         return cls()
@@ -197,14 +204,34 @@ def measure_case(case: Case, s: Settings, device: torch.device, log) -> dict:
 
 
 def eval_share(case: Case, method: M2M, split: Split, tick_s: float, s: Settings, clock: Clock) -> dict:
-    """The full evaluations' share of a path's wall time at ``case.eval_every`` (scaled from a slice)."""
-    n = min(s.eval_examples, len(split))
-    part = Split(split.x[:n], split.y[:n])
-    per_example = clock(lambda: evaluate(method.model, part.batches(1024), device=method.device)) / n
-    passes = case.n_train + case.n_test + (case.n_train if has_batchnorm(method.model) else 0)
-    t_eval = per_example * passes
-    return {"eval_every": case.eval_every, "eval_s": t_eval,
-            "eval_share": t_eval / (case.eval_every * tick_s + t_eval)}
+    """The full evaluations' share of a path's wall time at ``case.eval_every``, as the driver runs them (scaled
+    from a slice): forward passes over the training and test sets, and the BatchNorm recalibration pass."""
+    n = min(s.eval_examples or case.cpu_eval_examples, len(split))
+    per_example, per_recal, batch = evaluation_costs(method, Split(split.x[:n], split.y[:n]), s.repeats, clock)
+    out = {"eval_every": case.eval_every, "eval_batch": batch, "eval_s": per_example * (case.n_train + case.n_test)}
+    if per_recal is not None:
+        out["recalibration_examples"] = min(DataConfig().recalibration_examples, case.n_train)
+        out["recalibration_s"] = per_recal * out["recalibration_examples"]
+        out["eval_s"] += out["recalibration_s"]
+    out["eval_share"] = out["eval_s"] / (case.eval_every * tick_s + out["eval_s"])
+    return out
+
+
+def evaluation_costs(method, part: Split, repeats: int, clock: Clock) -> tuple[float, float | None, int]:
+    """Seconds per example of the driver's evaluation of ``method``'s model on ``part`` (the forward passes, in
+    the evaluation layout and measured batch) and of its BatchNorm recalibration (None without BatchNorm), the
+    medians of ``repeats`` passes after a warm-up; and the evaluation batch."""
+    model, n = method.model_of(0), len(part)
+    driver = Driver(method, eval_sets={"test": part})  # no training set: the forward passes alone
+    driver.evaluate(model)  # warm-up; measures the evaluation batch
+    per_example = statistics.median(clock(lambda: driver.evaluate(model)) for _ in range(repeats)) / n
+    per_recal = None
+    if has_batchnorm(model):
+        recal = Driver(method, eval_sets={"train": part}, recalibration_examples=n)
+        work = module_in(model, eval_format(model))
+        recal.recalibrate(work)
+        per_recal = statistics.median(clock(lambda: recal.recalibrate(work)) for _ in range(repeats)) / n
+    return per_example, per_recal, driver.eval_batch_size
 
 
 def geometry_overhead(method: M2M, cfg: PathConfig, clock: Clock, s: Settings) -> float:
@@ -315,6 +342,10 @@ def format_case(name: str, r: dict) -> str:
     return (f"{name} (batch {r['batch']}, r = {r['r']}{'; ' + r['note'] if 'note' in r else ''}):\n"
             f"  tick_ratio {r['tick_ratio']:.3f} (tick {1e3 * r['tick_s']:.1f} ms; {r['r']} SGD steps "
             f"{1e3 * r['sgd_steps_s']:.1f} ms)\n"
-            f"  eval_share {r['eval_share']:.3f} (every {r['eval_every']} iterations, {r['eval_s']:.1f} s each)\n"
+            f"  eval_share {r['eval_share']:.3f} (every {r['eval_every']} iterations, {r['eval_s']:.1f} s each, "
+            f"batch {r['eval_batch']})\n"
+            + (f"  recalibration_s {r['recalibration_s']:.1f} (BatchNorm statistics over "
+               f"{r['recalibration_examples']} training examples, part of each evaluation)\n"
+               if "recalibration_s" in r else "") +
             f"  geometry_overhead {r['geometry_overhead']:.3f}\n"
             f"  data_overhead {r['data_overhead']:+.3f}")

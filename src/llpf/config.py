@@ -44,7 +44,7 @@ class ModelConfig:
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 32
-    width: float = 1.0
+    width: float = 1.0  # channels (ResNet18, LeNet5), embedding dimension (CCT) or a torchvision builder's multiplier
     stem: str = "default"  # torchvision models: "default" (the builder's) | "cifar"
 
 
@@ -53,7 +53,9 @@ class DataConfig:
     name: str = "digits"
     root: str = ""
     validation_fraction: float = 0.0
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 0  # 0: measured for the model on its device (llpf.evaluation)
+    # BatchNorm statistics are recomputed on this many training examples, a slice drawn once (0: all of them)
+    recalibration_examples: int = 8192
     limit_train: int = 0
     limit_test: int = 0
 
@@ -336,12 +338,12 @@ _CHOICES = {
     ("CurveConfig", "kind"): ("bezier", "polychain"),
 }
 _POSITIVE = {"iterations", "rounds", "min_rounds", "max_rounds", "batch_size", "epochs", "eval_every",
-             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "width", "eval_batch_size",
+             "save_every", "checkpoint_every", "num_classes", "in_channels", "image_size", "width",
              "steps", "initial_pivots", "max_pivots", "points_per_segment", "points"}
 _NON_NEGATIVE = {"step_a", "step_f", "lr", "momentum", "weight_decay", "until_loss", "loss_threshold",
                  "target_variance_ratio", "arrival_tolerance", "validation_fraction", "limit_train", "limit_test", "warmup_epochs",
                  "warmup_lr", "min_lr", "cooldown_epochs", "loss_threshold_relative", "insert_per_cycle", "spring",
-                 "insertion_samples", "insert_threshold", "budget"}
+                 "insertion_samples", "insert_threshold", "budget", "eval_batch_size", "recalibration_examples"}
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -398,7 +400,7 @@ def from_dict(cls, data: dict, where: str = ""):
         choices = _CHOICES.get((cls.__name__, key))
         if choices and v not in choices:
             raise ConfigError(f"{full} must be one of {', '.join(c or repr(c) for c in choices)}, got {v!r}")
-        if key in _POSITIVE and v <= 0:
+        if key in _POSITIVE and not v > 0:
             raise ConfigError(f"{full} must be positive, got {v!r}")
         if key in _NON_NEGATIVE and (v < 0 or v != v):
             raise ConfigError(f"{full} must not be negative, got {v!r}")

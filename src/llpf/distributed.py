@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from .data import Split
 from .errors import LLPFError
+from .evaluation import eval_batch_for
 from .fast import FastPath
 from .flat import FlatParams
 from .runtime import pick_device
@@ -349,8 +350,11 @@ def evaluate_sharded(model: nn.Module, data, batch_size: int, loss_fn: LossFn,
     """``train.evaluate`` over a Split (or any iterable of batches) with each rank taking its part.
 
     Every rank gets the means over the whole set. In one process this is
-    ``train.evaluate`` itself (the same bits).
+    ``train.evaluate`` itself (the same bits). ``batch_size`` 0 is measured
+    for the model on the device (``llpf.evaluation``).
     """
+    if isinstance(data, Split) and not batch_size:
+        batch_size = eval_batch_for(model, data)
     if not is_distributed():
         return evaluate(model, data.batches(batch_size) if isinstance(data, Split) else data, loss_fn, metrics, device)
     device = device or next(model.parameters()).device

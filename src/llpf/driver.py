@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .data import Split
 from .distributed import any_rank, evaluate_sharded, recompute_bn_stats_sharded
+from .evaluation import RECALIBRATION_BATCH, bn_slice, eval_batch_for, eval_format, module_in, split_in
 from .flat import cpu_state
 from .methods.base import Knots, Method, Record
 from .observer import Observer
@@ -95,17 +96,21 @@ class Driver:
 
     def __init__(self, method: Method, *, eval_sets: Mapping[str, Any] | None = None,
                  metrics: Mapping[str, MetricFn] | None = None, observers: Sequence[Observer] | None = None,
-                 keep_points: bool = False, eval_batch_size: int = 1024):
+                 keep_points: bool = False, eval_batch_size: int = 0, recalibration_examples: int = 8192):
         self.method, self.cfg = method, method.cfg
         self.metrics = dict(DEFAULT_METRICS if metrics is None else metrics)
         self.observers = list(observers) if observers is not None else [Observer() for _ in range(method.paths)]
         if len(self.observers) != method.paths:
             raise ValueError(f"{method.paths} path(s) need as many observers, got {len(self.observers)}")
-        self.eval_sets = {name: data.to(method.device) if isinstance(data, Split) else data
+        model = method.model_of(0)
+        self._has_bn = has_batchnorm(model)  # asked once: model_of may share one module among paths
+        self._format = eval_format(model)
+        self.eval_sets = {name: split_in(data.to(method.device), self._format) if isinstance(data, Split) else data
                           for name, data in (eval_sets or {}).items()}
         method.check_eval_sets(set(self.eval_sets))
         self.keep_points, self.eval_batch_size = keep_points, eval_batch_size
-        self._has_bn = has_batchnorm(method.model_of(0))  # asked once: model_of may share one module among paths
+        self.recalibration_examples = recalibration_examples
+        self._bn_data = None
         self.records = [Record() for _ in range(method.paths)]
         self.results = [PathResult(method.kind or method.name, method.names) for _ in range(method.paths)]
         self.active = list(range(method.paths))
@@ -115,14 +120,30 @@ class Driver:
 
     # ------------------------------------------------------------ evaluation
 
-    def _batches(self, name: str):
-        data = self.eval_sets[name]
-        return data.batches(self.eval_batch_size) if isinstance(data, Split) else data
+    def _batch_size(self, model: nn.Module) -> int:
+        """The evaluation batch: ``eval_batch_size``, or measured for ``model`` on the device (0)."""
+        if not self.eval_batch_size:
+            split = next((d for d in self.eval_sets.values() if isinstance(d, Split)), None)
+            self.eval_batch_size = eval_batch_for(model, split) if split is not None else 0  # loaders batch themselves
+        return self.eval_batch_size
 
     @property
     def recalibrates_bn(self) -> bool:
         """Whether evaluations recompute BatchNorm statistics (on the ``train`` set, which must be given)."""
         return self.cfg.recalibrate_bn and "train" in self.eval_sets and self._has_bn
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Recompute ``model``'s BatchNorm statistics on the training set's fixed slice (``recalibration_examples``
+        of it, drawn once) in batches of ``RECALIBRATION_BATCH``; over the ranks' parts when data-parallel."""
+        train = self.eval_sets["train"]
+        if self._bn_data is None:
+            self._bn_data = bn_slice(train, self.recalibration_examples) if isinstance(train, Split) else train
+        if self.method.data_parallel:
+            recompute_bn_stats_sharded(model, self._bn_data, RECALIBRATION_BATCH, self.method.device)
+        else:
+            data = self._bn_data
+            recompute_bn_stats(model, data.batches(RECALIBRATION_BATCH) if isinstance(data, Split) else data,
+                               self.method.device)
 
     def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
         """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
@@ -131,26 +152,27 @@ class Driver:
     def _measure(self, model: nn.Module, sets: Sequence[str] | None = None) -> tuple[dict, nn.Module]:
         """Evaluate ``model``; return the row and the module measured.
 
-        With BatchNorm (and ``recalibrate_bn``) the module measured is a copy
-        whose running statistics were recomputed on the training set first. The
-        random state is restored afterwards, so evaluating never changes the path.
+        The module measured is a copy in the evaluation layout (``channels_last``
+        for conv nets, ``llpf.evaluation``) whenever that differs from the
+        model's, and always with BatchNorm (and ``recalibrate_bn``), whose
+        running statistics are recomputed on the training set's fixed slice
+        first. The random state is restored afterwards, so evaluating never
+        changes the path.
         """
         device, shared = self.method.device, self.method.data_parallel
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if self.recalibrates_bn or self._format != torch.contiguous_format:
+                model = module_in(model, self._format)
             if self.recalibrates_bn:
-                model = copy.deepcopy(model)
-                if shared:
-                    recompute_bn_stats_sharded(model, self.eval_sets["train"], self.eval_batch_size, device)
-                else:
-                    recompute_bn_stats(model, self._batches("train"), device)
-            row: dict[str, Any] = {}
-            for name in self.eval_sets:
+                self.recalibrate(model)
+            batch, row = self._batch_size(model), {}
+            for name, data in self.eval_sets.items():
                 if sets is None or name in sets:
                     if shared:  # each rank evaluates its part; every rank gets the whole set's means
-                        ev = evaluate_sharded(model, self.eval_sets[name], self.eval_batch_size, self.method.loss_fn,
-                                              self.metrics, device)
+                        ev = evaluate_sharded(model, data, batch, self.method.loss_fn, self.metrics, device)
                     else:
-                        ev = evaluate(model, self._batches(name), self.method.loss_fn, self.metrics, device)
+                        ev = evaluate(model, data.batches(batch) if isinstance(data, Split) else data,
+                                      self.method.loss_fn, self.metrics, device)
                     row.update({f"{name}_{key}": v for key, v in ev.items()})
         return row, model
 

@@ -93,6 +93,8 @@ def interpolate_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor], t: float
 
 
 def cpu_state(model: nn.Module) -> dict[str, Tensor]:
-    """A model's parameters and buffers (its ``state_dict``), detached copies on the CPU."""
-    return {n: v.detach().cpu().clone() for n, v in model.state_dict().items()}
+    """A model's parameters and buffers (its ``state_dict``), detached contiguous copies on the CPU (whatever the
+    model's memory layout: an evaluation copy is ``channels_last``)."""
+    return {n: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for n, v in model.state_dict().items()}
 

@@ -151,7 +151,7 @@ def _driver(kind: str, cfgs: list[C.Config], starts: list[Weights], dests: list[
         method = batched_class(kind)(start_models, pc, data.train, dest=dest_models, device=device,
                                      seeds=[_path_config(c, kind).seed for c in cfgs])
     return Driver(method, eval_sets=_eval_sets(data), observers=observers, keep_points=False,
-                  eval_batch_size=cfg.data.eval_batch_size)
+                  eval_batch_size=cfg.data.eval_batch_size, recalibration_examples=cfg.data.recalibration_examples)
 
 
 def warn_if_variances_differ(driver: Driver, tolerance: float = 0.25) -> None:

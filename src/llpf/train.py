@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .config import Phase, TrainConfig
 from .errors import DataError, NonFiniteError
 from .data import Split
+from .evaluation import RECALIBRATION_BATCH, eval_batch_for
 from .fast import FastPath
 from .flat import FlatParams
 from .progress import progress_bar
@@ -135,24 +136,28 @@ class TrainR:
             self.buf.copy_(state["momentum_buffer"])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable, loss_fn: LossFn = F.cross_entropy,
              metrics: Mapping[str, MetricFn] = DEFAULT_METRICS, device=None) -> dict[str, float]:
-    """Mean loss and metrics over all batches, weighted by batch size (eval mode)."""
+    """Loss and metrics over all batches (eval mode, no autograd): ``loss_fn`` and each metric, means over
+    examples, applied once to the outputs of every batch gathered on the device.
+
+    Nothing waits on the device before the end, and the result does not depend
+    on how the set is cut into batches wherever a model's output for one
+    example does not (as on the CPU): ``llpf.evaluation`` chooses the batch.
+    """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
-    total, sums = 0, None
+    outs, targets = [], []
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        vals = torch.stack([loss_fn(out, y)] + [m(out, y) for m in metrics.values()]) * len(y)
-        sums = vals if sums is None else sums + vals
-        total += len(y)
+        outs.append(model(x.to(device, non_blocking=True)))
+        targets.append(y.to(device, non_blocking=True))
     model.train(was_training)
-    if sums is None:
+    if not outs:
         return {}
-    values = (sums / total).tolist()
+    out, y = torch.cat(outs), torch.cat(targets)
+    values = torch.stack([loss_fn(out, y)] + [m(out, y) for m in metrics.values()]).tolist()
     return dict(zip(["loss", *metrics], values))
 
 
@@ -186,13 +191,15 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, device=None) -> None
 
 def evaluate_state(model: nn.Module, state: Mapping[str, Tensor], splits: Mapping[str, Split], loss_fn: LossFn,
                    metrics: Mapping[str, MetricFn], batch_size: int, recompute_bn: bool, bn_data) -> dict:
-    """Load ``state`` into ``model`` (recomputing BatchNorm statistics if asked) and evaluate every split."""
+    """Load ``state`` into ``model`` (recomputing BatchNorm statistics on ``bn_data`` in batches of
+    ``RECALIBRATION_BATCH`` if asked) and evaluate every split in batches of ``batch_size`` (0: measured)."""
     model.load_state_dict(state)
     if recompute_bn:
-        recompute_bn_stats(model, bn_data.batches(batch_size))
+        recompute_bn_stats(model, bn_data.batches(RECALIBRATION_BATCH))
     row: dict[str, float] = {}
     for name, split in splits.items():
-        for k, v in evaluate(model, split.batches(batch_size), loss_fn, metrics).items():
+        batch = batch_size or eval_batch_for(model, split)
+        for k, v in evaluate(model, split.batches(batch), loss_fn, metrics).items():
             row[f"{name}_{k}" if name else k] = v
     return row
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Bundle
+from ..evaluation import eval_batch_for
 from .aligned import align, check_function, output_difference
 
 LINE_POINTS = 11  # points on each straight line recorded with an alignment (t = 0, 0.1, ..., 1)
@@ -27,7 +28,8 @@ def align_endpoints(a: nn.Module, b: nn.Module, data: Bundle, batch_size: int = 
     result = align(a, b, data.test.x[:2], seed=seed)
     diff, scale = output_difference(b, result.model, data.test.x, batch_size)
     check_function(diff, scale, f"the {len(data.test)} test inputs")
-    accuracy = {name: evaluate(m, data.test.batches(batch_size), F.cross_entropy, DEFAULT_METRICS)["accuracy"]
+    accuracy = {name: evaluate(m, data.test.batches(batch_size or eval_batch_for(m, data.test)), F.cross_entropy,
+                               DEFAULT_METRICS)["accuracy"]
                 for name, m in (("dest", b), ("aligned", result.model))}
     return result.model, {**result.record(), "max_output_difference": diff, "output_scale": scale,
                           "checked_on": f"{len(data.test)} test inputs", "test_accuracy": accuracy}

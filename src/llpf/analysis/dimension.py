@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..data import BatchStream, Split
 from ..errors import ConfigError
+from ..evaluation import eval_batch_for
 from ..files import write_json
 from ..schedule import select
 from ..flat import FlatParams
@@ -219,11 +220,12 @@ def layer_spectrum(name: str, matrix: Tensor, ls: LayerStructure | None, dtype: 
 
 def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | None = None,
                       loss_fn: LossFn = F.cross_entropy, softmax_output: bool | None = None, device=None,
-                      progress: bool = False, eval_batch_size: int = 1024) -> dict[str, Any]:
+                      progress: bool = False, eval_batch_size: int = 0) -> dict[str, Any]:
     """The dimension analysis of the low-loss space around ``model``, as JSON-ready data.
 
     ``softmax_output`` (default: whether ``loss_fn`` is ``F.cross_entropy``)
-    says the last layer sees the softmax constraint.
+    says the last layer sees the softmax constraint; ``eval_batch_size`` 0 is
+    measured for the model on the device.
     """
     settings = settings or MoveSettings()
     if softmax_output is None:
@@ -231,6 +233,7 @@ def analyse_dimension(model: nn.Module, train: Split, settings: MoveSettings | N
     device = pick_device(device) if device is not None else next(model.parameters()).device
     model = copy.deepcopy(model).to(device)
     split = train.to(device)
+    eval_batch_size = eval_batch_size or eval_batch_for(model, split)
     units = find_dead_units(model, split.batches(eval_batch_size), device)
     struct = structure(model, units, softmax_output)
     start = evaluate(model, split.batches(eval_batch_size), loss_fn, device=device)

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from ..data import Split
 from ..errors import ConfigError
+from ..evaluation import RECALIBRATION_BATCH
 from ..flat import check_same_architecture, layout_of
 from ..runtime import pick_device
 from ..train import DEFAULT_METRICS, LossFn, MetricFn, evaluate_state, has_batchnorm, recompute_bn_stats
@@ -91,7 +92,7 @@ class FlatModel:
         if self.batchnorm:
             if bn_data is None:
                 raise ValueError("a model with BatchNorm needs bn_data to recompute its statistics")
-            recompute_bn_stats(m, bn_data.batches(batch_size))
+            recompute_bn_stats(m, bn_data.batches(batch_size or RECALIBRATION_BATCH))
         return m.eval()
 
 

@@ -138,8 +138,19 @@ def _cifar(cfg: DataConfig, dataset: str, tv_class, num_classes: int, download: 
         classes, arrays = load_image_folder(root, ("train", "test"))
         if len(classes) != num_classes:
             raise DataError(f"{root}: {len(classes)} class folders, {label} has {num_classes}")
-        return _bundle(dataset, arrays, num_classes, root)
+        return _bundle(dataset, _mixed(arrays), num_classes, root)
     raise DataError(f"{label} not found in {root}; {hint}")
+
+
+def _mixed(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each split in one fixed random order (seed 0). Image folders list their images class by class, where
+    torchvision's CIFAR batches mix them; mixed, a ``limit_train`` prefix is a sample of every class."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (images, labels) in arrays.items():
+        order = rng.permutation(len(labels))
+        out[name] = (images[order], np.asarray(labels)[order])
+    return out
 
 
 @register("cifar10")
@@ -149,7 +160,8 @@ def load_cifar10(cfg: DataConfig, download: bool = False) -> Bundle:
     From torchvision's ``cifar-10-batches-py`` or from ``train/<class>/``,
     ``test/<class>/`` image folders (a folder or a tar archive of one, such as
     a JPEG re-encoding of CIFAR-10: accuracies on it are close to, not equal
-    to, those on the original images).
+    to, those on the original images), each split then put in one fixed random
+    order, as torchvision's batches are.
     """
     return _cifar(cfg, "cifar10", torchvision.datasets.CIFAR10, 10, download, image_folders=True)
 

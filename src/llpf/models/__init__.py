@@ -13,10 +13,10 @@ from .lenet5 import LeNet5
 from .resnet18 import resnet18_cifar, resnet18_imagenet
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {
-    "lenet5": lambda c: LeNet5(c.num_classes, c.in_channels, c.image_size),
-    "resnet18": lambda c: resnet18_cifar(c.num_classes, c.in_channels),
-    "resnet18-imagenet": lambda c: resnet18_imagenet(c.num_classes, c.in_channels),
-    "cct7-3x1": lambda c: cct7_3x1(c.num_classes, c.in_channels, c.image_size),
+    "lenet5": lambda c: LeNet5(c.num_classes, c.in_channels, c.image_size, c.width),
+    "resnet18": lambda c: resnet18_cifar(c.num_classes, c.in_channels, c.width),
+    "resnet18-imagenet": lambda c: resnet18_imagenet(c.num_classes, c.in_channels, c.width),
+    "cct7-3x1": lambda c: cct7_3x1(c.num_classes, c.in_channels, c.image_size, c.width),
 }
 
 # Models whose training forward pass draws random numbers (dropout, stochastic depth): a batch of paths would

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .width import scaled
+
 
 class Tokenizer(nn.Module):
     """Convolutional patches: conv 3x3, ReLU, max-pool, flattened to a token sequence."""
@@ -129,6 +131,10 @@ class CCT(nn.Module):
         return self.classifier(self.tokenizer(x))
 
 
-def cct7_3x1(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> CCT:
-    """CCT-7/3x1: 7 blocks, embedding 256, 4 heads, MLP ratio 2, one 3x3 convolution."""
-    return CCT(num_classes, in_channels, image_size)
+def cct7_3x1(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> CCT:
+    """CCT-7/3x1: 7 blocks, embedding 256, 4 heads, MLP ratio 2, one 3x3 convolution.
+
+    ``width`` scales the embedding dimension (256 at 1.0, rounded to a multiple
+    of the 4 heads); the MLP keeps twice it, the heads stay 4.
+    """
+    return CCT(num_classes, in_channels, image_size, dim=scaled(256, width, multiple=4))

@@ -1,51 +1,74 @@
-"""ResNet18 (He et al. 2016) as torchvision builds it, in its CIFAR and ImageNet forms.
+"""ResNet18 (He et al. 2016) in torchvision's layout, in its CIFAR and ImageNet forms, at any width.
 
 The paper's layer names "follow the PyTorch implementation" (Appendix A.4,
-Table 1: ``conv1.weight``, ``bn1.*``, ``layer1.*`` ... ``fc.*``), so both
-variants are torchvision's ``resnet18`` itself. The CIFAR form swaps the 7x7
-stride-2 stem for a 3x3 stride-1 convolution and drops the max-pool, the usual
-adaptation to 32x32 inputs; the replaced modules keep their names, so every
-parameter name is the same as in torchvision. 11.17M parameters with 10
-classes (11.22M with 100); the ImageNet form has 11.69M.
+Table 1: ``conv1.weight``, ``bn1.*``, ``layer1.*`` ... ``fc.*``), so the
+model is torchvision's ``resnet18``: the same modules under the same names,
+torchvision's ``BasicBlock`` and its initialisation (Kaiming normal, fan-out,
+for convolutions; BatchNorm weight 1, bias 0). The CIFAR form has a 3x3
+stride-1 stem and no max-pool, the usual adaptation to 32x32 inputs; the
+ImageNet form has torchvision's 7x7 stride-2 stem and max-pool. 11.17M
+parameters with 10 classes (11.22M with 100); the ImageNet form has 11.69M.
+
+``width`` scales the four stages' channels (64, 128, 256, 512 at 1.0, the
+paper's model); at 0.25 they are 16, 32, 64, 128 and the model has about a
+sixteenth of the parameters.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..files import load_weights
+from .width import scaled
 
-if TYPE_CHECKING:
-    import torchvision  # imported where a ResNet is built: LeNet5 on digits never needs it
+STAGE_CHANNELS = (64, 128, 256, 512)
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet18 (two BasicBlocks per stage) with ``width`` times its channels."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, cifar: bool = True):
+        from torchvision.models.resnet import BasicBlock, conv1x1  # here: LeNet5 on digits never imports torchvision
+
+        super().__init__()
+        channels = [scaled(c, width) for c in STAGE_CHANNELS]
+        k, stride = (3, 1) if cifar else (7, 2)
+        self.conv1 = nn.Conv2d(in_channels, channels[0], k, stride=stride, padding=k // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if cifar else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        planes_in = channels[0]
+        for i, planes in enumerate(channels):
+            stride = 1 if i == 0 else 2
+            down = None
+            if stride != 1 or planes_in != planes:
+                down = nn.Sequential(conv1x1(planes_in, planes, stride), nn.BatchNorm2d(planes))
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(planes_in, planes, stride, down),
+                                                         BasicBlock(planes, planes)))
+            planes_in = planes
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(channels[-1], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
 
 
-def _stem(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
-    conv = nn.Conv2d(in_channels, 64, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision initialises convs
-    return conv
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet18:
+    """ResNet18 with a 3x3 stride-1 stem and no max-pool, for 32x32 images."""
+    return ResNet18(num_classes, in_channels, width, cifar=True)
 
 
-def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> torchvision.models.ResNet:
-    """torchvision's ResNet18 with a 3x3 stride-1 stem and no max-pool, for 32x32 images."""
-    import torchvision
-
-    model = torchvision.models.resnet18(num_classes=num_classes)
-    model.conv1 = _stem(in_channels, 3, 1)
-    model.maxpool = nn.Identity()
-    return model
-
-
-def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> torchvision.models.ResNet:
-    """torchvision's ImageNet ResNet18 as is (no weights; see ``load_torchvision_resnet18_weights``)."""
-    import torchvision
-
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    if in_channels != 3:
-        model.conv1 = _stem(in_channels, 7, 2)
-    return model
+def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3, width: float = 1.0) -> ResNet18:
+    """torchvision's ImageNet ResNet18 (no weights; see ``load_torchvision_resnet18_weights``)."""
+    return ResNet18(num_classes, in_channels, width, cifar=False)
 
 
 def _one_line(e: Exception) -> str:

@@ -360,6 +360,6 @@ def _imagenet_bundle(cfg: C.Config, pc: C.PathConfig, seed: int) -> Bundle:
     """
     from ..data.imagenet import imagenet_loaders
 
-    train, val = imagenet_loaders(cfg.data.root, batch_size=pc.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-                                  seed=seed)
+    eval_batch = cfg.data.eval_batch_size or 256  # a loader's batch is set before there is a model to measure
+    train, val = imagenet_loaders(cfg.data.root, batch_size=pc.batch_size, eval_batch_size=eval_batch, seed=seed)
     return Bundle(train, val, cfg.model.num_classes)
