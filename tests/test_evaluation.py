@@ -80,7 +80,7 @@ def test_recalibration_uses_the_fixed_slice_in_fixed_batches(split):
     d = driver(split, eval_batch_size=16, recalibration_examples=100)
     model = d.method.model_of(0)
     before = model.norm.running_mean.clone()
-    row, measured = d._measure(model)
+    row, measured = d.evaluator.measure(model)
     assert torch.equal(model.norm.running_mean, before)
     expected = copy.deepcopy(model)
     recompute_bn_stats(expected, bn_slice(split, 100).batches(RECALIBRATION_BATCH))

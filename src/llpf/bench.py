@@ -229,9 +229,9 @@ def evaluation_costs(method, part: Split, repeats: int, clock: Clock) -> tuple[f
     if has_batchnorm(model):
         recal = Driver(method, eval_sets={"train": part}, recalibration_examples=n)
         work = module_in(model, eval_format(model))
-        recal.recalibrate(work)
-        per_recal = statistics.median(clock(lambda: recal.recalibrate(work)) for _ in range(repeats)) / n
-    return per_example, per_recal, driver.eval_batch_size
+        recal.evaluator.recalibrate(work)
+        per_recal = statistics.median(clock(lambda: recal.evaluator.recalibrate(work)) for _ in range(repeats)) / n
+    return per_example, per_recal, driver.evaluator.batch_size
 
 
 def geometry_overhead(method: M2M, cfg: PathConfig, clock: Clock, s: Settings) -> float:

@@ -86,56 +86,41 @@ class PathResult:
         return [(r["iteration"], r[name]) for r in self.rows if r.get(name) is not None]
 
 
-class Driver:
-    """Runs ``method`` to the end of its schedule, recording each of its paths.
+class Evaluator:
+    """A path's evaluations at the cost of their forward passes (``llpf.evaluation``): the evaluation sets held
+    on the method's device in the model's evaluation layout, the batch measured for the model (``eval_batch_size``
+    0), BatchNorm statistics recomputed first on a fixed slice of the training set."""
 
-    ``eval_sets`` maps a name (``train``, ``test``, ``validation``) to a Split
-    or a re-iterable of batches, evaluated every ``cfg.eval_every`` iterations.
-    ``observers`` holds one observer per path (none: record in memory only).
-    """
-
-    def __init__(self, method: Method, *, eval_sets: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, MetricFn] | None = None, observers: Sequence[Observer] | None = None,
-                 keep_points: bool = False, eval_batch_size: int = 0, recalibration_examples: int = 8192):
-        self.method, self.cfg = method, method.cfg
+    def __init__(self, method: Method, eval_sets: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, MetricFn] | None = None, eval_batch_size: int = 0,
+                 recalibration_examples: int = 8192):
+        self.method = method
         self.metrics = dict(DEFAULT_METRICS if metrics is None else metrics)
-        self.observers = list(observers) if observers is not None else [Observer() for _ in range(method.paths)]
-        if len(self.observers) != method.paths:
-            raise ValueError(f"{method.paths} path(s) need as many observers, got {len(self.observers)}")
         model = method.model_of(0)
         self._has_bn = has_batchnorm(model)  # asked once: model_of may share one module among paths
         self._format = eval_format(model)
-        self.eval_sets = {name: split_in(data.to(method.device), self._format) if isinstance(data, Split) else data
-                          for name, data in (eval_sets or {}).items()}
-        method.check_eval_sets(set(self.eval_sets))
-        self.keep_points, self.eval_batch_size = keep_points, eval_batch_size
-        self.recalibration_examples = recalibration_examples
+        self.sets = {name: split_in(data.to(method.device), self._format) if isinstance(data, Split) else data
+                     for name, data in (eval_sets or {}).items()}
+        method.check_eval_sets(set(self.sets))
+        self.batch_size, self.recalibration_examples = eval_batch_size, recalibration_examples
         self._bn_data = None
-        self.records = [Record() for _ in range(method.paths)]
-        self.results = [PathResult(method.kind or method.name, method.names) for _ in range(method.paths)]
-        self.active = list(range(method.paths))
-        self.iteration = 0
-        self.pending: list[tuple[int, int, Tensor, Tensor | int]] = []
-        self.stop_requested = False  # set from a signal handler: checkpoint and return at the next iteration
-
-    # ------------------------------------------------------------ evaluation
 
     def _batch_size(self, model: nn.Module) -> int:
         """The evaluation batch: ``eval_batch_size``, or measured for ``model`` on the device (0)."""
-        if not self.eval_batch_size:
-            split = next((d for d in self.eval_sets.values() if isinstance(d, Split)), None)
-            self.eval_batch_size = eval_batch_for(model, split) if split is not None else 0  # loaders batch themselves
-        return self.eval_batch_size
+        if not self.batch_size:
+            split = next((d for d in self.sets.values() if isinstance(d, Split)), None)
+            self.batch_size = eval_batch_for(model, split) if split is not None else 0  # loaders batch themselves
+        return self.batch_size
 
     @property
     def recalibrates_bn(self) -> bool:
         """Whether evaluations recompute BatchNorm statistics (on the ``train`` set, which must be given)."""
-        return self.cfg.recalibrate_bn and "train" in self.eval_sets and self._has_bn
+        return self.method.cfg.recalibrate_bn and "train" in self.sets and self._has_bn
 
     def recalibrate(self, model: nn.Module) -> None:
         """Recompute ``model``'s BatchNorm statistics on the training set's fixed slice (``recalibration_examples``
         of it, drawn once) in batches of ``RECALIBRATION_BATCH``; over the ranks' parts when data-parallel."""
-        train = self.eval_sets["train"]
+        train = self.sets["train"]
         if self._bn_data is None:
             self._bn_data = bn_slice(train, self.recalibration_examples) if isinstance(train, Split) else train
         if self.method.data_parallel:
@@ -145,11 +130,7 @@ class Driver:
             recompute_bn_stats(model, data.batches(RECALIBRATION_BATCH) if isinstance(data, Split) else data,
                                self.method.device)
 
-    def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
-        """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
-        return self._measure(model, sets)[0]
-
-    def _measure(self, model: nn.Module, sets: Sequence[str] | None = None) -> tuple[dict, nn.Module]:
+    def measure(self, model: nn.Module, sets: Sequence[str] | None = None) -> tuple[dict, nn.Module]:
         """Evaluate ``model``; return the row and the module measured.
 
         The module measured is a copy in the evaluation layout (``channels_last``
@@ -166,7 +147,7 @@ class Driver:
             if self.recalibrates_bn:
                 self.recalibrate(model)
             batch, row = self._batch_size(model), {}
-            for name, data in self.eval_sets.items():
+            for name, data in self.sets.items():
                 if sets is None or name in sets:
                     if shared:  # each rank evaluates its part; every rank gets the whole set's means
                         ev = evaluate_sharded(model, data, batch, self.method.loss_fn, self.metrics, device)
@@ -176,9 +157,40 @@ class Driver:
                     row.update({f"{name}_{key}": v for key, v in ev.items()})
         return row, model
 
+
+class Driver:
+    """Runs ``method`` to the end of its schedule, recording each of its paths.
+
+    ``eval_sets`` maps a name (``train``, ``test``, ``validation``) to a Split
+    or a re-iterable of batches, evaluated every ``cfg.eval_every`` iterations.
+    ``observers`` holds one observer per path (none: record in memory only).
+    """
+
+    def __init__(self, method: Method, *, eval_sets: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, MetricFn] | None = None, observers: Sequence[Observer] | None = None,
+                 keep_points: bool = False, eval_batch_size: int = 0, recalibration_examples: int = 8192):
+        self.method, self.cfg = method, method.cfg
+        self.observers = list(observers) if observers is not None else [Observer() for _ in range(method.paths)]
+        if len(self.observers) != method.paths:
+            raise ValueError(f"{method.paths} path(s) need as many observers, got {len(self.observers)}")
+        self.evaluator = Evaluator(method, eval_sets, metrics, eval_batch_size, recalibration_examples)
+        self.keep_points = keep_points
+        self.records = [Record() for _ in range(method.paths)]
+        self.results = [PathResult(method.kind or method.name, method.names) for _ in range(method.paths)]
+        self.active = list(range(method.paths))
+        self.iteration = 0
+        self.pending: list[tuple[int, int, Tensor, Tensor | int]] = []
+        self.stop_requested = False  # set from a signal handler: checkpoint and return at the next iteration
+
+    # ------------------------------------------------------------ evaluation
+
+    def evaluate(self, model: nn.Module, sets: Sequence[str] | None = None) -> dict:
+        """Loss and metrics of ``model`` on each evaluation set (or those named in ``sets``)."""
+        return self.evaluator.measure(model, sets)[0]
+
     def _evaluate_into(self, k: int, row: dict) -> None:
         """Evaluate path k at its current point and add the results (and the method's measures) to ``row``."""
-        ev, measured = self._measure(self.method.model_of(k))
+        ev, measured = self.evaluator.measure(self.method.model_of(k))
         ev.update(self.method.measure(k))
         rec = self.records[k]
         if "train_loss" in ev:

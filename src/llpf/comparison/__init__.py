@@ -182,17 +182,22 @@ def _run(cfg, opts: Options, out: Path, ledger: CompareLedger, ends, device, pro
     tally = shards.wait_for_ranks(out, count, world, run_id)
     done = results(count)
     files = write_results(out, cfg, opts, done, ev)
-    if tally.failed or tally.missing:
-        raise RunDirError(f"{len(tally.failed) + len(tally.missing)} of {count} pair(s) did not finish: "
-                          + "; ".join(f"pair {k} ({tally.reasons.get(k, tally.statuses[k])})"
-                                      for k in tally.failed + tally.missing)
-                          + "; run the same command again to complete them")
+    _check_finished(tally, count)
     out_rows = {"methods": method_rows(done, opts, count),
                 "pairs": [{k: v for k, v in r.items() if k != "profile"} for r in done],
                 "files": files, "settings": settings(cfg, opts, done, ev), **alignments(out, opts.pairs)}
     if opts.budgets is not None:
         out_rows["frontier"] = frontier_rows(done, opts)
     return out_rows
+
+
+def _check_finished(tally, count: int) -> None:
+    """One error naming every pair that did not finish, after the tables of those that did are written."""
+    if tally.failed or tally.missing:
+        raise RunDirError(f"{len(tally.failed) + len(tally.missing)} of {count} pair(s) did not finish: "
+                          + "; ".join(f"pair {k} ({tally.reasons.get(k, tally.statuses[k])})"
+                                      for k in tally.failed + tally.missing)
+                          + "; run the same command again to complete them")
 
 
 def _budget(slot, name: str, llpf_run: Path) -> int | None:
