@@ -70,6 +70,15 @@ def test_torchvision_resnet18_with_the_cifar_stem_is_llpfs_resnet18():
     assert isinstance(theirs.maxpool, nn.Identity)
 
 
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_models_with_auxiliary_classifiers_train_on_one_output(name):
+    """Built with aux_logits on, their training forward pass returns a tuple and cross-entropy fails on it."""
+    model = build_model(tv(name, num_classes=3)).train()
+    out = model(torch.randn(2, 3, 80, 80))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 2])).backward()
+
+
 def test_width_channels_and_random_draws():
     half, full = build_model(tv("mobilenet_v2", width=0.5)), build_model(tv("mobilenet_v2"))
     assert first_conv(half).out_channels == 16 and first_conv(full).out_channels == 32

@@ -17,6 +17,8 @@ with ``weights=None`` (nothing is ever fetched), ``num_classes``, and:
   DenseNet's) is removed. Every parameter keeps its name.
 * ``image_size``: passed to the Vision Transformers, whose position
   embeddings are sized by it.
+* GoogLeNet and Inception v3 are built without their auxiliary classifiers,
+  so that training gives one output as every other model does.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from ..errors import ConfigError
 
 PREFIX = "torchvision:"
 WIDTH_KEYWORD = "width_mult"  # the builders' name for a width multiplier (MobileNetV2, MobileNetV3)
+# Builders whose auxiliary classifiers make the training forward pass return a tuple: built without them.
+AUX_CLASSIFIERS = {"googlenet", "inception_v3"}
 
 
 def torchvision_names() -> list[str]:
@@ -58,6 +62,8 @@ def build_torchvision(cfg: ModelConfig) -> nn.Module:
         kwargs[WIDTH_KEYWORD] = cfg.width
     if name.startswith("vit_"):
         kwargs["image_size"] = cfg.image_size
+    if name in AUX_CLASSIFIERS:
+        kwargs["aux_logits"] = False
     from torchvision.models import get_model_builder
 
     try:
