@@ -378,3 +378,18 @@ def test_baselines_run_on_lenet5_with_a_tiny_budget(digits):
     curve = Curve(a, b, BatchStream(train, 32), CurveConfig(steps=3)).run()
     row = curve.evaluate([0.5], {"train": train})[0]
     assert math.isfinite(row["train_loss"]) and 0 <= row["train_accuracy"] <= 1
+
+
+def test_autoneb_s_progress_follows_its_re_planned_cycles(capsys):
+    """With a budget AutoNEB re-plans its later cycles as it inserts pivots; the progress (plain lines off a
+    terminal) counts against the new total and ends at it."""
+    from llpf.api import find_path
+
+    a, b = Valley(-1.0, 0.0), Valley(1.0, 0.0)
+    data = Split(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+    cfg = dict(cycles=[dict(steps=10, lr=0.02), dict(steps=10, lr=0.01), dict(steps=20, lr=0.005)],
+               points_per_segment=3, insert_threshold=0.1, budget=440, batch_size=2)
+    result = find_path("autoneb", a, data, cfg, dest=b, loss_fn=energy, progress=True, eval_sets={})
+    iterations, lines = result.rows[-1]["iteration"], capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("AUTONEB: 20/80 (25%)") and iterations == 108  # inserted pivots: 28 steps more
+    assert lines[-1].startswith("AUTONEB: 108/108 (100%)"), lines[-1]  # not 108/80 (135%)

@@ -280,6 +280,8 @@ class Driver:
         stop = self._stop_agreed()
         while self.iteration < m.total and self.active and not stop:
             stop = self.step(bar)
+            if bar.total != m.total:  # AutoNEB re-plans its later cycles as it inserts pivots
+                bar.total = m.total
         bar.close()
         return self._results()
 

@@ -55,13 +55,23 @@ class PlainProgress:
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
                  initial: int = 0, stream: TextIO | None = None, clock=time.monotonic):
-        self.iterable, self.total, self.desc = iterable, total, desc
+        self.iterable, self._total, self.desc = iterable, total, desc
         self.stream = sys.stderr if stream is None else stream
         self.clock = clock
         self.t0 = self.last_t = clock()
         self.n = self.first = self.last_n = initial
         self.postfix, self.closed = "", False
         self.next_mark = self._mark_after(initial)
+
+    @property
+    def total(self) -> int | None:
+        return self._total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        """A new total (work re-planned on the way): the quarters are counted against it from here."""
+        self._total = value
+        self.next_mark = self._mark_after(self.n)
 
     def _mark_after(self, n: int) -> float | None:
         """The next quarter of the work past ``n`` steps (None without a total, or past it)."""
