@@ -19,7 +19,7 @@ from . import __version__
 from .errors import LLPFError
 
 # In the order ``llpf --help`` lists their commands.
-COMMAND_MODULES = ("endpoints", "layers", "align", "paths", "compare", "experiments", "analyses", "layerwise")
+COMMAND_MODULES = ("endpoints", "layers", "align", "paths", "compare", "experiments", "analyses", "connectivity")
 
 # The commands that run under torchrun (several ranks); every other command runs in one process.
 SEVERAL_RANKS = {"train", "m2m", "m2o", "resume", "reproduce", "m2o-baselines", "compare"}
