@@ -39,12 +39,12 @@ def test_the_layer_order_pair_differs_only_in_its_phases():
     assert dataclasses.replace(one.m2m, phases=[]) == dataclasses.replace(six.m2m, phases=[])
     assert one.m2m.total_iterations == six.m2m.total_iterations
     rules = {(p.until_loss, p.min_rounds, p.max_rounds) for p in one.m2m.phases + six.m2m.phases}
-    assert rules == {(0.04, 1, 20)}  # Table 1's Train_r rule, r_max scaled, in both
+    assert rules == {(0.04, 1, 3)}  # Table 1's Train_r rule, r_max capped, in both
 
 
 def test_six_phases_follow_table_1_and_one_phase_moves_everything():
     """Table 1, ResNet18@CIFAR10: all; conv1, bn1, fc; + layer1; + layer2; + layer3; all. Each phase moves its
-    layers as far as Table 1's (a tenth of the iterations at ten times step_a); the single phase as far as the
+    layers as far as Table 1's (a twentieth of the iterations at twenty times step_a); the single phase as far as the
     six phases move their least-moved layers (layer4: phases 1 and 6)."""
     six, one = load_config(SIX), load_config(ONE)
     phases = moved_by_phase(six)
