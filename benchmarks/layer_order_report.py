@@ -12,7 +12,8 @@ variance-sphere floor, and the verdicts. For each straight line (``llpf
 line``): its largest training loss, the barrier above the endpoints' linear
 interpolation, and the lowest test accuracy. Prints markdown. ``--figure``
 draws every run's training-set loss and test accuracy against the fraction of
-its way (iterations over the path's, t along a line).
+its way (iterations over the path's planned ones, t along a line). A run
+stopped before its end is reported up to the iteration it reached.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from llpf.analysis.barriers import line_summary
+from llpf.config import load_config
 from llpf.plots import new_figure, save_figure
 from llpf.store import RunDir, gradient_steps
 
@@ -33,13 +35,20 @@ def steps_per_phase(rows: list[dict]) -> list[int]:
     return [int(sum(r.get("rounds") or 0 for r in rows if r["phase"] == p)) for p in range(1, phases + 1)]
 
 
+def planned_iterations(run: Path) -> int:
+    return load_config(run / "config.toml").m2m.total_iterations
+
+
 def m2m_row(run: Path) -> str:
-    rows, s = RunDir(run).metrics(), RunDir(run).summary()
+    rows = RunDir(run).metrics()
+    s = RunDir(run).summary() if (run / "summary.json").is_file() else {}
+    reached = max(r["iteration"] for r in rows)
+    name = str(run) if s else f"{run} (stopped at iteration {reached:.0f} of {planned_iterations(run):,})"
     train, test = column(rows, "train_loss"), column(rows, "test_accuracy")
     top, top_loss = max(train, key=lambda p: p[1])
     batch, batch_loss = max(column(rows, "batch_loss"), key=lambda p: p[1])
     per_phase = steps_per_phase(rows)
-    return (f"| {run} | {gradient_steps(run):,} ({' + '.join(f'{n:,}' for n in per_phase)}) | "
+    return (f"| {name} | {gradient_steps(run):,} ({' + '.join(f'{n:,}' for n in per_phase)}) | "
             f"{top_loss:.4f} (iteration {top['iteration']:.0f}, phase {top['phase']:.0f}) | "
             f"{batch_loss:.4f} (phase {batch['phase']:.0f}) | {train[0][1]:.4f} / {train[-1][1]:.4f} | "
             f"{test[0][1]:.4f} / {min(v for _, v in test):.4f} / {test[-1][1]:.4f} | "
@@ -62,12 +71,13 @@ def figure(paths: list[Path], out: Path) -> None:
     loss_ax, acc_ax = fig.subplots(1, 2)
     for p in paths:
         rows = RunDir(p).metrics()
-        last = max(r["iteration"] for r in rows) or 1
-        style = "--" if RunDir(p).info().get("kind") == "line" else "-"
+        is_line = RunDir(p).info().get("kind") == "line"
+        last = (max(r["iteration"] for r in rows) if is_line else planned_iterations(p)) or 1
+        style = "--" if is_line else "-"
         for ax, key in ((loss_ax, "train_loss"), (acc_ax, "test_accuracy")):
             pts = column(rows, key)
             ax.plot([r["iteration"] / last for r, _ in pts], [v for _, v in pts], style, marker=".", label=str(p))
-    loss_ax.set(xlabel="fraction of the way (iterations / path's; t on a line)", ylabel="training-set loss",
+    loss_ax.set(xlabel="fraction of the way (iterations / planned; t on a line)", ylabel="training-set loss",
                 yscale="log", title="training loss at evaluated points")
     acc_ax.set(xlabel="fraction of the way", ylabel="test accuracy", title="test accuracy")
     loss_ax.legend(fontsize=7)
