@@ -40,10 +40,12 @@ def planned_iterations(run: Path) -> int:
 
 
 def m2m_row(run: Path) -> str:
-    rows = RunDir(run).metrics()
-    s = RunDir(run).summary() if (run / "summary.json").is_file() else {}
+    rd = RunDir(run)
+    rows = rd.metrics()
+    finished = rd.info().get("status") == "complete"
+    s = rd.summary() if finished else {}
     reached = max(r["iteration"] for r in rows)
-    name = str(run) if s else f"{run} (stopped at iteration {reached:.0f} of {planned_iterations(run):,})"
+    name = str(run) if finished else f"{run} (stopped at iteration {reached:.0f} of {planned_iterations(run):,})"
     train, test = column(rows, "train_loss"), column(rows, "test_accuracy")
     top, top_loss = max(train, key=lambda p: p[1])
     batch, batch_loss = max(column(rows, "batch_loss"), key=lambda p: p[1])
